@@ -1,0 +1,275 @@
+"""Benchmark: the training input pipeline (store -> SliceBatches -> augmentation), alone and under fit.
+
+Without --model: slices/s of augmented, shuffled "mask" batches (the heavier target) at each
+--sizes, model left out. One JSON line per size:
+
+    {"benchmark": "batches", "image_size": 256, "batch": 32, "augment_1thread_slices_per_s": ...,
+     "serial_slices_per_s": ..., "enqueued_slices_per_s": ..., "workers": 2, ...}
+
+augment_1thread: ``augment_batch`` alone on uint8 batches in memory, OpenCV on one thread
+(target >= 2000 slices/s at 256 px). serial: ``SliceBatches[i]`` in a loop (read + augment +
+targets) on the calling thread. enqueued: through Keras' PyDataset machinery with the dataset's
+workers / use_multiprocessing / max_queue_size settings, as ``fit`` runs it.
+
+With --model resnet50|resunet: the issue's headline, training throughput with the real input
+pipeline vs the same model's ``fit`` on in-memory tensors of the same shape (target ratio >= 0.85):
+
+    {"benchmark": "train_throughput", "model": "resnet50", "size": 128, "in_memory_img_s": ...,
+     "pipeline_img_s": ..., "ratio": ...}
+
+Each ``fit`` runs one warm-up epoch (tracing, first allocations) and then --epochs timed epochs
+of --steps batches; in-memory and pipeline runs alternate --repeats times on the same model.
+
+    python benchmarks/bench_batches.py [--sizes 128 256]
+    python benchmarks/bench_batches.py --model resnet50 --size 128 --steps 4
+    python benchmarks/bench_batches.py --model resunet --size 256 --steps 3 --workers 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import keras  # noqa: E402
+from bench_store import build_store  # noqa: E402
+
+from pipeline.augment import augment_batch  # noqa: E402
+from pipeline.batches import (  # noqa: E402
+    DEFAULT_MAX_QUEUE_SIZE,
+    DEFAULT_USE_MULTIPROCESSING,
+    DEFAULT_WORKERS,
+    SliceBatches,
+    in_memory,
+)
+from pipeline.params import AugmentParams  # noqa: E402
+
+log = logging.getLogger("bench_batches")
+
+# The values in params.yaml.
+AUGMENT = AugmentParams(enabled=True, flip=True, rotate_deg=10.0, shift=0.05, zoom=0.1, brightness=0.1, contrast=0.1)
+
+
+# --- input pipeline alone -----------------------------------------------------------------------
+
+def augment_rate(size: int, batch: int, seconds: float) -> float:
+    """Slices/s of ``augment_batch`` (with mask) on in-memory uint8 batches, OpenCV on one thread."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    masks = (rng.random((batch, size, size)) < 0.1).astype(np.uint8)
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        return _rate(lambda: augment_batch(images, masks, rng, AUGMENT), batch, seconds)
+    finally:
+        cv2.setNumThreads(threads)
+
+
+def serial_rate(ds: SliceBatches, seconds: float) -> float:
+    """Slices/s of ``ds[i]`` called in a loop on this thread."""
+    i = iter(range(10**9))
+    return _rate(lambda: ds[next(i) % len(ds)], ds.batch_size, seconds)
+
+
+def enqueued_rate(ds: SliceBatches, seconds: float) -> float:
+    """Slices/s through Keras' PyDataset adapter (its worker pool and queue), as fit() consumes it."""
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    adapter = PyDatasetAdapter(ds, shuffle=False)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        adapter.on_epoch_begin()
+        for batch in adapter.get_numpy_iterator():
+            n += len(batch[0])
+        adapter.on_epoch_end()
+    return n / (time.perf_counter() - start)
+
+
+def _rate(fn: Any, per_call: int, seconds: float) -> float:
+    fn()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn()
+        n += per_call
+    return n / (time.perf_counter() - start)
+
+
+def bench_pipeline(args: argparse.Namespace) -> None:
+    for size in args.sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            store = build_store(Path(tmp) / "slices", args.patients, args.slices, size)
+            # Epochs of >= 64 batches, so that the enqueuer's per-epoch start and stop do not dominate.
+            rows = pd.concat([store.manifest] * -(-64 * args.batch // len(store.manifest)), ignore_index=True)
+            ds = SliceBatches(store, rows, args.batch, "mask", AUGMENT, shuffle=True, seed=0,
+                              **_pydataset_kwargs(args))
+            result = {
+                "benchmark": "batches", "image_size": size, "batch": args.batch, "target": "mask", "augment": True,
+                "augment_1thread_slices_per_s": round(augment_rate(size, args.batch, args.seconds), 1),
+                "serial_slices_per_s": round(serial_rate(ds, args.seconds), 1),
+                "enqueued_slices_per_s": round(enqueued_rate(ds, args.seconds), 1),
+                **_pydataset_kwargs(args),
+            }
+        print(json.dumps(result))
+
+
+# --- training throughput --------------------------------------------------------------------------
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall-clock and process CPU seconds (all threads) of every epoch, first batch fetched to last step done."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: list[float] = []
+        self.cpu_seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start, self._cpu = time.perf_counter(), time.process_time()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.seconds.append(time.perf_counter() - self._start)
+        self.cpu_seconds.append(time.process_time() - self._cpu)
+
+
+def build_model(name: str, size: int) -> tuple[keras.Model, str, str]:
+    """(model, target, where the model came from): the project's nets, or a stand-in of the same kind."""
+    if name == "resnet50":
+        try:
+            from pipeline.nets.classifier import build_classifier
+        except ImportError:
+            return _standin_resnet50(size), "label", "stand-in keras.applications.ResNet50 + head"
+        built = build_classifier(size, "resnet50", weights="none")
+        return (built[0] if isinstance(built, tuple) else built), "label", "pipeline.nets.classifier"
+    try:
+        from pipeline.nets.resunet import build_resunet
+    except ImportError:
+        return _standin_resunet(size), "mask", "stand-in ResUNet 16-32-64-128-256"
+    return build_resunet(size), "mask", "pipeline.nets.resunet"
+
+
+def _standin_resnet50(size: int) -> keras.Model:
+    inputs = keras.Input((size, size, 3))
+    base = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg")
+    outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.Dropout(0.3)(base(inputs)))
+    return keras.Model(inputs, outputs, name="resnet50_standin")
+
+
+def _standin_resunet(size: int, filters: tuple[int, ...] = (16, 32, 64, 128, 256)) -> keras.Model:
+    layers = keras.layers
+
+    def res_block(x: Any, f: int, stride: int) -> Any:
+        shortcut = layers.BatchNormalization()(layers.Conv2D(f, 1, strides=stride)(x))
+        y = layers.Activation("relu")(layers.BatchNormalization()(x))
+        y = layers.Conv2D(f, 3, strides=stride, padding="same")(y)
+        y = layers.Activation("relu")(layers.BatchNormalization()(y))
+        y = layers.Conv2D(f, 3, padding="same")(y)
+        return layers.Add()([shortcut, y])
+
+    inputs = keras.Input((size, size, 3))
+    x = layers.Rescaling(1 / 255)(inputs)
+    skips = []
+    for i, f in enumerate(filters):
+        x = res_block(x, f, 1 if i == 0 else 2)
+        skips.append(x)
+    for f, skip in zip(reversed(filters[:-1]), reversed(skips[:-1]), strict=True):
+        x = layers.Concatenate()([layers.UpSampling2D()(x), skip])
+        x = res_block(x, f, 1)
+    outputs = layers.Conv2D(1, 1, activation="sigmoid")(x)
+    return keras.Model(inputs, outputs, name="resunet_standin")
+
+
+def bce_dice(y_true: Any, y_pred: Any) -> Any:
+    """Binary cross-entropy + soft Dice loss (eps 1) over [B, H, W, 1] masks."""
+    ops = keras.ops
+    bce = ops.mean(keras.losses.binary_crossentropy(y_true, y_pred))
+    inter = ops.sum(y_true * y_pred, axis=(1, 2, 3))
+    dice = (2 * inter + 1) / (ops.sum(y_true, axis=(1, 2, 3)) + ops.sum(y_pred, axis=(1, 2, 3)) + 1)
+    return bce + 1 - ops.mean(dice)
+
+
+def bench_training(args: argparse.Namespace) -> None:
+    keras.utils.set_random_seed(0)
+    n = args.steps * args.batch
+    n_patients = max(2, -(-n // args.slices))
+    with tempfile.TemporaryDirectory() as tmp:
+        store = build_store(Path(tmp) / "slices", n_patients, args.slices, args.size)
+        model, target, origin = build_model(args.model, args.size)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                      loss="binary_crossentropy" if target == "label" else bce_dice)
+        rows = store.manifest.iloc[:n]
+        x, y = in_memory(store, rows, target)
+        batches = SliceBatches(store, rows, args.batch, target, AUGMENT, shuffle=True, seed=0, **_pydataset_kwargs(args))
+        assert len(batches) == args.steps
+        epochs = 1 + args.epochs
+        wall: dict[str, list[float]] = {"in_memory": [], "pipeline": []}
+        cpu: dict[str, list[float]] = {"in_memory": [], "pipeline": []}
+        for r in range(args.repeats):
+            for name in ("in_memory", "pipeline"):
+                timer = EpochTimer()
+                if name == "in_memory":
+                    model.fit(x, y, batch_size=args.batch, epochs=epochs, shuffle=True, verbose=0, callbacks=[timer])
+                else:
+                    model.fit(batches, epochs=epochs, verbose=0, callbacks=[timer])
+                wall[name] += timer.seconds[1:]
+                cpu[name] += timer.cpu_seconds[1:]
+                log.info("repeat %d %s: epochs %s s wall, %s s CPU", r, name,
+                         np.round(timer.seconds[1:], 2), np.round(timer.cpu_seconds[1:], 2))
+    img_s = {name: n * len(t) / sum(t) for name, t in wall.items()}
+    cpu_per_img = {name: sum(t) / (n * len(t)) for name, t in cpu.items()}
+    print(json.dumps({
+        "benchmark": "train_throughput", "model": args.model, "size": args.size,
+        "in_memory_img_s": round(img_s["in_memory"], 2), "pipeline_img_s": round(img_s["pipeline"], 2),
+        "ratio": round(img_s["pipeline"] / img_s["in_memory"], 3),
+        # CPU seconds per image of the whole process (all threads): robust to other load on the machine.
+        "in_memory_cpu_s_per_img": round(cpu_per_img["in_memory"], 4),
+        "pipeline_cpu_s_per_img": round(cpu_per_img["pipeline"], 4),
+        "cpu_ratio": round(cpu_per_img["in_memory"] / cpu_per_img["pipeline"], 3),
+        "batch": args.batch, "steps": args.steps, "timed_epochs": len(wall["pipeline"]), "model_source": origin,
+        "backend": keras.backend.backend(), "load_avg_1min": round(os.getloadavg()[0], 2), **_pydataset_kwargs(args),
+    }))
+
+
+def _pydataset_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {"workers": args.workers, "use_multiprocessing": args.multiprocessing, "max_queue_size": args.queue}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=["resnet50", "resunet"], help="time fit(); without it, the pipeline alone")
+    ap.add_argument("--size", type=int, default=128, help="with --model: image size (px)")
+    ap.add_argument("--steps", type=int, default=4, help="with --model: batches per timed epoch")
+    ap.add_argument("--epochs", type=int, default=1, help="with --model: timed epochs after the warm-up epoch")
+    ap.add_argument("--repeats", type=int, default=1, help="with --model: in-memory / pipeline alternations")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[128, 256], help="without --model: image sizes")
+    ap.add_argument("--patients", type=int, default=16, help="without --model: patients in the store")
+    ap.add_argument("--slices", type=int, default=32, help="slices per patient")
+    ap.add_argument("--seconds", type=float, default=3.0, help="without --model: seconds per measurement")
+    ap.add_argument("--batch", type=int, default=None, help="batch size (default 16 with --model, else 32)")
+    ap.add_argument("--workers", type=int, default=DEFAULT_WORKERS)
+    ap.add_argument("--multiprocessing", action=argparse.BooleanOptionalAction, default=DEFAULT_USE_MULTIPROCESSING)
+    ap.add_argument("--queue", type=int, default=DEFAULT_MAX_QUEUE_SIZE, help="max_queue_size")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    log.setLevel(logging.INFO)
+    if args.batch is None:
+        args.batch = 16 if args.model else 32
+    if args.model:
+        bench_training(args)
+    else:
+        bench_pipeline(args)
+
+
+if __name__ == "__main__":
+    main()

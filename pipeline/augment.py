@@ -1,0 +1,133 @@
+"""On-the-fly training augmentation: geometric (image and mask together) and intensity (image only).
+
+Every random draw comes from the ``numpy.random.Generator`` passed in, so a batch's augmentation
+is reproducible from its seed. Geometric transforms are one affine matrix per slice, applied with
+OpenCV to the image (bilinear) and to the mask (nearest neighbour) with the same matrix, so the two
+stay aligned and the mask keeps its label values. Pixels shifted in from outside are 0 (background).
+
+No TensorFlow here: this runs under any Keras backend.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from pipeline.params import AugmentParams
+
+
+def random_affine_params(rng: np.random.Generator, n: int, aug: AugmentParams, shape: tuple[int, int]) -> np.ndarray:
+    """Draw ``n`` random affine matrices, float64 [n, 2, 3], mapping source to output pixel (x, y).
+
+    shape: (H, W) of the slices. Each matrix is, about the image centre: an optional left-right
+    flip (p = 0.5 if ``aug.flip``), a zoom by a factor in [1 - zoom, 1 + zoom], a rotation by
+    an angle in [-rotate_deg, +rotate_deg] degrees, then a shift of up to ``shift`` x the image
+    size along each axis. With every knob at 0 the matrices are the identity.
+    """
+    h, w = shape
+    flip = rng.random(n) < 0.5 if aug.flip else np.zeros(n, bool)
+    angle = np.deg2rad(rng.uniform(-aug.rotate_deg, aug.rotate_deg, n))
+    scale = rng.uniform(1 - aug.zoom, 1 + aug.zoom, n)
+    tx = rng.uniform(-aug.shift, aug.shift, n) * w
+    ty = rng.uniform(-aug.shift, aug.shift, n) * h
+
+    # Linear part A = zoom * rotation @ diag(flip, 1); centre c: x' = A (x - c) + c + t.
+    cos, sin = np.cos(angle) * scale, np.sin(angle) * scale
+    fx = np.where(flip, -1.0, 1.0)
+    a = np.empty((n, 2, 2))
+    a[:, 0, 0], a[:, 0, 1] = cos * fx, -sin
+    a[:, 1, 0], a[:, 1, 1] = sin * fx, cos
+    c = np.array([(w - 1) / 2, (h - 1) / 2])  # pixel centres: a flip maps the pixel grid onto itself
+    m = np.empty((n, 2, 3))
+    m[:, :, :2] = a
+    m[:, :, 2] = c - a @ c + np.stack([tx, ty], axis=1)
+    return m
+
+
+def apply_geometric(images: np.ndarray, masks: np.ndarray | None, matrices: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Warp uint8 images [B, H, W, C] (bilinear) and masks uint8 [B, H, W] (nearest) by matrices [B, 2, 3].
+
+    Returns new arrays of the same shapes and dtypes; outside pixels are filled with 0.
+    """
+    out_images = np.empty_like(images)
+    out_masks = None if masks is None else np.empty_like(masks)
+    for i in range(len(images)):
+        _warp_image(images[i], matrices[i], out_images[i])
+        if masks is not None:
+            _warp_mask(masks[i], matrices[i], out_masks[i])
+    return out_images, out_masks
+
+
+def apply_intensity(images: np.ndarray, rng: np.random.Generator, aug: AugmentParams) -> np.ndarray:
+    """Random brightness and contrast on float32 images [B, H, W, C] in 0..255 (modified in place).
+
+    Per image: x -> (x - mean) * k + mean + b, with k uniform in [1 - contrast, 1 + contrast],
+    b uniform in [-brightness, +brightness] * 255 and mean over all of the image's pixels and
+    channels; then clipped to 0..255. Returns the same float32 array.
+    """
+    k, b = _intensity_params(rng, len(images), aug)
+    for i, x in enumerate(images):
+        mean = np.float32(x.mean(dtype=np.float64))
+        np.multiply(x, k[i], out=x)
+        np.add(x, mean * (1 - k[i]) + b[i], out=x)
+        np.clip(x, 0, 255, out=x)
+    return images
+
+
+def augment_batch(images: np.ndarray, masks: np.ndarray | None, rng: np.random.Generator,
+                  aug: AugmentParams | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Augment one batch: uint8 images [B, H, W, C] and masks uint8 [B, H, W] (or None).
+
+    Returns (float32 images [B, H, W, C] in 0..255, uint8 masks [B, H, W] or None). With
+    ``aug`` None or disabled, the images are only converted to float32 and the masks returned as is.
+    Same result as ``apply_geometric`` then ``apply_intensity`` on the same generator, but fused:
+    the intensity change of a uint8 image is a 256-entry float32 lookup table.
+    """
+    if aug is None or not aug.enabled:
+        return images.astype(np.float32), masks
+    n = len(images)
+    matrices = random_affine_params(rng, n, aug, images.shape[1:3])
+    k, b = _intensity_params(rng, n, aug)
+    out = np.empty(images.shape, np.float32)
+    out_masks = None if masks is None else np.empty_like(masks)
+    warped = np.empty(images.shape[1:], np.uint8)
+    levels = np.arange(256, dtype=np.float32)
+    for i in range(n):
+        _warp_image(images[i], matrices[i], warped)
+        if masks is not None:
+            _warp_mask(masks[i], matrices[i], out_masks[i])
+        mean = np.float32(np.mean(cv2.mean(warped)[:warped.shape[2]]))
+        lut = np.clip(levels * k[i] + (mean * (1 - k[i]) + b[i]), 0, 255)
+        cv2.LUT(warped, lut, dst=out[i])
+    return out, out_masks
+
+
+def _intensity_params(rng: np.random.Generator, n: int, aug: AugmentParams) -> tuple[np.ndarray, np.ndarray]:
+    """Contrast factors k and brightness offsets b (grey levels), float32 [n] each."""
+    k = rng.uniform(1 - aug.contrast, 1 + aug.contrast, n).astype(np.float32)
+    b = (rng.uniform(-aug.brightness, aug.brightness, n) * 255).astype(np.float32)
+    return k, b
+
+
+def _warp_image(image: np.ndarray, matrix: np.ndarray, out: np.ndarray) -> None:
+    """Bilinear warp of one uint8 [H, W, C] image into ``out``.
+
+    OpenCV has vectorised paths for 1 and 4 channels only: a 3-channel image is padded to 4
+    (2.3x faster at 256 px, bit-identical result).
+    """
+    h, w = image.shape[:2]
+    if image.ndim == 3 and image.shape[2] == 3:
+        rgba = cv2.warpAffine(cv2.cvtColor(image, cv2.COLOR_RGB2RGBA), matrix, (w, h), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB, dst=out)
+    else:
+        out[...] = cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0).reshape(out.shape)
+
+
+def _warp_mask(mask: np.ndarray, matrix: np.ndarray, out: np.ndarray) -> None:
+    """Nearest-neighbour warp of one uint8 [H, W] label map into ``out`` (values are kept)."""
+    h, w = mask.shape
+    cv2.warpAffine(mask, matrix, (w, h), dst=out, flags=cv2.INTER_NEAREST,
+                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)

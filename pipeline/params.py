@@ -1,0 +1,271 @@
+"""Typed, validated view of params.yaml.
+
+``load_params(path)`` returns a ``Params`` whose sections are frozen dataclasses. An unknown
+key, a missing key or a bad value raises ``ParamsError`` naming the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.case import SEQUENCES
+from pipeline.errors import ParamsError
+
+SOURCES = ("demo", "lgg", "brats2021", "decathlon")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: str
+    root: str
+    image_size: int
+    channels: tuple[str, ...]
+    clip_percentiles: tuple[float, float]
+    min_brain_fraction: float
+    on_error: str
+
+    def validate(self) -> None:
+        _one_of("data.source", self.source, SOURCES)
+        _one_of("data.on_error", self.on_error, ("fail", "skip"))
+        if self.image_size < 32 or self.image_size % 32:
+            raise ParamsError(f"data.image_size: {self.image_size} must be a multiple of 32, at least 32")
+        if len(self.channels) != 3:
+            raise ParamsError(f"data.channels: need exactly 3 sequences, got {list(self.channels)}")
+        for c in self.channels:
+            _one_of("data.channels", c, SEQUENCES)
+        lo, hi = self.clip_percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ParamsError(f"data.clip_percentiles: need 0 <= low < high <= 100, got {[lo, hi]}")
+        _in_range("data.min_brain_fraction", self.min_brain_fraction, 0, 1)
+
+
+@dataclass(frozen=True)
+class DemoParams:
+    patients: int
+    slices_per_patient: int
+    image_size: int
+    seed: int
+
+    def validate(self) -> None:
+        if self.patients < 3:
+            raise ParamsError(f"demo.patients: {self.patients} is too few for a train/val/test split")
+        _in_range("demo.slices_per_patient", self.slices_per_patient, 4, 1000)
+        _in_range("demo.image_size", self.image_size, 32, 1024)
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    train: float
+    val: float
+    test: float
+    seed: int
+
+    def validate(self) -> None:
+        for name in ("train", "val", "test"):
+            _in_range(f"split.{name}", getattr(self, name), 0, 1)
+        if abs(self.train + self.val + self.test - 1) > 1e-6:
+            raise ParamsError(f"split: train + val + test must be 1, got {self.train + self.val + self.test}")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    lr: float
+    epochs: int
+    batch_size: int
+    seed: int
+    mixed_precision: bool
+
+    def validate(self) -> None:
+        _in_range("train.lr", self.lr, 1e-8, 1)
+        _in_range("train.epochs", self.epochs, 1, 10_000)
+        _in_range("train.batch_size", self.batch_size, 1, 4096)
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    enabled: bool
+    flip: bool
+    rotate_deg: float
+    shift: float
+    zoom: float
+    brightness: float
+    contrast: float
+
+    def validate(self) -> None:
+        _in_range("augment.rotate_deg", self.rotate_deg, 0, 180)
+        for name in ("shift", "zoom", "brightness", "contrast"):
+            _in_range(f"augment.{name}", getattr(self, name), 0, 0.5)
+
+
+@dataclass(frozen=True)
+class ClassifierParams:
+    backbone: str
+    weights: str
+    dropout: float
+    warmup_epochs: int
+    unfreeze: int | str
+    finetune_lr_scale: float
+    class_balance: str
+    patience: int
+
+    def validate(self) -> None:
+        _one_of("classifier.backbone", self.backbone, ("resnet50", "resnet50v2", "densenet121", "efficientnetb0"))
+        _one_of("classifier.class_balance", self.class_balance, ("weights", "batches", "none"))
+        _in_range("classifier.dropout", self.dropout, 0, 0.95)
+        if self.unfreeze != "all" and not (isinstance(self.unfreeze, int) and self.unfreeze >= 0):
+            raise ParamsError(f"classifier.unfreeze: {self.unfreeze!r} must be a number of stages or 'all'")
+        _in_range("classifier.finetune_lr_scale", self.finetune_lr_scale, 1e-6, 10)
+
+
+@dataclass(frozen=True)
+class SegmenterParams:
+    filters: tuple[int, ...]
+    loss: str
+    tversky_alpha: float
+    tversky_beta: float
+    focal_gamma: float
+    negative_fraction: float
+    epochs_factor: float
+    patience: int
+
+    def validate(self) -> None:
+        _in_range("segmenter.epochs_factor", self.epochs_factor, 0.01, 100)
+        _one_of("segmenter.loss", self.loss, ("dice", "tversky", "focal_tversky", "bce_dice"))
+        if len(self.filters) < 2 or any(f < 1 for f in self.filters):
+            raise ParamsError(f"segmenter.filters: need at least two positive widths, got {list(self.filters)}")
+        _in_range("segmenter.negative_fraction", self.negative_fraction, 0, 1)
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    threshold: str | float
+    min_component_px: int
+    keep_largest_component: bool
+    bootstrap: int
+    gradcam_per_group: int
+    ig_steps: int
+    seed: int
+
+    def validate(self) -> None:
+        t = self.threshold
+        if isinstance(t, (int, float)) and not isinstance(t, bool):
+            _in_range("evaluate.threshold", float(t), 0, 1)
+        elif t not in ("youden", "f1") and not (isinstance(t, str) and t.startswith("sensitivity:")):
+            raise ParamsError(f"evaluate.threshold: {t!r} must be youden, f1, sensitivity:<0..1> or a number")
+        elif isinstance(t, str) and t.startswith("sensitivity:"):
+            try:
+                _in_range("evaluate.threshold", float(t.split(":", 1)[1]), 0, 1)
+            except ValueError:
+                raise ParamsError(f"evaluate.threshold: {t!r}: the target sensitivity is not a number") from None
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams
+    demo: DemoParams
+    split: SplitParams
+    train: TrainParams
+    augment: AugmentParams
+    classifier: ClassifierParams
+    segmenter: SegmenterParams
+    evaluate: EvaluateParams
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; raises ParamsError on anything off."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such params file") from None
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML ({e})") from None
+    return params_from_dict(raw, str(path))
+
+
+def params_from_dict(raw: Any, where: str = "params") -> Params:
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{where}: expected a mapping of sections")
+    return _build(Params, raw, "")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{prefix.rstrip('.') or 'params'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise ParamsError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(fields))})")
+    missing = sorted(fields - set(raw))
+    if missing:
+        raise ParamsError(f"{prefix}{missing[0]}: missing key")
+    values = {name: _coerce(hints[name], raw[name], f"{prefix}{name}") for name in fields}
+    obj = cls(**values)
+    if hasattr(obj, "validate"):
+        obj.validate()
+    return obj
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".")
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(option, value, key)
+            except ParamsError:
+                continue
+        raise ParamsError(f"{key}: {value!r} is not a {tp}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ParamsError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        item = args[0]
+        if len(args) != 2 or args[1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ParamsError(f"{key}: expected {len(args)} values, got {value!r}")
+            return tuple(_coerce(a, v, key) for a, v in zip(args, value))
+        return tuple(_coerce(item, v, key) for v in value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{key}: expected a whole number, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            # YAML reads 1e-4 (no dot) as a string; accept it when it parses as a number.
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise ParamsError(f"{key}: expected a number, got {value!r}") from None
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"{key}: expected text, got {value!r}")
+        return value
+    raise ParamsError(f"{key}: unsupported type {tp}")
+
+
+def _one_of(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ParamsError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
+
+
+def _in_range(key: str, value: float, lo: float, hi: float) -> None:
+    if not lo <= value <= hi:
+        raise ParamsError(f"{key}: {value!r} is outside [{lo}, {hi}]")

@@ -1,0 +1,94 @@
+"""Stage `evaluate`: threshold on validation patients, cascade metrics on val and test, explanations."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from pipeline.cascade import Cascade, PostProcessing
+from pipeline.evaluation import EVAL_SPLITS, choose_threshold, evaluate_split, plot_tables, score_patients
+from pipeline.gallery import explain_test_slices, patient_triptychs
+from pipeline.params import Params
+from pipeline.paths import CLASSIFIER, EVAL_DIR, METRICS_JSON, SEGMENTER, SLICES_DIR, SPLIT_CSV
+from pipeline.slices import SliceStore
+from pipeline.split import read_split
+from pipeline.training import load_sidecar
+from pipeline.writing import atomic_dir, atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def run(params: Params) -> None:
+    e = params.evaluate
+    start = time.perf_counter()
+    store = SliceStore(SLICES_DIR)
+    split = read_split(str(SPLIT_CSV))
+    post = PostProcessing(e.min_component_px, e.keep_largest_component)
+    cascade = Cascade.load(CLASSIFIER, SEGMENTER, threshold=0.5, post=post)
+    sidecar = load_sidecar(CLASSIFIER)
+
+    scored = score_patients(store, split, cascade)
+    cascade.threshold = threshold = choose_threshold(scored.slices, e.threshold)
+    log.info("threshold %.4f chosen on validation patients by rule %r", threshold, e.threshold)
+
+    metrics: dict = {
+        "classifier": {"pretrained": bool(sidecar["pretrained"]), "backbone": sidecar["backbone"]},
+        "threshold": {"rule": str(e.threshold), "value": threshold, "chosen_on": "val"},
+        "postprocessing": {"min_component_px": e.min_component_px, "keep_largest_component": e.keep_largest_component},
+    }
+    with atomic_dir(EVAL_DIR) as out:
+        (out / "plots").mkdir()
+        (out / "images").mkdir()
+        tables = {}
+        for name in EVAL_SPLITS:
+            metrics[name], slices, patients = evaluate_split(scored, store, name, threshold, post, e.bootstrap, e.seed)
+            tables[name] = (slices, patients)
+            for kind, table in plot_tables(slices).items():
+                table.to_csv(out / "plots" / f"{kind}_{name}.csv", index=False)
+        slices = _concat(t[0] for t in tables.values())
+        patients = _concat(t[1] for t in tables.values())
+        slices.to_csv(out / "slices.csv", index=False)
+        patients.to_csv(out / "patients.csv", index=False)
+        val = metrics["val"]["classifier"]
+        (out / "threshold.json").write_text(json.dumps({
+            "rule": str(e.threshold), "threshold": threshold, "chosen_on": "val",
+            "val_sensitivity": val["sensitivity"], "val_specificity": val["specificity"]}, indent=2))
+
+        test_slices, test_patients = tables["test"]
+        gallery, pointing = explain_test_slices(cascade.classifier, sidecar["last_conv_layer"], store, test_slices,
+                                                e, out / "images")
+        metrics["test"]["explain"] = pointing
+        (out / "gallery.json").write_text(json.dumps(gallery, indent=2))
+        (out / "cases.json").write_text(json.dumps(
+            patient_triptychs(store, test_patients, test_slices, scored.seg_masks, out / "images"), indent=2))
+    with atomic_path(METRICS_JSON) as tmp:
+        tmp.write_text(json.dumps(_finite(metrics), indent=2))
+    t = metrics["test"]
+    log.info("test: AUC %.3f [%.3f, %.3f], sensitivity %.3f, specificity %.3f; segmenter slice Dice %.3f; "
+             "cascade patient Dice mean %.3f median %.3f; pointing game %.2f (%.0f s)",
+             t["classifier"]["auc"], t["classifier"]["auc_ci_low"], t["classifier"]["auc_ci_high"],
+             t["classifier"]["sensitivity"], t["classifier"]["specificity"], t["segmenter"]["dice_slice_mean"],
+             t["cascade"]["dice_patient_mean"], t["cascade"]["dice_patient_median"],
+             t["explain"]["pointing_game"], time.perf_counter() - start)
+
+
+def _concat(frames):
+    import pandas as pd
+
+    return pd.concat(list(frames), ignore_index=True)
+
+
+def _finite(value):
+    """JSON-safe metrics: NaN/inf become null (DVC and browsers reject NaN literals)."""
+    import math
+
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,69 @@
+"""Stage `train_classifier`: transfer-learn the tumour-presence classifier -> models/classifier.keras."""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+
+from pipeline.batches import SliceBatches, class_weights_from
+from pipeline.nets.classifier import build_classifier, set_trainable_stages
+from pipeline.params import Params
+from pipeline.paths import CLASSIFIER, SLICES_DIR, SPLIT_CSV, TRAIN_CLASSIFIER_DIR
+from pipeline.slices import SliceStore
+from pipeline.training import TrainingRun, save_model, setup, store_channels, training_rows
+
+log = logging.getLogger(__name__)
+
+
+def run(params: Params) -> None:
+    p, t = params.classifier, params.train
+    setup(t)
+    store = SliceStore(SLICES_DIR)
+    rows = training_rows(store, SPLIT_CSV)
+    size = store.image_shape[0]
+    model, info = build_classifier(size, p.backbone, p.weights, p.dropout)
+
+    labels = rows["train"].has_tumour.to_numpy(int)
+    class_weight = class_weights_from(labels) if p.class_balance == "weights" else None
+    train = SliceBatches(store, rows["train"], t.batch_size, "label", params.augment, shuffle=True, seed=t.seed,
+                         class_weight=class_weight, balanced=p.class_balance == "batches")
+    val = SliceBatches(store, rows["val"], t.batch_size, "label", None, shuffle=False, seed=t.seed)
+    log.info("classifier %s at %d px, %s; %d train slices (%.0f%% positive), %d val slices",
+             p.backbone, size, "pretrained" if info["pretrained"] else "random init",
+             len(labels), 100 * labels.mean(), len(rows["val"]))
+
+    def compile_at(lr: float) -> None:
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy",
+                      metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")])
+
+    training = TrainingRun.start(TRAIN_CLASSIFIER_DIR, "val_auc", p.patience, len(train) * t.batch_size)
+    warmup = min(p.warmup_epochs, t.epochs) if info["pretrained"] else 0
+    if warmup:
+        set_trainable_stages(model, info, 0)
+        compile_at(t.lr)
+        log.info("phase 1: %d warm-up epochs with the base frozen", warmup)
+        training.fit(model, train, val, warmup)
+        set_trainable_stages(model, info, p.unfreeze)
+        compile_at(t.lr * p.finetune_lr_scale)
+        log.info("phase 2: fine-tuning with %s stage(s) unfrozen at lr %.2g", p.unfreeze, t.lr * p.finetune_lr_scale)
+    else:
+        compile_at(t.lr)
+    training.fit(model, train, val, t.epochs - warmup)
+    summary = training.finish({"pretrained": info["pretrained"], "weights_source": info["weights_source"]})
+
+    sidecar = {
+        "kind": "classifier",
+        "input_size": size,
+        "channels": store_channels(store),
+        "input_range": "uint8 values 0..255 as float32, channels last; preprocessing is inside the model",
+        "preprocessing": info["preprocessing"],
+        "backbone": p.backbone,
+        "last_conv_layer": info["last_conv_layer"],
+        "pretrained": info["pretrained"],
+        "weights_source": info["weights_source"],
+        "threshold": None,  # chosen on validation patients by `evaluate` (reports/eval/threshold.json)
+        "training": summary,
+        "params": {"train": vars(t), "augment": vars(params.augment), "classifier": vars(p)},
+    }
+    save_model(model, CLASSIFIER, sidecar)

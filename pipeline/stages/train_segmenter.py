@@ -1,0 +1,68 @@
+"""Stage `train_segmenter`: train the ResUNet on tumour-positive slices -> models/segmenter.keras."""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+import numpy as np
+import pandas as pd
+
+from pipeline.batches import SliceBatches
+from pipeline.losses import get_loss
+from pipeline.nets.resunet import build_resunet
+from pipeline.params import Params
+from pipeline.paths import SEGMENTER, SLICES_DIR, SPLIT_CSV, TRAIN_SEGMENTER_DIR
+from pipeline.seg_metrics import DiceAt, IoUAt
+from pipeline.slices import SliceStore
+from pipeline.training import TrainingRun, save_model, setup, store_channels, training_rows
+
+log = logging.getLogger(__name__)
+
+
+def segmenter_rows(rows: pd.DataFrame, negative_fraction: float, seed: int) -> pd.DataFrame:
+    """The tumour-positive slices, plus `negative_fraction` x as many negatives drawn at random."""
+    positive = rows[rows.has_tumour]
+    negative = rows[~rows.has_tumour]
+    n_neg = min(len(negative), int(round(negative_fraction * len(positive))))
+    if n_neg:
+        negative = negative.sample(n=n_neg, random_state=np.random.RandomState(seed))
+        return pd.concat([positive, negative]).sort_index().reset_index(drop=True)
+    return positive.reset_index(drop=True)
+
+
+def run(params: Params) -> None:
+    p, t = params.segmenter, params.train
+    setup(t)
+    store = SliceStore(SLICES_DIR)
+    rows = training_rows(store, SPLIT_CSV)
+    train_rows = segmenter_rows(rows["train"], p.negative_fraction, t.seed)
+    val_rows = segmenter_rows(rows["val"], p.negative_fraction, t.seed)
+    size = store.image_shape[0]
+    model = build_resunet(size, tuple(p.filters), out_channels=1)
+    log.info("ResUNet %s at %d px (%d parameters); %d train slices, %d val slices",
+             list(p.filters), size, model.count_params(), len(train_rows), len(val_rows))
+
+    train = SliceBatches(store, train_rows, t.batch_size, "mask", params.augment, shuffle=True, seed=t.seed)
+    val = SliceBatches(store, val_rows, t.batch_size, "mask", None, shuffle=False, seed=t.seed)
+    model.compile(optimizer=keras.optimizers.Adam(t.lr),
+                  loss=get_loss(p.loss, p.tversky_alpha, p.tversky_beta, p.focal_gamma),
+                  metrics=[DiceAt(0.5), IoUAt(0.5)])
+    training = TrainingRun.start(TRAIN_SEGMENTER_DIR, "val_dice", p.patience, len(train) * t.batch_size)
+    training.fit(model, train, val, max(1, round(t.epochs * p.epochs_factor)))
+    summary = training.finish({"parameters": model.count_params()})
+
+    sidecar = {
+        "kind": "segmenter",
+        "input_size": size,
+        "channels": store_channels(store),
+        "input_range": "uint8 values 0..255 as float32, channels last; per-image standardisation is inside the model",
+        "output_channels": ["tumour"],
+        "architecture": "ResUNet (Zhang, Liu, Wang 2018)",
+        "filters": list(p.filters),
+        "loss": p.loss,
+        "threshold": 0.5,
+        "training": summary,
+        "params": {"train": vars(t), "augment": vars(params.augment), "segmenter": vars(p)},
+    }
+    save_model(model, SEGMENTER, sidecar)

@@ -1,0 +1,263 @@
+"""Model builders: preprocessing layers, the classifier (weights handling, flat graph, stages) and
+the ResUNet (shapes, no pooling), each saved and reloaded with safe_mode=True. Tiny sizes (32 px);
+no test ever downloads anything (the Keras fetch is patched to fail)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import pipeline.nets  # noqa: F401  (registers the custom objects)
+from pipeline.errors import InputError
+from pipeline.losses import get_loss
+from pipeline.nets.classifier import BACKBONES, backbone_stages, build_classifier, set_trainable_stages
+from pipeline.nets.layers import BackbonePreprocess, PerImageStandardization
+from pipeline.nets.resunet import build_resunet, residual_unit
+from pipeline.seg_metrics import DiceAt, IoUAt
+
+SIZE = 32
+SMALL = (4, 8, 16)
+
+
+def uint8_images(n: int, size: int = SIZE, seed: int = 0) -> np.ndarray:
+    """float32 [n, size, size, 3] holding uint8 values 0..255."""
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3)).astype(np.float32)
+
+
+@pytest.fixture
+def no_download(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make every Keras weights fetch fail at once, as it does offline; records the file names asked for.
+
+    keras.applications call ``keras.src.utils.file_utils.get_file`` through the module, so that is
+    the attribute to patch; ``keras.utils.get_file`` is patched too for any direct caller.
+    """
+    from keras.src.utils import file_utils
+
+    asked: list[str] = []
+
+    def fail(fname: str | None = None, origin: str | None = None, **_: object) -> str:
+        asked.append(str(fname))
+        raise Exception(f"URL fetch failure on {origin}: None -- no network in tests")
+
+    monkeypatch.setattr(file_utils, "get_file", fail)
+    monkeypatch.setattr(keras.utils, "get_file", fail)
+    return asked
+
+
+@pytest.fixture(scope="module")
+def resnet() -> tuple[keras.Model, dict]:
+    return build_classifier(SIZE, "resnet50", weights="none", dropout=0.3)
+
+
+# ----------------------------------------------------------------------------------- preprocessing layers
+
+
+@pytest.mark.parametrize("mode, reference", [
+    ("caffe", keras.applications.resnet50.preprocess_input),
+    ("tf", keras.applications.resnet_v2.preprocess_input),
+    ("torch", keras.applications.densenet.preprocess_input),
+    ("none", keras.applications.efficientnet.preprocess_input),
+])
+def test_backbone_preprocess_matches_keras_applications(mode, reference) -> None:
+    x = uint8_images(2, 8)
+    expected = reference(x.copy())
+    got = keras.ops.convert_to_numpy(BackbonePreprocess(mode)(x))
+    if mode == "caffe":
+        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_allclose(got[..., 0], x[..., 2] - 103.939, atol=1e-4)  # BGR, mean-subtracted
+    else:
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_backbone_preprocess_rejects_unknown_mode() -> None:
+    with pytest.raises(ValueError, match="mode"):
+        BackbonePreprocess("imagenet")
+
+
+def test_per_image_standardization() -> None:
+    x = uint8_images(2, 16)
+    x[1] = 77.0  # a constant image
+    y = keras.ops.convert_to_numpy(PerImageStandardization()(x))
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(y[1], 0.0)
+    np.testing.assert_allclose(y[0].mean(axis=(0, 1)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(y[0].std(axis=(0, 1)), 1.0, atol=1e-4)
+    # per channel, not across channels
+    x2 = x[:1].copy()
+    x2[..., 1] *= 0.1
+    y2 = keras.ops.convert_to_numpy(PerImageStandardization()(x2))
+    np.testing.assert_allclose(y2[0].std(axis=(0, 1)), 1.0, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------- classifier
+
+
+def test_resnet50_graph_is_flat_and_reaches_last_conv(resnet) -> None:
+    model, info = resnet
+    assert info["last_conv_layer"] == "conv5_block3_out"
+    conv5 = model.get_layer("conv5_block3_out")
+    assert conv5 in model.layers
+    assert not any(isinstance(layer, keras.Model) for layer in model.layers)  # no nested backbone
+    assert model.layers[0].name == "image"
+    assert model.output.shape == (None, 1)
+    assert model.get_layer("tumour_probability").dtype_policy.compute_dtype == "float32"
+    assert model.get_layer("preprocess").mode == "caffe"
+    # Grad-CAM's sub-model: image -> (last conv maps, probability)
+    grad_model = keras.Model(model.input, [conv5.output, model.output])
+    maps, prob = grad_model(uint8_images(2))
+    assert tuple(maps.shape) == (2, 1, 1, 2048) and tuple(prob.shape) == (2, 1)
+
+
+@pytest.mark.parametrize("backbone", ["resnet50v2", "densenet121", "efficientnetb0"])
+def test_other_backbones_build_with_their_last_conv_layer(backbone) -> None:
+    model, info = build_classifier(SIZE, backbone, weights="none")
+    assert info == {"backbone": backbone, "preprocessing": BACKBONES[backbone].preprocessing,
+                    "last_conv_layer": BACKBONES[backbone].last_conv_layer, "pretrained": False,
+                    "weights_source": "none"}
+    assert len(model.get_layer(info["last_conv_layer"]).output.shape) == 4
+    stages = backbone_stages(model, info)
+    assert model.get_layer(info["last_conv_layer"]) in stages[-1]
+    set_trainable_stages(model, info, 1)
+    assert all(w.trainable is False for layer in stages[0] for w in layer.weights)
+    assert any(layer.trainable_weights for layer in stages[-1])
+
+
+def test_imagenet_download_failure_falls_back_to_random_init(no_download, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="pipeline.nets.classifier"):
+        model, info = build_classifier(SIZE, "resnet50", weights="imagenet")
+    assert no_download == ["resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"]
+    assert info["pretrained"] is False
+    assert info["weights_source"] == "imagenet-unavailable"
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "ImageNet weights unavailable" in warnings[0].getMessage()
+    assert "random initialisation" in warnings[0].getMessage()
+    model.get_layer("conv5_block3_out")
+
+
+def test_weights_from_path_load_into_the_backbone(tmp_path: Path, no_download) -> None:
+    source = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))
+    path = tmp_path / "resnet50_notop.weights.h5"
+    source.save_weights(path)
+    model, info = build_classifier(SIZE, "resnet50", weights=str(path))
+    assert info["pretrained"] is True and info["weights_source"] == str(path)
+    assert no_download == []
+    for layer in (layer for layer in source.layers if layer.weights):
+        for a, b in zip(layer.get_weights(), model.get_layer(layer.name).get_weights(), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_bad_weights_path_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not found"):
+        build_classifier(SIZE, weights=str(tmp_path / "missing.h5"))
+    with pytest.raises(ValueError, match="backbone"):
+        build_classifier(SIZE, backbone="vgg16", weights="none")
+
+
+def test_classifier_save_load_safe_mode_same_predictions(resnet, tmp_path: Path) -> None:
+    model, _ = resnet
+    x = uint8_images(2)
+    path = tmp_path / "classifier.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True, compile=False)
+    np.testing.assert_allclose(loaded.predict_on_batch(x), model.predict_on_batch(x), rtol=1e-5, atol=1e-6)
+    assert loaded.get_layer("preprocess").get_config()["mode"] == "caffe"
+    loaded.get_layer("conv5_block3_out")
+
+
+def test_set_trainable_stages_resnet50(resnet) -> None:
+    model, info = resnet
+    stage_names = [sorted({layer.name.split("_")[0] for layer in stage}) for stage in backbone_stages(model, info)]
+    assert stage_names == [["conv1", "pool1"], ["conv2"], ["conv3"], ["conv4"], ["conv5"]]
+
+    set_trainable_stages(model, info, 0)
+    assert [w.path for w in model.trainable_weights] == [w.path for w in model.get_layer("tumour_probability").weights]
+
+    set_trainable_stages(model, info, 2)
+    assert model.get_layer("conv5_block1_1_conv").trainable and model.get_layer("conv4_block1_1_conv").trainable
+    assert not model.get_layer("conv3_block1_1_conv").trainable
+    frozen_bn = model.get_layer("conv3_block1_1_bn")
+    assert isinstance(frozen_bn, keras.layers.BatchNormalization) and not frozen_bn.trainable
+    # a frozen BN runs in inference mode even with training=True: it uses (and keeps) its moving stats
+    before = keras.ops.convert_to_numpy(frozen_bn.moving_mean)
+    model(uint8_images(2), training=True)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(frozen_bn.moving_mean), before)
+
+    set_trainable_stages(model, info, "all")
+    assert len(model.trainable_weights) == sum(len(layer.trainable_weights) for layer in model.layers)
+    assert model.get_layer("conv1_conv").trainable
+    with pytest.raises(ValueError, match="unfreeze"):
+        set_trainable_stages(model, info, -1)
+
+
+# --------------------------------------------------------------------------------------------- ResUNet
+
+
+def test_residual_unit_shapes_and_shortcuts() -> None:
+    x = keras.Input((16, 16, 8))
+    down = residual_unit(x, 12, strides=2, name="down")
+    same = residual_unit(x, 8, strides=1, name="same")
+    assert tuple(down.shape) == (None, 8, 8, 12)
+    assert tuple(same.shape) == (None, 16, 16, 8)
+    model = keras.Model(x, [down, same])
+    names = {layer.name for layer in model.layers}
+    assert "down_shortcut_conv" in names and "same_shortcut_conv" not in names  # identity where it can be
+    assert {"same_bn1", "same_relu1", "same_conv1", "same_bn2", "same_relu2", "same_conv2"} <= names
+    assert model.get_layer("down_conv1").strides == (2, 2)
+
+
+def test_resunet_shapes_levels_and_no_pooling() -> None:
+    model = build_resunet(SIZE, SMALL, out_channels=1)
+    assert model.input.shape == (None, SIZE, SIZE, 3)
+    assert model.output.shape == (None, SIZE, SIZE, 1)
+    assert model.get_layer("tumour_mask").dtype_policy.compute_dtype == "float32"
+    assert isinstance(model.get_layer("standardize"), PerImageStandardization)
+    # the encoder halves H, W each level; the bridge once more
+    assert model.get_layer("enc1_add").output.shape[1:] == (32, 32, 4)
+    assert model.get_layer("enc2_add").output.shape[1:] == (16, 16, 8)
+    assert model.get_layer("bridge_add").output.shape[1:] == (8, 8, 16)
+    assert model.get_layer("dec2_add").output.shape[1:] == (16, 16, 8)
+    assert model.get_layer("dec1_add").output.shape[1:] == (32, 32, 4)
+    assert model.get_layer("enc2_conv1").strides == (2, 2) and model.get_layer("bridge_conv1").strides == (2, 2)
+    # the first unit starts with a conv; later units are pre-activation
+    names = {layer.name for layer in model.layers}
+    assert "enc1_bn1" not in names and "enc2_bn1" in names
+    assert not [layer for layer in model.layers if "Pooling" in type(layer).__name__]
+    assert not [layer for layer in model.layers if type(layer).__name__ == "Lambda"]
+    y = keras.ops.convert_to_numpy(model.predict_on_batch(uint8_images(2)))
+    assert y.shape == (2, SIZE, SIZE, 1) and ((y >= 0) & (y <= 1)).all()
+
+
+def test_resunet_several_output_channels_and_bad_sizes() -> None:
+    assert build_resunet(SIZE, SMALL, out_channels=3).output.shape == (None, SIZE, SIZE, 3)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        build_resunet(30, SMALL)
+    with pytest.raises(ValueError, match="filters"):
+        build_resunet(SIZE, (8,))
+
+
+def test_resunet_default_parameter_count() -> None:
+    assert build_resunet(SIZE).count_params() == 2_081_937  # 16-32-64-128-256, independent of image size
+
+
+@pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer")  # never-built optimizer: nothing to load
+def test_resunet_save_load_safe_mode_compiled(tmp_path: Path) -> None:
+    model = build_resunet(SIZE, SMALL)
+    model.compile(optimizer="adam", loss=get_loss("focal_tversky", 0.7, 0.3, 0.75), metrics=[DiceAt(0.5), IoUAt(0.5)])
+    x = uint8_images(2)
+    y = np.zeros((2, SIZE, SIZE, 1), np.float32)
+    y[:, 8:20, 8:20] = 1
+    path = tmp_path / "segmenter.keras"
+    model.save(path)
+
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(loaded.predict_on_batch(x), model.predict_on_batch(x), rtol=1e-5, atol=1e-6)
+    assert loaded.loss.get_config() == model.loss.get_config()
+    scores = loaded.evaluate(x, y, verbose=0, return_dict=True)
+    assert {"loss", "dice", "iou"} <= set(scores)
+    plain = keras.saving.load_model(path, safe_mode=True, compile=False)
+    np.testing.assert_allclose(plain.predict_on_batch(x), model.predict_on_batch(x), rtol=1e-5, atol=1e-6)

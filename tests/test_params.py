@@ -1,0 +1,60 @@
+"""params.yaml is read into typed sections; bad keys and values are clear errors."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.errors import ParamsError
+from pipeline.params import load_params, params_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_repo_params_load():
+    params = load_params(ROOT / "params.yaml")
+    assert params.data.source == "demo"
+    assert params.data.channels == ("t1", "flair", "t1gd")
+    assert params.train.lr > 0
+
+
+@pytest.mark.parametrize("path, value, message", [
+    (("data", "source"), "nifti", "data.source"),
+    (("data", "image_size"), 100, "data.image_size"),
+    (("data", "channels"), ["t1", "flair"], "data.channels"),
+    (("data", "channels"), ["t1", "flair", "dwi"], "data.channels"),
+    (("train", "lr"), "fast", "train.lr"),
+    (("train", "epochs"), 0, "train.epochs"),
+    (("split", "test"), 0.5, "split"),
+    (("evaluate", "threshold"), "sensitivity:high", "evaluate.threshold"),
+    (("evaluate", "threshold"), 1.5, "evaluate.threshold"),
+    (("classifier", "unfreeze"), "some", "classifier.unfreeze"),
+])
+def test_bad_values_name_the_key(path, value, message):
+    raw = copy.deepcopy(RAW)
+    raw[path[0]][path[1]] = value
+    with pytest.raises(ParamsError, match=message):
+        params_from_dict(raw)
+
+
+def test_unknown_and_missing_keys():
+    raw = copy.deepcopy(RAW)
+    raw["train"]["learning_rate"] = 0.1
+    with pytest.raises(ParamsError, match="train.learning_rate: unknown key"):
+        params_from_dict(raw)
+    raw = copy.deepcopy(RAW)
+    del raw["data"]["root"]
+    with pytest.raises(ParamsError, match="data.root: missing key"):
+        params_from_dict(raw)
+
+
+def test_scientific_notation_from_exp_run_is_a_number():
+    raw = copy.deepcopy(RAW)
+    raw["train"]["lr"] = "1e-4"  # YAML 1.1 reads 1e-4 as text; `dvc exp run -S train.lr=1e-4` writes that
+    assert params_from_dict(raw).train.lr == pytest.approx(1e-4)
+    raw["evaluate"]["threshold"] = "sensitivity:0.95"
+    assert params_from_dict(raw).evaluate.threshold == "sensitivity:0.95"
