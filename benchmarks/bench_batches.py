@@ -17,8 +17,11 @@ pipeline vs the same model's ``fit`` on in-memory tensors of the same shape (tar
     {"benchmark": "train_throughput", "model": "resnet50", "size": 128, "in_memory_img_s": ...,
      "pipeline_img_s": ..., "ratio": ...}
 
-Each ``fit`` runs one warm-up epoch (tracing, first allocations) and then --epochs timed epochs
-of --steps batches; in-memory and pipeline runs alternate --repeats times on the same model.
+The first ``fit`` of each kind runs one untimed warm-up epoch (tracing, first allocations); then
+--epochs timed epochs of --steps batches per fit; in-memory and pipeline fits alternate --repeats
+times on the same model. img/s come from the median epoch wall time (``mean_ratio``: from the
+mean); process CPU seconds per image (all threads) are reported too, since they stay meaningful
+when other jobs share the machine (``load_avg_1min``: before and after).
 
     python benchmarks/bench_batches.py [--sizes 128 256]
     python benchmarks/bench_batches.py --model resnet50 --size 128 --steps 4
@@ -201,6 +204,7 @@ def bce_dice(y_true: Any, y_pred: Any) -> Any:
 
 def bench_training(args: argparse.Namespace) -> None:
     keras.utils.set_random_seed(0)
+    load_before = os.getloadavg()[0]
     n = args.steps * args.batch
     n_patients = max(2, -(-n // args.slices))
     with tempfile.TemporaryDirectory() as tmp:
@@ -212,32 +216,34 @@ def bench_training(args: argparse.Namespace) -> None:
         x, y = in_memory(store, rows, target)
         batches = SliceBatches(store, rows, args.batch, target, AUGMENT, shuffle=True, seed=0, **_pydataset_kwargs(args))
         assert len(batches) == args.steps
-        epochs = 1 + args.epochs
         wall: dict[str, list[float]] = {"in_memory": [], "pipeline": []}
         cpu: dict[str, list[float]] = {"in_memory": [], "pipeline": []}
         for r in range(args.repeats):
+            warmup = 1 if r == 0 else 0  # the first fit of each kind traces the step function
             for name in ("in_memory", "pipeline"):
-                timer = EpochTimer()
+                timer, epochs = EpochTimer(), warmup + args.epochs
                 if name == "in_memory":
                     model.fit(x, y, batch_size=args.batch, epochs=epochs, shuffle=True, verbose=0, callbacks=[timer])
                 else:
                     model.fit(batches, epochs=epochs, verbose=0, callbacks=[timer])
-                wall[name] += timer.seconds[1:]
-                cpu[name] += timer.cpu_seconds[1:]
+                wall[name] += timer.seconds[warmup:]
+                cpu[name] += timer.cpu_seconds[warmup:]
                 log.info("repeat %d %s: epochs %s s wall, %s s CPU", r, name,
-                         np.round(timer.seconds[1:], 2), np.round(timer.cpu_seconds[1:], 2))
-    img_s = {name: n * len(t) / sum(t) for name, t in wall.items()}
+                         np.round(timer.seconds[warmup:], 2), np.round(timer.cpu_seconds[warmup:], 2))
+    # Median epoch: other jobs on a shared machine slow single epochs down at random.
+    img_s = {name: n / float(np.median(t)) for name, t in wall.items()}
     cpu_per_img = {name: sum(t) / (n * len(t)) for name, t in cpu.items()}
     print(json.dumps({
         "benchmark": "train_throughput", "model": args.model, "size": args.size,
         "in_memory_img_s": round(img_s["in_memory"], 2), "pipeline_img_s": round(img_s["pipeline"], 2),
         "ratio": round(img_s["pipeline"] / img_s["in_memory"], 3),
+        "mean_ratio": round(sum(wall["in_memory"]) / len(wall["in_memory"]) / (sum(wall["pipeline"]) / len(wall["pipeline"])), 3),
         # CPU seconds per image of the whole process (all threads): robust to other load on the machine.
         "in_memory_cpu_s_per_img": round(cpu_per_img["in_memory"], 4),
         "pipeline_cpu_s_per_img": round(cpu_per_img["pipeline"], 4),
         "cpu_ratio": round(cpu_per_img["in_memory"] / cpu_per_img["pipeline"], 3),
         "batch": args.batch, "steps": args.steps, "timed_epochs": len(wall["pipeline"]), "model_source": origin,
-        "backend": keras.backend.backend(), "load_avg_1min": round(os.getloadavg()[0], 2), **_pydataset_kwargs(args),
+        "backend": keras.backend.backend(), "load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)], **_pydataset_kwargs(args),
     }))
 
 
@@ -251,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=128, help="with --model: image size (px)")
     ap.add_argument("--steps", type=int, default=4, help="with --model: batches per timed epoch")
     ap.add_argument("--epochs", type=int, default=1, help="with --model: timed epochs after the warm-up epoch")
-    ap.add_argument("--repeats", type=int, default=1, help="with --model: in-memory / pipeline alternations")
+    ap.add_argument("--repeats", type=int, default=3, help="with --model: in-memory / pipeline alternations")
     ap.add_argument("--sizes", type=int, nargs="+", default=[128, 256], help="without --model: image sizes")
     ap.add_argument("--patients", type=int, default=16, help="without --model: patients in the store")
     ap.add_argument("--slices", type=int, default=32, help="slices per patient")

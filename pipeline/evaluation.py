@@ -104,6 +104,8 @@ def evaluate_split(scored: Scored, store: SliceStore, split_name: str, threshold
             "empty_pred": not cascade_mask.any(), "empty_truth": not has_tumour,
             "empty_pred_cascade": not cascade_mask.any(), "empty_pred_segmenter_all": not segmenter_all.any(),
             "fp_slices": fp_slices, "fp_volume": float((cascade_mask & ~truth).sum() * voxel) if not has_tumour else 0.0,
+            "fp_slices_segmenter_all": int(segmenter_all.reshape(len(truth), -1).any(1).sum()) if not has_tumour else 0,
+            "fp_volume_segmenter_all": float(segmenter_all.sum() * voxel) if not has_tumour else 0.0,
             "volume_unit": "mm3" if spacing else "px", "truth_volume": float(truth.sum() * voxel),
             "pred_volume": float(cascade_mask.sum() * voxel),
             "hd95_segmenter_all": m.hd95(truth, segmenter_all, spacing=spacing),
@@ -140,13 +142,12 @@ def evaluate_split(scored: Scored, store: SliceStore, split_name: str, threshold
         "classifier_patient": clf_patient,
         "segmenter": seg_summary,
         "cascade": _volume_summary(tumour_patients, free_patients, "cascade"),
-        "segmenter_all_slices": _volume_summary(tumour_patients, free_patients, "segmenter_all", slices),
+        "segmenter_all_slices": _volume_summary(tumour_patients, free_patients, "segmenter_all"),
     }
     return results, slices, patients
 
 
-def _volume_summary(tumour: pd.DataFrame, free: pd.DataFrame, which: str,
-                    slices: pd.DataFrame | None = None) -> dict[str, Any]:
+def _volume_summary(tumour: pd.DataFrame, free: pd.DataFrame, which: str) -> dict[str, Any]:
     """Per-patient Dice percentiles (patients with tumour), HD95 and false positives (tumour-free)."""
     dice = m.summarise(tumour[f"dice_{which}"].to_numpy(float))
     hd = m.summarise(tumour[f"hd95_{which}"].to_numpy(float))
@@ -157,14 +158,11 @@ def _volume_summary(tumour: pd.DataFrame, free: pd.DataFrame, which: str,
         "hd95_n_empty_pred": int(tumour[f"empty_pred_{which}"].sum()),
         "hd95_n_nan": hd["n_nan"], "n_patients": len(tumour), "n_tumour_free_patients": len(free),
     })
-    if which == "cascade":
-        out["fp_slices_tumour_free"] = int(free.fp_slices.sum())
-        out["fp_volume_tumour_free"] = float(free.fp_volume.sum())
-    elif slices is not None:
-        free_slices = slices[slices.patient_id.isin(free.patient_id)]
-        out["fp_slices_tumour_free"] = int((free_slices.pred_pixels_segmenter > 0).sum())
-        # false-positive pixels of the ungated segmenter on tumour-free patients
-        out["fp_volume_tumour_free"] = float(free_slices.pred_pixels_segmenter.sum())
+    suffix = "" if which == "cascade" else f"_{which}"
+    out["fp_slices_tumour_free"] = int(free[f"fp_slices{suffix}"].sum())
+    out["fp_volume_tumour_free"] = float(free[f"fp_volume{suffix}"].sum())
+    out["volume_unit"] = (tumour.volume_unit.iloc[0] if len(tumour) else free.volume_unit.iloc[0]) if len(
+        tumour) + len(free) else "px"
     return out
 
 

@@ -1,6 +1,6 @@
 """Gradients of a classifier's score: the one module that knows which Keras backend computes them.
 
-Everything else (Grad-CAM, integrated gradients) calls the two functions below and gets NumPy back:
+Everything else (Grad-CAM, integrated gradients) calls the functions below and gets NumPy back:
 
 - :func:`output_and_layer_grad` — activations A of a named layer and d score_i / d A_i, per sample.
   The gradient only runs from the output back to that layer: the model is cut at the layer into a
@@ -51,12 +51,15 @@ def output_and_layer_grad(model: keras.Model, layer_name: str, images: np.ndarra
     target: "probability" (the model output), "logit" (pre-activation of a final sigmoid/softmax) or "auto"
     (logit when the output layer has one, else probability). index: output column scored.
     mode: "split" cuts the model at the layer and differentiates only the part after it; "full" records the
-    whole forward pass on a tape (TensorFlow only; a reference for tests); "auto" is "split".
+    whole forward pass on a tape (TensorFlow only; a reference for tests); "auto" is "split", falling back
+    to "full" on TensorFlow should Keras fail to build the cut sub-models.
     Returns (activations float32 [B, h, w, k], grads float32 [B, h, w, k], scores float32 [B]).
     """
+    if mode not in ("auto", "split", "full"):
+        raise ValueError(f"mode must be 'auto', 'split' or 'full'; got {mode!r}")
     x = _as_batch(images)
     use_logit = _resolve_target(model, target)
-    key = ("layer", keras.backend.backend(), layer_name, use_logit, index, "full" if mode == "full" else "split")
+    key = ("layer", keras.backend.backend(), layer_name, use_logit, index, mode)
     fn = _cached(model, key, lambda: _build_layer_grad(model, layer_name, use_logit, index, mode))
     acts, grads, scores = fn(x)
     return _np(acts), _np(grads), _np(scores)
@@ -91,6 +94,10 @@ def clear_cache(model: keras.Model | None = None) -> None:
 
 
 # ------------------------------------------------------------------------------------ cutting the graph
+
+
+class _CutError(ValueError):
+    """Keras could not build the two halves of a cut model."""
 
 
 @dataclass(frozen=True)
@@ -136,7 +143,15 @@ def _cut_model(model: keras.Model, activation: Any) -> _Cut:
             stack.pop()
     if not all(depends[id(o)] for o in outputs):
         raise ValueError("the model output does not depend on the chosen layer")
+    try:
+        return _split_at(model, activation, depends)
+    except ValueError as e:  # Keras refused the sub-models
+        raise _CutError(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
 
+
+def _split_at(model: keras.Model, activation: Any, depends: dict[int, bool]) -> _Cut:
+    """The two sub-models of :func:`_cut_model`, given which tensors depend on the activation."""
+    outputs = list(model.outputs)
     carried: list[Any] = []
     seen = {id(activation)}
     stack = [o for o in outputs if o is not activation]
@@ -206,8 +221,6 @@ def _score(output: Any, index: int) -> Any:
 
 def _build_layer_grad(model: keras.Model, layer_name: str, use_logit: bool, index: int,
                       mode: Mode) -> Callable[[np.ndarray], tuple]:
-    if mode not in ("auto", "split", "full"):
-        raise ValueError(f"mode must be 'auto', 'split' or 'full'; got {mode!r}")
     if not getattr(model, "outputs", None):
         raise ValueError("layer gradients need a functional (or built Sequential) model")
     if len(model.outputs) != 1:
@@ -225,7 +238,13 @@ def _build_layer_grad(model: keras.Model, layer_name: str, use_logit: bool, inde
             raise NotImplementedError("mode='full' (whole-graph tape) exists for the TensorFlow backend only")
         full = keras.Model(_model_input(model), [layer.output, model.outputs[0]], name=f"{model.name}_with_{layer_name}")
         return _tf_full_layer_grad(full, final, index)
-    cut = _cut_model(model, layer.output)
+    try:
+        cut = _cut_model(model, layer.output)
+    except _CutError as e:
+        if backend != "tensorflow" or mode == "split":
+            raise
+        log.warning("cannot cut %s at %s (%s); using a whole-graph tape", model.name, layer_name, e)
+        return _build_layer_grad(model, layer_name, final is not None, index, "full")
     log.debug("cut %s at %s: head of %d layers, %d carried tensors", model.name, layer_name,
               len(cut.head.layers), cut.n_carried)
     if backend == "tensorflow":

@@ -7,6 +7,7 @@ key, a missing key or a bad value raises ``ParamsError`` naming the key and what
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -140,6 +141,10 @@ class SegmenterParams:
         _one_of("segmenter.loss", self.loss, ("dice", "tversky", "focal_tversky", "bce_dice"))
         if len(self.filters) < 2 or any(f < 1 for f in self.filters):
             raise ParamsError(f"segmenter.filters: need at least two positive widths, got {list(self.filters)}")
+        if min(self.filters) < 16 and os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0" \
+                and os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+            raise ParamsError(f"segmenter.filters: {list(self.filters)}: widths below 16 corrupt the heap in "
+                              "TensorFlow 2.21's oneDNN CPU kernels; use 16 or more, or set TF_ENABLE_ONEDNN_OPTS=0")
         _in_range("segmenter.negative_fraction", self.negative_fraction, 0, 1)
 
 

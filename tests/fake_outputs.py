@@ -515,7 +515,7 @@ def _cases(rng: np.random.Generator, patients: pd.DataFrame, images: Path, size:
         name = f"case_{rank}_{file_stem(row.patient_id)}.png"
         _png(images / name, np.hstack([image, truth_view, pred_view]))
         out.append({"rank": rank, "patient_id": row.patient_id, "dice": float(row.dice_cascade),
-                    "png": f"eval/images/{name}"})
+                    "slice_index": int(rng.integers(0, max(1, row.n_slices))), "png": f"eval/images/{name}"})
     return out
 
 

@@ -194,6 +194,25 @@ def test_split_gradient_matches_a_finite_difference() -> None:
     np.testing.assert_allclose(analytic, numeric, rtol=0.01)
 
 
+@TF_ONLY
+def test_falls_back_to_a_full_tape_when_keras_cannot_cut(monkeypatch, caplog) -> None:
+    model = skip_cnn()
+    x = np.random.default_rng(10).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    _, expected, _ = gradients.output_and_layer_grad(model, "mid", x)
+
+    def refuse(*args, **kwargs):
+        raise ValueError("graph disconnected")
+
+    monkeypatch.setattr(gradients, "_split_at", refuse)
+    gradients.clear_cache(model)
+    with caplog.at_level("WARNING", logger="pipeline.gradients"):
+        _, grads, _ = gradients.output_and_layer_grad(model, "mid", x)
+    assert "whole-graph tape" in caplog.text
+    np.testing.assert_allclose(grads, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    with pytest.raises(ValueError, match="graph disconnected"):
+        gradients.output_and_layer_grad(model, "late", x, mode="split")
+
+
 def test_cut_reads_carried_tensor_only_when_needed() -> None:
     model = skip_cnn()
     assert gradients._cut_model(model, model.get_layer("mid").output).n_carried == 1  # "early" crosses the cut
@@ -263,3 +282,15 @@ def test_triptych_png(tmp_path) -> None:
     truth[20:40, 20:40] = 1
     path = triptych_png(image, 1, truth, truth[::-1], tmp_path / "case_best.png", title="best: Dice 0.912")
     assert cv2.imread(str(path)).shape == (18 + 128, 3 * 128 + 4, 3)
+
+
+def test_grad_cam_on_the_project_classifier() -> None:
+    """The ResNet50 classifier cuts at its last conv block into a pure chain head (GAP -> Dropout -> Dense)."""
+    classifier = pytest.importorskip("pipeline.nets.classifier")
+    model, info = classifier.build_classifier(64, backbone="resnet50", weights="none")
+    cut = gradients._cut_model(model, model.get_layer(info["last_conv_layer"]).output)
+    assert cut.n_carried == 0
+    assert [layer.name for layer in cut.head.layers[1:]] == ["avg_pool", "head_dropout", "tumour_probability"]
+    x = np.random.default_rng(9).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    maps = grad_cam(model, x, info["last_conv_layer"])
+    assert maps.shape == (2, 64, 64) and np.isfinite(maps).all()

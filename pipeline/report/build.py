@@ -592,6 +592,7 @@ def _dice_section(inputs: ReportInputs, images: _Images) -> dict[str, Any]:
                 num(d.get("hd95_mean"), 1), num(d.get("hd95_median"), 1), count(d.get("hd95_n_empty_pred")),
                 count(d.get("n_tumour_free_patients")), count(d.get("fp_slices_tumour_free")),
                 num(d.get("fp_volume_tumour_free"), 0)]})
+    numbers = _slice_numbers(inputs.slices)
     seg = get(m, "test", "segmenter", default={})
     cas, seg_all = get(m, "test", "cascade", default={}), get(m, "test", "segmenter_all_slices", default={})
 
@@ -613,7 +614,9 @@ def _dice_section(inputs: ReportInputs, images: _Images) -> dict[str, Any]:
                "segmenter_slices": count(seg_all.get("fp_slices_tumour_free"))},
         "table": _patient_table(patients, hd_unit, vol_unit),
         "cases": [{"rank": str(c.get("rank", "")).capitalize(), "patient_id": str(c.get("patient_id", MISSING)),
-                   "dice": num(c.get("dice")), "png": images(c.get("png"))} for c in inputs.cases],
+                   "dice": num(c.get("dice")), "png": images(c.get("png")),
+                   "slice": _slice_label(numbers, c.get("patient_id"), c.get("slice_index"))
+                   if c.get("slice_index") is not None else ""} for c in inputs.cases],
     }
 
 
