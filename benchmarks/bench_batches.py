@@ -4,12 +4,16 @@ Without --model: slices/s of augmented, shuffled "mask" batches (the heavier tar
 --sizes, model left out. One JSON line per size:
 
     {"benchmark": "batches", "image_size": 256, "batch": 32, "augment_1thread_slices_per_s": ...,
-     "serial_slices_per_s": ..., "enqueued_slices_per_s": ..., "workers": 2, ...}
+     "augment_1thread_slices_per_cpu_s": ..., "serial_slices_per_s": ..., "serial_slices_per_cpu_s": ...,
+     "enqueued_slices_per_s": ..., "workers": 1, ...}
 
 augment_1thread: ``augment_batch`` alone on uint8 batches in memory, OpenCV on one thread
-(target >= 2000 slices/s at 256 px). serial: ``SliceBatches[i]`` in a loop (read + augment +
-targets) on the calling thread. enqueued: through Keras' PyDataset machinery with the dataset's
-workers / use_multiprocessing / max_queue_size settings, as ``fit`` runs it.
+(target >= 2000 slices/s at 256 px). augment and serial: slices per wall second (median over
+calls) and per CPU second of the process (``*_per_cpu_s``: what a core gives when it is yours,
+meaningful when other jobs share the machine). serial: ``SliceBatches[i]`` in a loop (read + augment +
+targets) on the calling thread. enqueued: through Keras' PyDataset adapter with --workers /
+--multiprocessing / --queue (default: pipeline.batches' defaults), as ``fit`` runs it; with one
+worker and no multiprocessing that is a plain generator on the calling thread.
 
 With --model resnet50|resunet: the issue's headline, training throughput with the real input
 pipeline vs the same model's ``fit`` on in-memory tensors of the same shape (target ratio >= 0.85):
@@ -19,13 +23,14 @@ pipeline vs the same model's ``fit`` on in-memory tensors of the same shape (tar
 
 The first ``fit`` of each kind runs one untimed warm-up epoch (tracing, first allocations); then
 --epochs timed epochs of --steps batches per fit; in-memory and pipeline fits alternate --repeats
-times on the same model. img/s come from the median epoch wall time (``mean_ratio``: from the
-mean); process CPU seconds per image (all threads) are reported too, since they stay meaningful
-when other jobs share the machine (``load_avg_1min``: before and after).
+times on the same model. img/s come from the median step time, a step timed from the end of the
+previous one, so it includes fetching the batch (``epoch_mean_ratio``: from mean epoch times,
+start-up of every epoch included); process CPU seconds per image (all threads) are reported too,
+since they stay meaningful when other jobs share the machine (``load_avg_1min``: before, after).
 
     python benchmarks/bench_batches.py [--sizes 128 256]
     python benchmarks/bench_batches.py --model resnet50 --size 128 --steps 4
-    python benchmarks/bench_batches.py --model resunet --size 256 --steps 3 --workers 1
+    python benchmarks/bench_batches.py --model resunet --size 256 --steps 2 --workers 2
 """
 
 from __future__ import annotations
@@ -68,7 +73,7 @@ AUGMENT = AugmentParams(enabled=True, flip=True, rotate_deg=10.0, shift=0.05, zo
 
 # --- input pipeline alone -----------------------------------------------------------------------
 
-def augment_rate(size: int, batch: int, seconds: float) -> float:
+def augment_rate(size: int, batch: int, seconds: float) -> tuple[float, float]:
     """Slices/s of ``augment_batch`` (with mask) on in-memory uint8 batches, OpenCV on one thread."""
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
@@ -81,7 +86,7 @@ def augment_rate(size: int, batch: int, seconds: float) -> float:
         cv2.setNumThreads(threads)
 
 
-def serial_rate(ds: SliceBatches, seconds: float) -> float:
+def serial_rate(ds: SliceBatches, seconds: float) -> tuple[float, float]:
     """Slices/s of ``ds[i]`` called in a loop on this thread."""
     i = iter(range(10**9))
     return _rate(lambda: ds[next(i) % len(ds)], ds.batch_size, seconds)
@@ -101,13 +106,20 @@ def enqueued_rate(ds: SliceBatches, seconds: float) -> float:
     return n / (time.perf_counter() - start)
 
 
-def _rate(fn: Any, per_call: int, seconds: float) -> float:
+def _rate(fn: Any, per_call: int, seconds: float) -> tuple[float, float]:
+    """(slices per wall second, median over calls; slices per CPU second of this process) for ``fn``.
+
+    The CPU figure is what one core gives when nothing else runs on it: robust to other jobs.
+    """
     fn()
-    n, start = 0, time.perf_counter()
+    times: list[float] = []
+    start, cpu = time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
+        t = time.perf_counter()
         fn()
-        n += per_call
-    return n / (time.perf_counter() - start)
+        times.append(time.perf_counter() - t)
+    cpu = time.process_time() - cpu
+    return per_call / float(np.median(times)), per_call * len(times) / cpu
 
 
 def bench_pipeline(args: argparse.Namespace) -> None:
@@ -118,11 +130,16 @@ def bench_pipeline(args: argparse.Namespace) -> None:
             rows = pd.concat([store.manifest] * -(-64 * args.batch // len(store.manifest)), ignore_index=True)
             ds = SliceBatches(store, rows, args.batch, "mask", AUGMENT, shuffle=True, seed=0,
                               **_pydataset_kwargs(args))
+            augment_wall, augment_cpu = augment_rate(size, args.batch, args.seconds)
+            serial_wall, serial_cpu = serial_rate(ds, args.seconds)
             result = {
                 "benchmark": "batches", "image_size": size, "batch": args.batch, "target": "mask", "augment": True,
-                "augment_1thread_slices_per_s": round(augment_rate(size, args.batch, args.seconds), 1),
-                "serial_slices_per_s": round(serial_rate(ds, args.seconds), 1),
+                "augment_1thread_slices_per_s": round(augment_wall, 1),
+                "augment_1thread_slices_per_cpu_s": round(augment_cpu, 1),
+                "serial_slices_per_s": round(serial_wall, 1),
+                "serial_slices_per_cpu_s": round(serial_cpu, 1),
                 "enqueued_slices_per_s": round(enqueued_rate(ds, args.seconds), 1),
+                "load_avg_1min": round(os.getloadavg()[0], 2),
                 **_pydataset_kwargs(args),
             }
         print(json.dumps(result))
@@ -131,15 +148,27 @@ def bench_pipeline(args: argparse.Namespace) -> None:
 # --- training throughput --------------------------------------------------------------------------
 
 class EpochTimer(keras.callbacks.Callback):
-    """Wall-clock and process CPU seconds (all threads) of every epoch, first batch fetched to last step done."""
+    """Per epoch: wall-clock and process CPU seconds (all threads), and the wall time of each step.
+
+    A step's time runs from the end of the previous step (or the epoch's start) to its own end, so
+    it includes fetching its batch.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.seconds: list[float] = []
         self.cpu_seconds: list[float] = []
+        self.step_seconds: list[list[float]] = []
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._start, self._cpu = time.perf_counter(), time.process_time()
+        self._last = self._start
+        self.step_seconds.append([])
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        now = time.perf_counter()
+        self.step_seconds[-1].append(now - self._last)
+        self._last = now
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.seconds.append(time.perf_counter() - self._start)
@@ -218,6 +247,7 @@ def bench_training(args: argparse.Namespace) -> None:
         assert len(batches) == args.steps
         wall: dict[str, list[float]] = {"in_memory": [], "pipeline": []}
         cpu: dict[str, list[float]] = {"in_memory": [], "pipeline": []}
+        steps: dict[str, list[float]] = {"in_memory": [], "pipeline": []}
         for r in range(args.repeats):
             warmup = 1 if r == 0 else 0  # the first fit of each kind traces the step function
             for name in ("in_memory", "pipeline"):
@@ -228,16 +258,17 @@ def bench_training(args: argparse.Namespace) -> None:
                     model.fit(batches, epochs=epochs, verbose=0, callbacks=[timer])
                 wall[name] += timer.seconds[warmup:]
                 cpu[name] += timer.cpu_seconds[warmup:]
+                steps[name] += [t for epoch in timer.step_seconds[warmup:] for t in epoch]
                 log.info("repeat %d %s: epochs %s s wall, %s s CPU", r, name,
                          np.round(timer.seconds[warmup:], 2), np.round(timer.cpu_seconds[warmup:], 2))
-    # Median epoch: other jobs on a shared machine slow single epochs down at random.
-    img_s = {name: n / float(np.median(t)) for name, t in wall.items()}
+    # Median step (batch fetch + train step): other jobs on a shared machine slow steps down at random.
+    img_s = {name: args.batch / float(np.median(t)) for name, t in steps.items()}
     cpu_per_img = {name: sum(t) / (n * len(t)) for name, t in cpu.items()}
     print(json.dumps({
         "benchmark": "train_throughput", "model": args.model, "size": args.size,
         "in_memory_img_s": round(img_s["in_memory"], 2), "pipeline_img_s": round(img_s["pipeline"], 2),
         "ratio": round(img_s["pipeline"] / img_s["in_memory"], 3),
-        "mean_ratio": round(sum(wall["in_memory"]) / len(wall["in_memory"]) / (sum(wall["pipeline"]) / len(wall["pipeline"])), 3),
+        "epoch_mean_ratio": round(sum(wall["in_memory"]) / len(wall["in_memory"]) / (sum(wall["pipeline"]) / len(wall["pipeline"])), 3),
         # CPU seconds per image of the whole process (all threads): robust to other load on the machine.
         "in_memory_cpu_s_per_img": round(cpu_per_img["in_memory"], 4),
         "pipeline_cpu_s_per_img": round(cpu_per_img["pipeline"], 4),

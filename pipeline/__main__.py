@@ -2,6 +2,10 @@
 
 Every DVC stage calls exactly this. A PipelineError (bad input, bad params) is printed in one
 line and the exit code is 2; nothing half-written is left behind by the stages.
+
+``python -m pipeline predict INPUT -o OUTDIR`` runs the trained cascade on new scans (see
+``pipeline.predict``); exit code 0 when every case succeeded, 1 when some failed, 2 when all failed
+or the command itself is unusable (bad arguments, missing models, unrecognised input).
 """
 
 from __future__ import annotations
@@ -19,16 +23,17 @@ log = logging.getLogger("pipeline")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "predict":
+        return predict_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0],
+                                     epilog="Prediction on new scans: python -m pipeline predict INPUT -o OUTDIR "
+                                            "(python -m pipeline predict --help)")
     parser.add_argument("stage", choices=STAGES, help="the pipeline stage to run")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    _setup_logging(args.verbose)
     from pipeline.params import load_params
 
     try:
@@ -39,6 +44,79 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def predict_main(argv: list[str]) -> int:
+    """``python -m pipeline predict``: 0 all cases done, 1 some failed, 2 all failed or unusable command."""
+    from pathlib import Path
+
+    from pipeline.paths import MODELS_DIR
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline predict",
+        description="Run the trained classifier-gated segmenter on new scans: a kaggle_3m TIFF slice or case "
+                    "folder, a BraTS 2021 case folder, a Decathlon 4D NIfTI, or a folder holding several.",
+        epilog="Writes OUTDIR/<case id>/ (mask NIfTI in the input's space, or kaggle_3m mask TIFFs; overlay "
+               "PNGs; summary.json) and OUTDIR/predictions.json listing every case (without per-slice detail) and "
+               "every failure.")
+    parser.add_argument("input", type=Path, help="file or folder to predict on")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="output folder (created if needed)")
+    parser.add_argument("--models", type=Path, default=MODELS_DIR,
+                        help="folder holding classifier.keras and segmenter.keras (default: models)")
+    parser.add_argument("--classifier", type=Path, help="classifier .keras file (default: MODELS/classifier.keras)")
+    parser.add_argument("--segmenter", type=Path, help="segmenter .keras file (default: MODELS/segmenter.keras)")
+    parser.add_argument("--threshold", type=_probability,
+                        help="classifier gate in [0, 1] (default: the one `evaluate` saved in --threshold-json)")
+    parser.add_argument("--threshold-json", type=Path, default=Path("reports/eval/threshold.json"),
+                        help="threshold file written by `evaluate` (default: reports/eval/threshold.json)")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="params file for intensity clipping and post-processing, if present "
+                             "(default: params.yaml)")
+    parser.add_argument("--batch-size", type=_positive_int, default=16, help="slices per model call (default: 16)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    from pipeline.predict import Predictor, write_run_index
+
+    try:
+        predictor = Predictor.from_dir(args.models, threshold=args.threshold, threshold_json=args.threshold_json,
+                                       classifier=args.classifier, segmenter=args.segmenter, params=args.params,
+                                       batch_size=args.batch_size)
+        results = predictor.predict_path(args.input, args.output)
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    write_run_index(results, args.output / "predictions.json")
+    failed = [r for r in results if r["status"] != "ok"]
+    if failed:
+        log.error("%d of %d cases failed:", len(failed), len(results))
+        for r in failed:
+            print(f"error: {r['error']}", file=sys.stderr)
+        return 2 if len(failed) == len(results) else 1
+    log.info("%d case(s) predicted -> %s", len(results), args.output)
+    return 0
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
+    return value
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
 
 
 if __name__ == "__main__":

@@ -33,11 +33,19 @@ log = logging.getLogger(__name__)
 
 TARGETS = ("label", "mask")
 
-# fit() settings for the PyDataset (see benchmarks/bench_batches.py): two worker threads prefetch
-# batches while the model trains. OpenCV and NumPy release the GIL in the heavy loops, so threads
-# overlap with the backend's compute; processes would add a fork of the whole trainer each epoch
-# and a pickle copy of every batch for no gain on two cores.
-DEFAULT_WORKERS = 2
+# fit() settings for the PyDataset (measured in benchmarks/bench_batches.py, 2 cores). A batch costs
+# ~0.1-0.6 ms a slice (read + augment), under 1% of a training step of either model, so the input
+# pipeline needs no parallelism of its own to reach the throughput of in-memory tensors:
+# - workers=1: Keras calls __getitem__ from one iterator, in order. Under TensorFlow, tf.data's
+#   prefetch still runs it on a background thread, overlapping with the step; under JAX it runs
+#   between steps (< 1% of the step time).
+# - workers > 1 (threads) reach the same throughput but Keras' enqueuer keeps the batches it had
+#   prefetched when an epoch is cut short (JAX's first fit takes one batch to build the optimizer)
+#   and serves them at the start of the next epoch: which batches a run trains on then depends on
+#   thread timing. Not reproducible, so not the default.
+# - use_multiprocessing forks the whole trainer every epoch and pickles each batch through a pipe
+#   (5-8x less pipeline throughput, and fork after TensorFlow/JAX threads start is fragile).
+DEFAULT_WORKERS = 1
 DEFAULT_USE_MULTIPROCESSING = False
 DEFAULT_MAX_QUEUE_SIZE = 4
 

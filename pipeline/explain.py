@@ -31,30 +31,52 @@ TITLE_PX = 18
 # -------------------------------------------------------------------------------------------------- Grad-CAM
 
 
-def grad_cam(model: keras.Model, images: np.ndarray, layer_name: str, batch_size: int = 16,
-             target: Target = "auto") -> np.ndarray:
-    """Grad-CAM heatmaps (Selvaraju et al. 2017) for each image.
+def grad_cam_cells(model: keras.Model, images: np.ndarray, layer_name: str, batch_size: int = 16,
+                   target: Target = "auto") -> np.ndarray:
+    """Grad-CAM (Selvaraju et al. 2017) at the layer's own resolution: float32 [B, h, w], >= 0.
 
     images: float32 [B, H, W, C], 0..255. layer_name: a convolutional layer of ``model`` (the classifier's
     ``last_conv_layer``). Channel weights are the spatial mean of d score / d A; the map is
-    relu(sum_k w_k A_k), upsampled bilinearly to H x W and divided by its maximum (an all-zero map stays 0).
-    target "auto" differentiates the logit of a sigmoid output: the same map after normalisation (the
-    sigmoid's slope is a positive per-image factor) without vanishing gradients for confident predictions.
-    Returns float32 [B, H, W] in 0..1.
+    relu(sum_k w_k A_k). target "auto" differentiates the logit of a sigmoid output: the same map after
+    normalisation (the sigmoid's slope is a positive per-image factor) without vanishing gradients for
+    confident predictions.
     """
     x = _images(images)
-    n, height, width = x.shape[:3]
-    heatmaps = np.zeros((n, height, width), np.float32)
-    for start in range(0, n, _positive(batch_size, "batch_size")):
+    cells = []
+    for start in range(0, len(x), _positive(batch_size, "batch_size")):
         acts, grads, _ = output_and_layer_grad(model, layer_name, x[start:start + batch_size], target=target)
         if acts.ndim != 4:
             raise ValueError(f"layer {layer_name!r} gives activations of shape {acts.shape}; Grad-CAM needs [B,h,w,k]")
         weights = grads.mean(axis=(1, 2))  # [b, k]
-        cams = np.maximum(np.einsum("bhwk,bk->bhw", acts, weights), 0.0)
-        for i, cam in enumerate(cams):
-            up = cv2.resize(cam.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-            heatmaps[start + i] = normalise_map(up)
-    return heatmaps
+        cells.append(np.maximum(np.einsum("bhwk,bk->bhw", acts, weights), 0.0).astype(np.float32))
+    return np.concatenate(cells) if cells else np.zeros((0, 1, 1), np.float32)
+
+
+def upsample_maps(cells: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Native-resolution maps [B, h, w] -> bilinearly upsampled, normalised float32 [B, H, W] in 0..1."""
+    out = np.zeros((len(cells), height, width), np.float32)
+    for i, cam in enumerate(cells):
+        out[i] = normalise_map(cv2.resize(cam, (width, height), interpolation=cv2.INTER_LINEAR))
+    return out
+
+
+def grad_cam(model: keras.Model, images: np.ndarray, layer_name: str, batch_size: int = 16,
+             target: Target = "auto") -> np.ndarray:
+    """Grad-CAM heatmaps upsampled to the input: float32 [B, H, W] in 0..1 (see ``grad_cam_cells``)."""
+    x = _images(images)
+    return upsample_maps(grad_cam_cells(model, x, layer_name, batch_size, target), x.shape[1], x.shape[2])
+
+
+def peak_points(cells: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Where each map peaks, in input pixels: int [B, 2] (row, col) at the centre of its hottest cell.
+
+    Taking the cell centre (not the argmax of the upsampled map) matters for coarse maps: a 2x2
+    map upsampled bilinearly has a flat plateau reaching the image corner.
+    """
+    b, h, w = cells.shape
+    flat = cells.reshape(b, -1).argmax(axis=1)
+    rows, cols = np.divmod(flat, w)
+    return np.stack([((rows + 0.5) * height / h).astype(int), ((cols + 0.5) * width / w).astype(int)], axis=1)
 
 
 def normalise_map(heatmap: np.ndarray) -> np.ndarray:

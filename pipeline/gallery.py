@@ -12,7 +12,7 @@ import pandas as pd
 
 from pipeline import metrics as m
 from pipeline.cascade import combine
-from pipeline.explain import grad_cam, integrated_gradients, overlay_png, triptych_png
+from pipeline.explain import grad_cam_cells, integrated_gradients, overlay_png, peak_points, triptych_png, upsample_maps
 from pipeline.params import EvaluateParams
 from pipeline.slices import SliceStore
 
@@ -51,15 +51,19 @@ def explain_test_slices(classifier: keras.Model, layer: str, store: SliceStore, 
         sample = pd.concat(picked, ignore_index=True)
         images, labels = store.read_rows(sample)
         x = images.astype(np.float32)
-        cams = grad_cam(classifier, x, layer)
+        size = images.shape[1]
+        cells = grad_cam_cells(classifier, x, layer)
+        cams = upsample_maps(cells, size, size)
+        peaks = peak_points(cells, size, size)
         igs = integrated_gradients(classifier, x, steps=params.ig_steps)
+        tolerance = m.pointing_tolerance_px(size)
         for i, row in sample.iterrows():
             mask = labels[i] > 0
             stem = f"{row.group}_{i:02d}"
             title = f"{row.group} p={row.probability:.2f}"
             overlay_png(images[i, ..., channel], cams[i], mask, image_dir / f"gradcam_{stem}.png", title=title)
             overlay_png(images[i, ..., channel], igs[i], mask, image_dir / f"ig_{stem}.png", title=title)
-            hit = bool(mask.reshape(-1)[int(np.argmax(cams[i]))]) if mask.any() else None
+            hit = bool(m.pointing_game_at(peaks[i:i + 1], mask[None], tolerance)["hits"]) if mask.any() else None
             gallery.append({
                 "group": row.group, "patient_id": row.patient_id, "slice_index": int(row.slice_index),
                 "probability": float(row.probability), "has_tumour": bool(row.has_tumour),
@@ -70,13 +74,19 @@ def explain_test_slices(classifier: keras.Model, layer: str, store: SliceStore, 
     positive = slices[slices.has_tumour]
     if len(positive) > MAX_POINTING_SLICES:
         positive = positive.iloc[np.sort(rng.choice(len(positive), MAX_POINTING_SLICES, replace=False))]
-    pointing = {"pointing_game": float("nan"), "pointing_game_n": 0}
+    pointing = {"pointing_game": float("nan"), "pointing_game_n": 0, "pointing_game_chance": float("nan")}
     if len(positive):
         images, labels = store.read_rows(positive)
-        cams = grad_cam(classifier, images.astype(np.float32), layer)
-        hits, n, score = m.pointing_game(cams, labels > 0)
-        pointing = {"pointing_game": float(score), "pointing_game_n": int(n)}
-        log.info("pointing game: %d of %d tumour slices have their Grad-CAM peak inside the tumour", hits, n)
+        size = images.shape[1]
+        cells = grad_cam_cells(classifier, images.astype(np.float32), layer)
+        tolerance = m.pointing_tolerance_px(size)
+        game = m.pointing_game_at(peak_points(cells, size, size), labels > 0, tolerance, grid=cells.shape[1:])
+        pointing = {"pointing_game": game["score"], "pointing_game_n": game["n"],
+                    "pointing_game_chance": game["chance"], "pointing_game_tolerance_px": tolerance,
+                    "gradcam_grid": list(cells.shape[1:])}
+        log.info("pointing game: the Grad-CAM peak is within %.1f px of the tumour on %d of %d tumour slices "
+                 "(%.2f; a random %dx%d cell: %.2f)", tolerance, game["hits"], game["n"], game["score"],
+                 *cells.shape[1:], game["chance"])
     return gallery, pointing
 
 

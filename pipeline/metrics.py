@@ -568,3 +568,34 @@ __all__ = [
     "hd95", "iou", "keep_largest_component", "mean_dice", "pointing_game", "pr_curve_points", "rates_from_counts",
     "remove_small_components", "roc_auc", "roc_curve_points", "select_threshold", "summarise", "surface_distances",
 ]
+
+
+def pointing_tolerance_px(image_size: int) -> float:
+    """The pointing game's tolerance: 15 px at a 224 px input (Zhang et al. 2018), scaled to the image."""
+    return 15.0 * image_size / 224.0
+
+
+def pointing_game_at(points: np.ndarray, masks: np.ndarray, tolerance_px: float,
+                     grid: tuple[int, int] | None = None) -> dict[str, float]:
+    """Pointing game from peak points: a hit when a tumour pixel lies within ``tolerance_px`` of the peak.
+
+    points: int [N, 2] (row, col); masks: binary [N, H, W]. Only slices with a non-empty mask count.
+    grid: the map's (h, w) cells; when given, also the chance rate: the mean hit rate of a peak at a
+    cell centre drawn uniformly at random. Returns {"score", "hits", "n", "chance"} (NaN when undefined).
+    """
+    masks = np.asarray(masks).astype(bool)
+    keep = masks.reshape(len(masks), -1).any(axis=1)
+    points, masks = np.asarray(points)[keep], masks[keep]
+    n = int(len(masks))
+    if n == 0:
+        return {"score": math.nan, "hits": 0, "n": 0, "chance": math.nan}
+    height, width = masks.shape[1:]
+    near = np.stack([ndimage.distance_transform_edt(~m) <= tolerance_px for m in masks])  # [N, H, W]
+    hits = near[np.arange(n), np.clip(points[:, 0], 0, height - 1), np.clip(points[:, 1], 0, width - 1)]
+    chance = math.nan
+    if grid is not None:
+        h, w = grid
+        rr = ((np.arange(h) + 0.5) * height / h).astype(int)
+        cc = ((np.arange(w) + 0.5) * width / w).astype(int)
+        chance = float(near[:, rr][:, :, cc].mean())
+    return {"score": float(hits.mean()), "hits": int(hits.sum()), "n": n, "chance": chance}

@@ -11,6 +11,6 @@ fi
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-python -m pip install -q -e ".[dev]"
+python -m pip install -q -e ".[dev,jax]"
 ruff check .
 python -m pytest "$@"

@@ -294,3 +294,13 @@ def test_grad_cam_on_the_project_classifier() -> None:
     x = np.random.default_rng(9).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
     maps = grad_cam(model, x, info["last_conv_layer"])
     assert maps.shape == (2, 64, 64) and np.isfinite(maps).all()
+
+
+def test_peak_points_are_cell_centres_not_upsampled_corners():
+    """A 2x2 map upsampled bilinearly is flat up to the image corner; the peak is the cell centre."""
+    from pipeline.explain import peak_points, upsample_maps
+
+    cells = np.array([[[0.0, 0.2], [1.0, 0.1]]], np.float32)  # hottest cell: row 1, col 0
+    up = upsample_maps(cells, 64, 64)
+    assert np.unravel_index(up[0].argmax(), up[0].shape)[1] == 0  # first argmax: on the image edge
+    assert peak_points(cells, 64, 64).tolist() == [[48, 16]]

@@ -406,3 +406,22 @@ def test_pointing_game() -> None:
     assert m.pointing_game(heat, masks) == (2, 3, pytest.approx(2 / 3))
     hits, n, score = m.pointing_game(heat[3:], masks[3:])
     assert (hits, n) == (0, 0) and math.isnan(score)
+
+
+def test_pointing_game_at_with_tolerance_and_chance():
+    from pipeline.metrics import pointing_game_at, pointing_tolerance_px
+
+    assert pointing_tolerance_px(224) == pytest.approx(15.0)
+    masks = np.zeros((3, 64, 64), bool)
+    masks[0, 10:20, 10:20] = True   # peak (16, 16) inside: hit
+    masks[1, 40:50, 40:50] = True   # peak (16, 16) far away: miss
+    masks[2, 22:30, 16] = True      # 6 px below the peak: a hit only with tolerance >= 6
+    points = np.array([[16, 16]] * 3)
+    strict = pointing_game_at(points, masks, tolerance_px=0.0)
+    assert (strict["hits"], strict["n"]) == (1, 3)
+    lenient = pointing_game_at(points, masks, tolerance_px=6.0, grid=(2, 2))
+    assert lenient["hits"] == 2 and lenient["score"] == pytest.approx(2 / 3)
+    # cell centres (16,16),(16,48),(48,16),(48,48): slice 0 hits 1 of 4, slice 1 hits 1 of 4, slice 2 hits 1
+    assert lenient["chance"] == pytest.approx(3 / 12)
+    empty = pointing_game_at(points[:1], np.zeros((1, 64, 64), bool), 4.0)
+    assert empty["n"] == 0 and np.isnan(empty["score"])

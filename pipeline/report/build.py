@@ -681,6 +681,9 @@ def _explain_section(inputs: ReportInputs, images: _Images) -> dict[str, Any]:
         "pointing": pct(score, 0),
         "pointing_n": count(n),
         "pointing_hits": count(score * n) if score is not None and n is not None else MISSING,
+        "pointing_chance": pct(as_float(explain.get("pointing_game_chance")), 0),
+        "pointing_tolerance": num(as_float(explain.get("pointing_game_tolerance_px")), 1),
+        "gradcam_grid": "x".join(str(v) for v in explain.get("gradcam_grid") or []) or MISSING,
     }
 
 

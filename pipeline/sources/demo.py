@@ -169,7 +169,7 @@ def draw_anatomy(rng: np.random.Generator, has_tumour: bool, low_contrast: bool)
 def _draw_tumour(rng: np.random.Generator, low_contrast: bool) -> Tumour:
     side = float(rng.choice([-1.0, 1.0]))
     z = rng.uniform(-0.35, 0.55)
-    rx, ry = (float(r) for r in rng.uniform(0.09, 0.26, 2))
+    rx, ry = (float(r) for r in rng.uniform(0.14, 0.32, 2))  # LGG-like: 15-30% of the brain across
     enhancing = bool(rng.random() < 0.55)
     return Tumour(
         x=side * rng.uniform(0.2, 0.5),  # fractions of the brain's half-width at z (see _blob_field)
@@ -336,7 +336,8 @@ def _blob_field(an: Anatomy, f: _Fields, g: _Geometry) -> np.ndarray:
     cos, sin = np.float32(np.cos(t.angle)), np.float32(np.sin(t.angle))
     u, v = g.xr - cx, g.yr - cy
     u, v = cos * u + sin * v, -sin * u + cos * v
-    e = np.sqrt((u / t.rx) ** 2 + (v / t.ry) ** 2 + ((g.z - t.z) / t.rz) ** 2)
+    # z enters to the 4th power: flat-ended, so the end slices of the run are not pin-pricks
+    e = np.sqrt((u / t.rx) ** 2 + (v / t.ry) ** 2 + ((g.z - t.z) / t.rz) ** 4)
     return 1 - e + t.roughness * (f.blob + 0.35 * f.blotch)
 
 

@@ -11,7 +11,14 @@ from pipeline.nets.classifier import build_classifier, set_trainable_stages
 from pipeline.params import Params
 from pipeline.paths import CLASSIFIER, SLICES_DIR, SPLIT_CSV, TRAIN_CLASSIFIER_DIR
 from pipeline.slices import SliceStore
-from pipeline.training import TrainingRun, save_model, setup, store_channels, training_rows
+from pipeline.training import (
+    TrainingRun,
+    save_model,
+    set_batchnorm_momentum,
+    setup,
+    store_channels,
+    training_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +30,8 @@ def run(params: Params) -> None:
     rows = training_rows(store, SPLIT_CSV)
     size = store.image_shape[0]
     model, info = build_classifier(size, p.backbone, p.weights, p.dropout)
+    if not info["pretrained"]:
+        set_batchnorm_momentum(model)
 
     labels = rows["train"].has_tumour.to_numpy(int)
     class_weight = class_weights_from(labels) if p.class_balance == "weights" else None

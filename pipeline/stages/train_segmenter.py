@@ -15,7 +15,14 @@ from pipeline.params import Params
 from pipeline.paths import SEGMENTER, SLICES_DIR, SPLIT_CSV, TRAIN_SEGMENTER_DIR
 from pipeline.seg_metrics import DiceAt, IoUAt
 from pipeline.slices import SliceStore
-from pipeline.training import TrainingRun, save_model, setup, store_channels, training_rows
+from pipeline.training import (
+    TrainingRun,
+    save_model,
+    set_batchnorm_momentum,
+    setup,
+    store_channels,
+    training_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,7 @@ def run(params: Params) -> None:
     val_rows = segmenter_rows(rows["val"], p.negative_fraction, t.seed)
     size = store.image_shape[0]
     model = build_resunet(size, tuple(p.filters), out_channels=1)
+    set_batchnorm_momentum(model)  # trained from scratch
     log.info("ResUNet %s at %d px (%d parameters); %d train slices, %d val slices",
              list(p.filters), size, model.count_params(), len(train_rows), len(val_rows))
 

@@ -1,0 +1,208 @@
+"""The pipeline on the JAX backend (CPU): the tiny end-to-end `dvc repro` under KERAS_BACKEND=jax,
+models saved under one backend loading and predicting the same under the other, and mixed
+precision training with float32 loss math under both backends.
+
+Keras fixes its backend when it is imported, so every run on a chosen backend is a subprocess with
+KERAS_BACKEND in its environment; this file passes under either backend. The JAX tests skip when
+jax is not installed (``pip install -e ".[jax]"``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_pipeline_e2e import TINY, dvc, tiny_repo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+requires_jax = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
+                                  reason='jax is not installed (pip install -e ".[jax]")')
+
+# Probabilities of a model saved under one backend and loaded under the other agree within this.
+ATOL = 1e-4
+
+# Smaller than test_pipeline_e2e's TINY: under JAX most of the time goes to compiling each model
+# (ResNet50 alone: train, test, predict, Grad-CAM and integrated-gradient functions), not to running it.
+JAX_TINY = {
+    **TINY,
+    "data": {"image_size": 32},
+    "demo": {**TINY["demo"], "image_size": 32},
+    "train": {**TINY["train"], "epochs": 1},
+    "segmenter": {**TINY["segmenter"], "filters": [16, 32, 64]},
+    "evaluate": {**TINY["evaluate"], "ig_steps": 2},
+}
+
+# Run as `python -c WORKER <command> <args>` under the backend chosen by the caller's environment.
+WORKER = textwrap.dedent('''
+    import json, sys
+    from pathlib import Path
+
+    import keras
+    import numpy as np
+
+    from pipeline.cascade import Cascade
+    from pipeline.losses import get_loss
+    from pipeline.nets.classifier import build_classifier
+    from pipeline.nets.resunet import build_resunet
+    from pipeline.params import TrainParams
+    from pipeline.seg_metrics import DiceAt, IoUAt
+    from pipeline.training import save_model, setup
+
+    SIZE = 32
+
+
+    def data(n, seed):
+        """n random images (0..255), odd ones with a square tumour: (x, masks [n, S, S, 1], labels [n, 1])."""
+        rng = np.random.default_rng(seed)
+        x = rng.integers(0, 256, (n, SIZE, SIZE, 3)).astype("float32")
+        labels = (np.arange(n) % 2).astype("float32")[:, None]
+        masks = np.zeros((n, SIZE, SIZE, 1), "float32")
+        masks[:, 8:20, 10:22] = labels[:, :, None, None]
+        return x, masks, labels
+
+
+    def models(mixed=False):
+        """The classifier and segmenter, compiled as the training stages compile them."""
+        setup(TrainParams(lr=1e-3, epochs=1, batch_size=4, seed=0, mixed_precision=mixed))
+        classifier, _ = build_classifier(SIZE, "resnet50", weights="none")
+        classifier.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy",
+                           metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")])
+        segmenter = build_resunet(SIZE, (16, 32), out_channels=1)
+        segmenter.compile(optimizer=keras.optimizers.Adam(1e-3), loss=get_loss("bce_dice"),
+                          metrics=[DiceAt(0.5), IoUAt(0.5)])
+        return classifier, segmenter
+
+
+    def predictions(cascade):
+        """Both models' probabilities on fixed inputs, through the code path evaluate and predict use."""
+        x, _, _ = data(6, seed=1)
+        return {"classifier": cascade.classify(x), "segmenter": cascade.segment(x)}
+
+
+    def train(out):
+        """Train one step each, save as the stages save, and write the saving process's own predictions."""
+        classifier, segmenter = models()
+        x, masks, labels = data(4, seed=0)
+        classifier.fit(x, labels, batch_size=4, epochs=1, verbose=0)
+        segmenter.fit(x, masks, batch_size=4, epochs=1, verbose=0)
+        out = Path(out)
+        save_model(classifier, out / "classifier.keras", {"kind": "classifier"})
+        save_model(segmenter, out / "segmenter.keras", {"kind": "segmenter"})
+        np.savez(out / f"predicted_{keras.backend.backend()}.npz", **predictions(Cascade(classifier, segmenter, 0.5)))
+
+
+    def load(folder):
+        """Load the models of `folder` (safe mode) and write this backend's predictions next to them."""
+        folder = Path(folder)
+        cascade = Cascade.load(folder / "classifier.keras", folder / "segmenter.keras", threshold=0.5)
+        compiled = keras.saving.load_model(folder / "segmenter.keras", safe_mode=True)  # custom loss and metrics
+        assert type(compiled.loss).__name__ == "BCEDiceLoss", compiled.loss
+        np.savez(folder / f"predicted_{keras.backend.backend()}.npz", **predictions(cascade))
+
+
+    def mixed():
+        """One epoch of both models under mixed_float16: float16 layers, float32 outputs, loss and metrics."""
+        import pipeline.losses as losses
+
+        classifier, segmenter = models(mixed=True)
+        x, masks, labels = data(8, seed=0)
+        result = {"policy": keras.mixed_precision.global_policy().name}
+        for name, model, y in (("classifier", classifier, labels), ("segmenter", segmenter, masks)):
+            history = model.fit(x, y, batch_size=4, epochs=1, verbose=0).history
+            y_pred = model(x[:4])
+            loss = model.compute_loss(x[:4], y[:4], y_pred)
+            result[name] = {
+                "optimizer": type(model.optimizer).__name__,
+                "compute_dtypes": sorted({layer.compute_dtype for layer in model.layers if layer.weights}),
+                "output_dtype": keras.backend.standardize_dtype(y_pred.dtype),
+                "loss_dtype": keras.backend.standardize_dtype(loss.dtype),
+                "history": {k: [float(v) for v in vs] for k, vs in history.items()},
+            }
+        y16 = keras.ops.cast(masks[:4], "float16")
+        p16 = keras.ops.cast(segmenter(x[:4]), "float16")
+        result["loss_functions_on_float16"] = {
+            name: keras.backend.standardize_dtype(getattr(losses, name)(y16, p16).dtype)
+            for name in ("soft_dice_loss", "tversky_loss", "focal_tversky_loss", "bce_dice_loss")}
+        keras.mixed_precision.set_global_policy("float32")
+        print("RESULT " + json.dumps(result))
+
+
+    command, *args = sys.argv[1:]
+    print("BACKEND " + keras.backend.backend())
+    {"train": train, "load": load, "mixed": mixed}[command](*args)
+''')
+
+
+def run_worker(backend: str, *args: str, timeout: int = 600) -> str:
+    """Run WORKER under `backend`; returns its stdout (the test fails with its output if it fails)."""
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", WORKER, *args], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=timeout)
+    assert result.returncode == 0, f"{backend} {args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    assert f"BACKEND {backend}\n" in result.stdout, result.stdout[-2000:]
+    return result.stdout
+
+
+@requires_jax
+@pytest.mark.slow
+def test_dvc_repro_under_jax(tmp_path, monkeypatch):
+    """The whole pipeline, from the demo data to the report, on the JAX backend."""
+    repo = tiny_repo(tmp_path, JAX_TINY)
+    monkeypatch.setenv("KERAS_BACKEND", "jax")  # dvc passes the environment on to every stage
+    dvc("repro", cwd=repo)
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert "auc" in metrics["test"]["classifier"] and "dice_patient_mean" in metrics["test"]["cascade"]
+    assert metrics["test"]["explain"]["pointing_game_n"] >= 0
+    html = (repo / "reports/index.html").read_text()
+    assert 'id="classifier"' in html and 'id="gradcam"' in html
+    for model in ("classifier", "segmenter"):
+        assert (repo / f"models/{model}.keras").exists()
+
+
+@requires_jax
+@pytest.mark.slow
+def test_models_move_between_tensorflow_and_jax(tmp_path):
+    """Trained and saved under one backend, loaded (safe mode) and run under the other: the same probabilities."""
+    made_by = {"tensorflow": tmp_path / "tf", "jax": tmp_path / "jax"}
+    for folder in made_by.values():
+        folder.mkdir()
+    run_worker("tensorflow", "train", str(made_by["tensorflow"]))
+    run_worker("jax", "train", str(made_by["jax"]))
+    run_worker("jax", "load", str(made_by["tensorflow"]))
+    run_worker("tensorflow", "load", str(made_by["jax"]))
+    for saved_under, folder in made_by.items():
+        loaded_under = "jax" if saved_under == "tensorflow" else "tensorflow"
+        reference = np.load(folder / f"predicted_{saved_under}.npz")
+        loaded = np.load(folder / f"predicted_{loaded_under}.npz")
+        for model in ("classifier", "segmenter"):
+            expected, got = reference[model], loaded[model]
+            assert got.shape == expected.shape == ((6,) if model == "classifier" else (6, 32, 32))
+            assert np.isfinite(got).all()
+            np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL,
+                                       err_msg=f"{model} saved under {saved_under}, loaded under {loaded_under}")
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", pytest.param("jax", marks=requires_jax)])
+def test_mixed_precision_keeps_loss_in_float32(backend):
+    """train.mixed_precision: float16 layers, float32 inputs to the loss, a loss-scaled optimizer; it trains."""
+    stdout = run_worker(backend, "mixed")
+    result = json.loads(stdout.split("RESULT ", 1)[1].splitlines()[0])
+    assert result["policy"] == "mixed_float16"
+    for name in ("classifier", "segmenter"):
+        r = result[name]
+        assert r["optimizer"] == "LossScaleOptimizer", r
+        assert "float16" in r["compute_dtypes"], r  # convolutions run in float16 ...
+        assert "float32" in r["compute_dtypes"], r  # ... input normalisation and the output layer in float32
+        assert r["output_dtype"] == "float32" and r["loss_dtype"] == "float32", r
+        assert all(np.isfinite(v).all() for v in r["history"].values()), r
+    assert set(result["loss_functions_on_float16"].values()) == {"float32"}, result

@@ -1,0 +1,332 @@
+"""`python -m pipeline predict` and `pipeline.predict.Predictor` on every input layout.
+
+Models (module-scoped, built once): a tiny untrained CNN classifier with the project's input/output
+names, and a tiny ResUNet (widths 16, 32) trained for a few seconds at 64 px on synthetic demo slices
+of other patients (BraTS 2021 volumes and kaggle_3m TIFFs read through the real readers). The Dice
+tests run at threshold 0 (every slice with brain is segmented), so they measure where the
+segmenter's mask lands in the input's own space; the gate itself is tested with thresholds 0 and 1.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import keras
+import nibabel as nib
+import numpy as np
+import pytest
+import tifffile
+
+import pipeline.nets  # noqa: F401  (registers the custom layers)
+from pipeline.__main__ import main
+from pipeline.case import LGG_CHANNELS
+from pipeline.errors import InputError
+from pipeline.losses import get_loss
+from pipeline.metrics import dice
+from pipeline.nets import build_resunet
+from pipeline.params import DataParams
+from pipeline.predict import Predictor, find_inputs
+from pipeline.sources import read_brats2021_case, read_lgg_case
+from pipeline.sources.demo import _patient_plan, write_brats2021, write_kaggle_3m
+from pipeline.training import save_model
+
+SIZE = 64  # model input size (px)
+# Dice of the written masks against the demo truth, measured over training seeds 0, 1, 2 (this file uses
+# 0): BraTS 2021 case 0.971 / 0.943 / 0.947, Decathlon file (resized, axes swapped) 0.849 / 0.794 / 0.841,
+# kaggle_3m TIFFs (256 -> 64 -> 256 px) 0.890 / 0.876 / 0.864. The same BraTS mask flipped left-right
+# scores 0.00, with its x and y axes swapped 0.40-0.42, shifted by 3 voxels 0.63-0.65: the bounds below
+# keep a margin of about 0.1 under the lowest measurement and still fail a misplaced mask.
+MIN_DICE = {"brats": 0.8, "decathlon": 0.7, "lgg": 0.75}
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+
+
+def _tiny_classifier() -> keras.Model:
+    """[B, 64, 64, 3] uint8-range -> [B, 1] sigmoid, named like the real classifier; untrained."""
+    image = keras.Input((SIZE, SIZE, 3), name="image")
+    x = keras.layers.Rescaling(1 / 255)(image)
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(x)
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(image, keras.layers.Dense(1, activation="sigmoid", name="tumour_probability")(x))
+
+
+def _training_slices(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Demo slices of patients the tests never predict on: uint8 [N, 64, 64, 3], float32 masks [N, 64, 64, 1]."""
+    write_brats2021(root / "brats", patients=4, slices=32, size=60, seed=11)
+    write_kaggle_3m(root / "lgg", patients=4, slices_per_patient=24, image_size=64, seed=12)
+    data = DataParams("brats2021", "", SIZE, LGG_CHANNELS, (0.5, 99.5), 0.05, "fail")
+    cases = [read_brats2021_case(p, data) for p in sorted((root / "brats").iterdir())]
+    cases += [read_lgg_case(p, SIZE) for p in sorted((root / "lgg").iterdir()) if p.is_dir()]
+    images = np.concatenate([c.image for c in cases])
+    masks = np.concatenate([c.mask for c in cases])
+    positive = masks.any(axis=(1, 2))
+    keep = positive | (np.cumsum(~positive) % 3 == 0)  # every tumour slice, a third of the others
+    return images[keep], masks[keep].astype(np.float32)[..., None]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """models/ with classifier.keras + segmenter.keras (+ sidecars) at 64 px, LGG channel order."""
+    root = tmp_path_factory.mktemp("predict_models")
+    keras.utils.set_random_seed(0)
+    images, masks = _training_slices(root / "train")
+    segmenter = build_resunet(SIZE, (16, 32))
+    for layer in segmenter.layers:  # a few dozen steps: moving statistics must catch up within them
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.8
+    segmenter.compile(optimizer=keras.optimizers.Adam(3e-3), loss=get_loss("bce_dice"))
+    segmenter.fit(images.astype(np.float32), masks, batch_size=16, epochs=3, verbose=0)
+    sidecar = {"input_size": SIZE, "channels": list(LGG_CHANNELS)}
+    save_model(_tiny_classifier(), root / "models" / "classifier.keras", {"kind": "classifier", **sidecar})
+    save_model(segmenter, root / "models" / "segmenter.keras", {"kind": "segmenter", **sidecar, "threshold": 0.5})
+    (root / "eval").mkdir()
+    (root / "eval" / "threshold.json").write_text(json.dumps({"rule": "youden", "threshold": 0.0}))
+    return root / "models"
+
+
+@pytest.fixture(scope="module")
+def predictor(models: Path) -> Predictor:
+    return Predictor.from_dir(models, threshold=0.0, params=None)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """New demo cases in every layout: a BraTS 2021 case folder (60 px: padded to 64), a kaggle_3m case
+    folder (256 px TIFFs: resized to 64 and back), a Decathlon 4D file (100 px with its axes swapped:
+    resized and reoriented)."""
+    root = tmp_path_factory.mktemp("predict_inputs")
+    brats = write_brats2021(root / "brats", patients=2, slices=32, size=60, seed=0)
+    lgg = write_kaggle_3m(root / "lgg", patients=2, slices_per_patient=16, image_size=256, seed=0)
+    write_brats2021(root / "decathlon_src", patients=1, slices=32, size=100, seed=5)
+    source = next((root / "decathlon_src").iterdir())
+    case = source.name
+    sequences = [nib.load(source / f"{case}_{s}.nii.gz") for s in ("flair", "t1", "t1ce", "t2")]  # Task01 order
+    swap = np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], float)  # array axes 0 <-> 1
+    affine = sequences[0].affine @ swap
+    affine[:3, 3] += [5.0, -7.0, 12.0]
+    stacked = np.stack([np.asarray(s.dataobj).transpose(1, 0, 2) for s in sequences], axis=-1)
+    (root / "decathlon").mkdir()
+    nib.save(nib.Nifti1Image(stacked, affine), root / "decathlon" / "BRATS_001.nii.gz")
+    seg = np.asarray(nib.load(source / f"{case}_seg.nii.gz").dataobj).transpose(1, 0, 2)
+    nib.save(nib.Nifti1Image(seg, affine), root / "decathlon_truth.nii.gz")
+    assert _visible_tumour(5, "brats2021", 0)
+    brats_case = brats[_first_visible(0, "brats2021", len(brats))]
+    return {
+        "brats": root / "brats" / brats_case,
+        "brats_other": root / "brats" / next(b for b in brats if b != brats_case),
+        "lgg": root / "lgg" / lgg[_first_visible(0, "kaggle_3m", len(lgg))],
+        "decathlon": root / "decathlon" / "BRATS_001.nii.gz",
+        "decathlon_truth": root / "decathlon_truth.nii.gz",
+    }
+
+
+def _visible_tumour(seed: int, layout: str, i: int) -> bool:
+    """Demo patient i has a tumour of normal contrast (about 15% of demo tumours are faint on purpose,
+    and a segmenter trained for seconds misses those)."""
+    _, has_tumour, low_contrast = _patient_plan(seed, layout, i)
+    return has_tumour and not low_contrast
+
+
+def _first_visible(seed: int, layout: str, patients: int) -> int:
+    return next(i for i in range(patients) if _visible_tumour(seed, layout, i))
+
+
+def _summary(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "summary.json").read_text())
+
+
+# ------------------------------------------------------------------------------------------ volumes
+
+
+def test_brats2021_case_gives_a_nifti_in_the_input_space(predictor: Predictor, inputs: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    case = inputs["brats"]
+    results = predictor.predict_path(case, tmp_path)
+    assert [r["status"] for r in results] == ["ok"]
+    out = tmp_path / case.name
+    image = nib.load(out / f"{case.name}_mask.nii.gz")
+    reference = nib.load(case / f"{case.name}_t1.nii.gz")
+    mask = np.asarray(image.dataobj)
+    assert mask.shape == reference.shape and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
+    np.testing.assert_array_equal(image.affine, reference.affine)
+    assert image.header.get_sform(coded=True)[1] == reference.header.get_sform(coded=True)[1]
+    assert image.header.get_qform(coded=True)[1] == reference.header.get_qform(coded=True)[1]
+    truth = np.asarray(nib.load(case / f"{case.name}_seg.nii.gz").dataobj) > 0
+    assert dice(truth, mask > 0) >= MIN_DICE["brats"]
+
+    summary = _summary(out)
+    assert summary == results[0]
+    assert summary["tumour_present"] and summary["layout"] == "brats2021_case"
+    assert summary["n_slices"] == mask.shape[2] == len(summary["slices"])  # every slice, none dropped
+    assert summary["threshold"] == 0.0 and summary["channels"] == list(LGG_CHANNELS)
+    assert summary["voxel_mm"] == [1.0, 1.0, 1.0]
+    assert summary["tumour_volume_ml"] == pytest.approx(mask.sum() / 1000)
+    per_slice = {s["slice"]: s["tumour_px"] for s in summary["slices"]}
+    assert per_slice == {z: int(mask[:, :, z].sum()) for z in range(mask.shape[2])}  # L-P-S: z stays z
+    assert all(s["tumour_mm2"] == s["tumour_px"] for s in summary["slices"])
+    assert summary["slices_with_tumour"] == [z for z, px in per_slice.items() if px]
+    assert summary["max_probability"] == max(s["probability"] for s in summary["slices"])
+    blank = [s["slice"] for s in summary["slices"] if s["blank"]]
+    assert blank and all(not np.asarray(reference.dataobj)[:, :, z].any() for z in blank)
+    assert len(summary["outputs"]["overlays"]) == len(summary["slices_with_tumour"])
+    assert all((out / name).is_file() for name in summary["outputs"]["overlays"])
+
+
+def test_decathlon_file_resized_and_reoriented(predictor: Predictor, inputs: dict[str, Path], tmp_path: Path) -> None:
+    path = inputs["decathlon"]
+    [result] = predictor.predict_path(path, tmp_path)
+    image = nib.load(tmp_path / "BRATS_001" / "BRATS_001_mask.nii.gz")
+    source = nib.load(path)
+    assert image.shape == source.shape[:3]
+    np.testing.assert_allclose(image.affine, source.affine)
+    truth = np.asarray(nib.load(inputs["decathlon_truth"]).dataobj) > 0
+    assert dice(truth, np.asarray(image.dataobj) > 0) >= MIN_DICE["decathlon"]
+    assert result["layout"] == "decathlon_file" and result["source"] == "decathlon"
+    # the file's axis 2 is still the axial one: per-slice areas follow it
+    mask = np.asarray(image.dataobj)
+    assert [s["tumour_px"] for s in result["slices"]] == [int(mask[:, :, z].sum()) for z in range(mask.shape[2])]
+
+
+def test_threshold_gates_slices_and_defaults_to_threshold_json(models: Path, inputs: dict[str, Path],
+                                                               tmp_path: Path) -> None:
+    threshold_json = models.parent / "eval" / "threshold.json"
+    assert Predictor.from_dir(models, threshold_json=threshold_json, params=None).threshold == 0.0
+    closed = Predictor.from_dir(models, threshold=1.0, threshold_json=threshold_json, params=None)
+    [result] = closed.predict_path(inputs["brats"], tmp_path)
+    assert not result["tumour_present"] and not result["slices_with_tumour"] and result["threshold"] == 1.0
+    assert not any(s["segmented"] for s in result["slices"])
+    assert not np.asarray(nib.load(tmp_path / inputs["brats"].name / f"{inputs['brats'].name}_mask.nii.gz").dataobj).any()
+    with pytest.raises(InputError, match="threshold"):
+        Predictor.from_dir(models, threshold_json=tmp_path / "missing.json", params=None)
+
+
+def test_predict_volume_skips_blank_slices(predictor: Predictor) -> None:
+    images = np.zeros((3, SIZE, SIZE, 3), np.uint8)
+    images[1, 20:40, 20:40] = 120
+    out = predictor.predict_volume(images)
+    assert out["probabilities"].shape == (3,) and out["mask"].shape == (3, SIZE, SIZE)
+    np.testing.assert_array_equal(out["blank"], [True, False, True])
+    assert out["probabilities"][0] == 0 and not out["mask"][[0, 2]].any() and out["gated"][1]
+    with pytest.raises(ValueError, match="uint8"):
+        predictor.predict_volume(images.astype(np.float32))
+
+
+# ------------------------------------------------------------------------------------------ TIFFs
+
+
+def test_kaggle_3m_case_gives_mask_tiffs_at_256(predictor: Predictor, inputs: dict[str, Path], tmp_path: Path) -> None:
+    case = inputs["lgg"]
+    [result] = predictor.predict_path(case, tmp_path)
+    out = tmp_path / case.name
+    images = sorted(p for p in case.glob("*.tif") if not p.stem.endswith("_mask"))
+    assert sorted(result["outputs"]["masks"]) == sorted(f"{p.stem}_mask.tif" for p in images)
+    truth, pred = [], []
+    for p in images:
+        mask = tifffile.imread(out / f"{p.stem}_mask.tif")
+        assert mask.shape == (256, 256) and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+        pred.append(mask > 0)
+        truth.append(tifffile.imread(case / f"{p.stem}_mask.tif") > 0)
+    assert dice(np.stack(truth), np.stack(pred)) >= MIN_DICE["lgg"]
+    assert result["voxel_mm"] is None and result["tumour_volume_ml"] is None
+    assert all(s["tumour_mm2"] is None for s in result["slices"])
+    areas = {s["slice"]: s["tumour_px"] for s in result["slices"]}
+    assert sum(areas.values()) == int(np.stack(pred).sum())
+
+
+def test_single_tiff_slice(predictor: Predictor, inputs: dict[str, Path], tmp_path: Path) -> None:
+    case = inputs["lgg"]
+    path = next(p for p in sorted(case.glob("*_mask.tif")) if tifffile.imread(p).any())
+    image = path.with_name(path.name.replace("_mask", ""))
+    [result] = predictor.predict_path(image, tmp_path)
+    assert result["case_id"] == image.stem and result["n_slices"] == 1
+    assert (tmp_path / image.stem / path.name).is_file()
+    assert tifffile.imread(tmp_path / image.stem / path.name).shape == (256, 256)
+
+
+# ------------------------------------------------------------------------------------------ folders and errors
+
+
+def test_folder_with_a_broken_case_finishes_the_others(models: Path, inputs: dict[str, Path], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for key in ("brats", "lgg"):
+        shutil.copytree(inputs[key], folder / inputs[key].name)
+    shutil.copy(inputs["decathlon"], folder / "BRATS_001.nii.gz")
+    broken = shutil.copytree(inputs["brats_other"], folder / inputs["brats_other"].name)
+    flair = broken / f"{broken.name}_flair.nii.gz"
+    flair.write_bytes(flair.read_bytes()[:400])  # truncated
+    out = tmp_path / "out"
+
+    code = main(["predict", str(folder), "-o", str(out), "--models", str(models), "--threshold", "0",
+                 "--params", str(tmp_path / "absent.yaml")])
+    assert code == 1
+    for case_id in (inputs["brats"].name, inputs["lgg"].name, "BRATS_001"):
+        assert _summary(out / case_id)["status"] == "ok"
+    assert not (out / broken.name).exists()
+    run = json.loads((out / "predictions.json").read_text())
+    [failed] = [r for r in run if r["status"] == "failed"]
+    assert failed["input"] == str(broken) and "not a readable NIfTI" in failed["error"]
+    assert str(broken) in capsys.readouterr().err
+
+
+def test_all_cases_failing_and_bad_usage_exit_2(models: Path, inputs: dict[str, Path], tmp_path: Path) -> None:
+    folder = shutil.copytree(inputs["brats"], tmp_path / inputs["brats"].name)
+    (folder / f"{folder.name}_t1ce.nii.gz").unlink()
+    assert main(["predict", str(folder), "-o", str(tmp_path / "out"), "--models", str(models), "--threshold", "0"]) == 2
+    assert main(["predict", str(tmp_path / "nowhere"), "-o", str(tmp_path / "out"), "--models", str(models),
+                 "--threshold", "0"]) == 2
+    assert main(["predict", str(folder), "-o", str(tmp_path / "out"), "--models", str(tmp_path)]) == 2  # no models
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", str(folder)])  # no -o
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", str(folder), "-o", "x", "--threshold", "1.5"])
+    assert exit_info.value.code == 2
+
+
+def test_missing_modality_names_the_case(predictor: Predictor, inputs: dict[str, Path], tmp_path: Path) -> None:
+    folder = shutil.copytree(inputs["brats"], tmp_path / inputs["brats"].name)
+    (folder / f"{folder.name}_t1ce.nii.gz").unlink()
+    [result] = predictor.predict_path(folder, tmp_path / "out")
+    assert result["status"] == "failed" and result["input"] == str(folder)
+    assert "missing sequence t1gd" in result["error"] and str(folder) in result["error"]
+    with pytest.raises(InputError, match="missing sequence t1gd"):
+        predictor.read(find_inputs(folder)[0])
+
+
+def test_channel_mismatch(models: Path, inputs: dict[str, Path], tmp_path: Path) -> None:
+    """Models trained on t2, flair, t1gd: kaggle_3m TIFFs (fixed t1, flair, t1gd) are refused by name;
+    a BraTS case gives the models their own sequences; sidecars that disagree are refused at load."""
+    other = shutil.copytree(models, tmp_path / "models")
+    for name in ("classifier", "segmenter"):
+        sidecar = json.loads((other / f"{name}.json").read_text())
+        (other / f"{name}.json").write_text(json.dumps({**sidecar, "channels": ["t2", "flair", "t1gd"]}))
+    t2_predictor = Predictor.from_dir(other, threshold=0.0, params=None)
+    [result] = t2_predictor.predict_path(inputs["lgg"], tmp_path / "out")
+    assert result["status"] == "failed" and str(inputs["lgg"]) in result["error"]
+    assert "t1,flair,t1gd" in result["error"] and "t2,flair,t1gd" in result["error"]
+    case = read_lgg_case(inputs["lgg"], SIZE)
+    with pytest.raises(InputError, match="do not match"):
+        t2_predictor.predict_case(case)
+    [result] = t2_predictor.predict_path(inputs["brats"], tmp_path / "out")
+    assert result["status"] == "ok" and result["channels"] == ["t2", "flair", "t1gd"]
+
+    sidecar = json.loads((models / "classifier.json").read_text())
+    (other / "classifier.json").write_text(json.dumps(sidecar))
+    with pytest.raises(InputError, match="segmenter.json"):
+        Predictor.from_dir(other, threshold=0.0, params=None)
+
+
+def test_stage_cli_still_parses(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["not_a_stage"])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--help"])
+    assert exit_info.value.code == 0 and "--threshold" in capsys.readouterr().out
