@@ -56,7 +56,7 @@ def explain_test_slices(classifier: keras.Model, layer: str, store: SliceStore, 
         cams = upsample_maps(cells, size, size)
         peaks = peak_points(cells, size, size)
         igs = integrated_gradients(classifier, x, steps=params.ig_steps)
-        tolerance = m.pointing_tolerance_px(size)
+        tolerance = m.pointing_tolerance_px(size / cells.shape[1])
         for i, row in sample.iterrows():
             mask = labels[i] > 0
             stem = f"{row.group}_{i:02d}"
@@ -79,7 +79,7 @@ def explain_test_slices(classifier: keras.Model, layer: str, store: SliceStore, 
         images, labels = store.read_rows(positive)
         size = images.shape[1]
         cells = grad_cam_cells(classifier, images.astype(np.float32), layer)
-        tolerance = m.pointing_tolerance_px(size)
+        tolerance = m.pointing_tolerance_px(size / cells.shape[1])
         game = m.pointing_game_at(peak_points(cells, size, size), labels > 0, tolerance, grid=cells.shape[1:])
         pointing = {"pointing_game": game["score"], "pointing_game_n": game["n"],
                     "pointing_game_chance": game["chance"], "pointing_game_tolerance_px": tolerance,

@@ -570,9 +570,13 @@ __all__ = [
 ]
 
 
-def pointing_tolerance_px(image_size: int) -> float:
-    """The pointing game's tolerance: 15 px at a 224 px input (Zhang et al. 2018), scaled to the image."""
-    return 15.0 * image_size / 224.0
+def pointing_tolerance_px(cell_px: float) -> float:
+    """The pointing game's tolerance for a map whose cells span ``cell_px`` input pixels.
+
+    Zhang et al. (2018) use 15 px for ResNet maps at 224 px, whose cells span 32 px: 15/32 of a
+    cell. Keeping that ratio keeps the protocol at any input size (ResNet50's cells are always 32 px).
+    """
+    return 15.0 / 32.0 * cell_px
 
 
 def pointing_game_at(points: np.ndarray, masks: np.ndarray, tolerance_px: float,

@@ -99,9 +99,9 @@ def write_store(items: Iterable[Case | Skipped], out_dir: str | Path) -> pd.Data
             elif case.image.shape[1:] != shape:
                 raise InputError(where, f"slices are {case.image.shape[1:]}, the store holds {shape}")
             stem = file_stem(case.patient_id)
-            while stem in stems:
+            while stem.lower() in stems:  # case-insensitive file systems: "Ab" and "ab" would clash
                 stem += "_"
-            stems.add(stem)
+            stems.add(stem.lower())
             np.save(tmp / "arrays" / f"{stem}.image.npy", case.image)
             np.save(tmp / "arrays" / f"{stem}.labels.npy", case.labels)
             rows.append(slice_rows(case))
@@ -143,9 +143,16 @@ class SliceStore:
         if not manifest_path.exists():
             raise InputError(self.root, "not a slice store (no manifest.csv); run `python -m pipeline ingest` first")
         self.manifest = pd.read_csv(manifest_path, dtype={"patient_id": str})
-        self.patients: dict[str, dict[str, Any]] = json.loads((self.root / "patients.json").read_text())
+        try:
+            self.patients: dict[str, dict[str, Any]] = json.loads((self.root / "patients.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError) as e:
+            raise InputError(self.root / "patients.json", f"missing or unreadable ({e}); run ingest again") from None
         self._images: dict[str, np.ndarray] = {}
         self._labels: dict[str, np.ndarray] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the open memory maps (they are reopened on first use)."""
+        return {**self.__dict__, "_images": {}, "_labels": {}}
 
     @property
     def patient_ids(self) -> list[str]:

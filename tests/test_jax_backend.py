@@ -36,7 +36,7 @@ JAX_TINY = {
     **TINY,
     "data": {"image_size": 32},
     "demo": {**TINY["demo"], "image_size": 32},
-    "train": {**TINY["train"], "epochs": 1},
+    "train": {**TINY["train"], "epochs": 1, "batch_size": 10},
     "segmenter": {**TINY["segmenter"], "filters": [16, 32, 64]},
     "evaluate": {**TINY["evaluate"], "ig_steps": 2},
 }

@@ -411,7 +411,7 @@ def test_pointing_game() -> None:
 def test_pointing_game_at_with_tolerance_and_chance():
     from pipeline.metrics import pointing_game_at, pointing_tolerance_px
 
-    assert pointing_tolerance_px(224) == pytest.approx(15.0)
+    assert pointing_tolerance_px(32) == pytest.approx(15.0)
     masks = np.zeros((3, 64, 64), bool)
     masks[0, 10:20, 10:20] = True   # peak (16, 16) inside: hit
     masks[1, 40:50, 40:50] = True   # peak (16, 16) far away: miss

@@ -31,15 +31,16 @@ from pipeline.params import DataParams
 from pipeline.predict import Predictor, find_inputs
 from pipeline.sources import read_brats2021_case, read_lgg_case
 from pipeline.sources.demo import _patient_plan, write_brats2021, write_kaggle_3m
-from pipeline.training import save_model
+from pipeline.training import save_model, set_batchnorm_momentum
 
 SIZE = 64  # model input size (px)
-# Dice of the written masks against the demo truth, measured over training seeds 0, 1, 2 (this file uses
-# 0): BraTS 2021 case 0.971 / 0.943 / 0.947, Decathlon file (resized, axes swapped) 0.849 / 0.794 / 0.841,
-# kaggle_3m TIFFs (256 -> 64 -> 256 px) 0.890 / 0.876 / 0.864. The same BraTS mask flipped left-right
-# scores 0.00, with its x and y axes swapped 0.40-0.42, shifted by 3 voxels 0.63-0.65: the bounds below
-# keep a margin of about 0.1 under the lowest measurement and still fail a misplaced mask.
-MIN_DICE = {"brats": 0.8, "decathlon": 0.7, "lgg": 0.75}
+# Dice of the written masks against the demo truth, measured over 9 training runs (seeds 0-2, 3 or 5
+# epochs; training is not bit-reproducible across processes): BraTS 2021 case 0.90-0.97, Decathlon
+# file (resized 100 -> 64 px, axes swapped) 0.69-0.85, kaggle_3m TIFFs (256 -> 64 -> 256 px) 0.86-0.93.
+# A misplaced mask scores far lower: flipped left-right 0.00 (BraTS) / 0.38-0.43 (Decathlon), with its
+# x and y axes swapped 0.40-0.42 / 0.06, flipped along z 0.00 (Decathlon). The bounds sit about 0.15
+# under the lowest measurement and above every flipped or transposed mask.
+MIN_DICE = {"brats": 0.75, "decathlon": 0.55, "lgg": 0.7}
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -76,9 +77,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     keras.utils.set_random_seed(0)
     images, masks = _training_slices(root / "train")
     segmenter = build_resunet(SIZE, (16, 32))
-    for layer in segmenter.layers:  # a few dozen steps: moving statistics must catch up within them
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = 0.8
+    set_batchnorm_momentum(segmenter, 0.8)  # a few dozen steps: moving statistics must catch up within them
     segmenter.compile(optimizer=keras.optimizers.Adam(3e-3), loss=get_loss("bce_dice"))
     segmenter.fit(images.astype(np.float32), masks, batch_size=16, epochs=3, verbose=0)
     sidecar = {"input_size": SIZE, "channels": list(LGG_CHANNELS)}
@@ -145,6 +144,7 @@ def _summary(folder: Path) -> dict[str, Any]:
 
 def test_brats2021_case_gives_a_nifti_in_the_input_space(predictor: Predictor, inputs: dict[str, Path],
                                                           tmp_path: Path) -> None:
+    """Same shape, affine and sform/qform codes as the input; Dice >= 0.75 vs the truth (MIN_DICE)."""
     case = inputs["brats"]
     results = predictor.predict_path(case, tmp_path)
     assert [r["status"] for r in results] == ["ok"]
@@ -178,6 +178,7 @@ def test_brats2021_case_gives_a_nifti_in_the_input_space(predictor: Predictor, i
 
 
 def test_decathlon_file_resized_and_reoriented(predictor: Predictor, inputs: dict[str, Path], tmp_path: Path) -> None:
+    """A lone 4D file (Task01 channel order, no dataset.json): Dice >= 0.55 vs the truth (MIN_DICE)."""
     path = inputs["decathlon"]
     [result] = predictor.predict_path(path, tmp_path)
     image = nib.load(tmp_path / "BRATS_001" / "BRATS_001_mask.nii.gz")
@@ -220,6 +221,7 @@ def test_predict_volume_skips_blank_slices(predictor: Predictor) -> None:
 
 
 def test_kaggle_3m_case_gives_mask_tiffs_at_256(predictor: Predictor, inputs: dict[str, Path], tmp_path: Path) -> None:
+    """One 0/255 mask TIFF per slice in kaggle_3m naming at 256x256; Dice >= 0.7 vs the truth (MIN_DICE)."""
     case = inputs["lgg"]
     [result] = predictor.predict_path(case, tmp_path)
     out = tmp_path / case.name
