@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_pipeline_e2e import TINY, dvc, tiny_repo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +51,7 @@ WORKER = textwrap.dedent('''
     from pipeline.cascade import Cascade
     from pipeline.losses import get_loss
     from pipeline.nets.classifier import build_classifier
+    from pipeline.nets.layers import BackbonePreprocess
     from pipeline.nets.resunet import build_resunet
     from pipeline.params import TrainParams
     from pipeline.seg_metrics import DiceAt, IoUAt
@@ -70,16 +70,23 @@ WORKER = textwrap.dedent('''
         return x, masks, labels
 
 
-    def models(mixed=False):
-        """The classifier and segmenter, compiled as the training stages compile them."""
-        setup(TrainParams(lr=1e-3, epochs=1, batch_size=4, seed=0, mixed_precision=mixed))
-        classifier, _ = build_classifier(SIZE, "resnet50", weights="none")
+    def compile_like_the_stages(classifier, segmenter):
         classifier.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy",
                            metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")])
-        segmenter = build_resunet(SIZE, (16, 32), out_channels=1)
         segmenter.compile(optimizer=keras.optimizers.Adam(1e-3), loss=get_loss("bce_dice"),
                           metrics=[DiceAt(0.5), IoUAt(0.5)])
         return classifier, segmenter
+
+
+    def tiny_classifier():
+        """The classifier's input preprocessing and head on one conv block instead of ResNet50."""
+        image = keras.Input((SIZE, SIZE, 3), name="image")
+        h = BackbonePreprocess("caffe", name="preprocess")(image)
+        h = keras.layers.Conv2D(8, 3, strides=2, name="conv")(h)
+        h = keras.layers.Activation("relu")(keras.layers.BatchNormalization()(h))
+        h = keras.layers.Dropout(0.3)(keras.layers.GlobalAveragePooling2D()(h))
+        out = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="tumour_probability")(h)
+        return keras.Model(image, out)
 
 
     def predictions(cascade):
@@ -88,9 +95,12 @@ WORKER = textwrap.dedent('''
         return {"classifier": cascade.classify(x), "segmenter": cascade.segment(x)}
 
 
-    def train(out):
-        """Train one step each, save as the stages save, and write the saving process's own predictions."""
-        classifier, segmenter = models()
+    def train(out, other=None):
+        """Train the classifier (ResNet50) and a ResUNet one step each, save them as the stages do and write
+        this process's predictions; then, given `other`, load the models saved there and predict with them."""
+        setup(TrainParams(lr=1e-3, epochs=1, batch_size=4, seed=0, mixed_precision=False))
+        classifier, segmenter = compile_like_the_stages(build_classifier(SIZE, "resnet50", weights="none")[0],
+                                                        build_resunet(SIZE, (16, 32), out_channels=1))
         x, masks, labels = data(4, seed=0)
         classifier.fit(x, labels, batch_size=4, epochs=1, verbose=0)
         segmenter.fit(x, masks, batch_size=4, epochs=1, verbose=0)
@@ -98,6 +108,8 @@ WORKER = textwrap.dedent('''
         save_model(classifier, out / "classifier.keras", {"kind": "classifier"})
         save_model(segmenter, out / "segmenter.keras", {"kind": "segmenter"})
         np.savez(out / f"predicted_{keras.backend.backend()}.npz", **predictions(Cascade(classifier, segmenter, 0.5)))
+        if other:
+            load(other)
 
 
     def load(folder):
@@ -110,14 +122,17 @@ WORKER = textwrap.dedent('''
 
 
     def mixed():
-        """One epoch of both models under mixed_float16: float16 layers, float32 outputs, loss and metrics."""
+        """One epoch of a tiny classifier and a ResUNet under train.mixed_precision, compiled as the stages
+        compile them: what runs in float16 and what in float32."""
         import pipeline.losses as losses
 
-        classifier, segmenter = models(mixed=True)
+        setup(TrainParams(lr=1e-3, epochs=1, batch_size=4, seed=0, mixed_precision=True))
+        classifier, segmenter = compile_like_the_stages(tiny_classifier(), build_resunet(SIZE, (16, 32), 1))
         x, masks, labels = data(8, seed=0)
+        weights = np.where(labels[:, 0] > 0, 2.0, 0.7).astype("float32")  # as class_balance: weights gives them
         result = {"policy": keras.mixed_precision.global_policy().name}
-        for name, model, y in (("classifier", classifier, labels), ("segmenter", segmenter, masks)):
-            history = model.fit(x, y, batch_size=4, epochs=1, verbose=0).history
+        for name, model, y, w in (("classifier", classifier, labels, weights), ("segmenter", segmenter, masks, None)):
+            history = model.fit(x, y, sample_weight=w, batch_size=4, epochs=1, verbose=0).history
             y_pred = model(x[:4])
             loss = model.compute_loss(x[:4], y[:4], y_pred)
             result[name] = {
@@ -132,7 +147,6 @@ WORKER = textwrap.dedent('''
         result["loss_functions_on_float16"] = {
             name: keras.backend.standardize_dtype(getattr(losses, name)(y16, p16).dtype)
             for name in ("soft_dice_loss", "tversky_loss", "focal_tversky_loss", "bce_dice_loss")}
-        keras.mixed_precision.set_global_policy("float32")
         print("RESULT " + json.dumps(result))
 
 
@@ -177,8 +191,7 @@ def test_models_move_between_tensorflow_and_jax(tmp_path):
     for folder in made_by.values():
         folder.mkdir()
     run_worker("tensorflow", "train", str(made_by["tensorflow"]))
-    run_worker("jax", "train", str(made_by["jax"]))
-    run_worker("jax", "load", str(made_by["tensorflow"]))
+    run_worker("jax", "train", str(made_by["jax"]), str(made_by["tensorflow"]))  # and load TensorFlow's
     run_worker("tensorflow", "load", str(made_by["jax"]))
     for saved_under, folder in made_by.items():
         loaded_under = "jax" if saved_under == "tensorflow" else "tensorflow"
