@@ -59,20 +59,12 @@ def combine(seg_probabilities: np.ndarray, gated: np.ndarray, seg_threshold: flo
 def predict_in_batches(model: keras.Model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
     """Run `model` on uint8 [N, H, W, 3] images in float32 batches; returns the stacked outputs.
 
-    Batches are converted one at a time, so a memory-mapped store is never loaded whole. A short
-    last batch is zero-padded to the next power of two (at most ``batch_size``) and the padding's
-    outputs dropped: the model then sees only a few batch shapes, and each new shape costs a retrace
-    of its graph (seconds for ResNet50). Inference treats images independently, so the padding
-    changes no output (beyond float round-off of a different kernel choice).
+    Batches are converted one at a time, so a memory-mapped store is never loaded whole.
     """
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = np.asarray(images[start:start + batch_size], dtype=np.float32)
-        n = len(batch)
-        padded = min(batch_size, 1 << (n - 1).bit_length())
-        if padded > n:
-            batch = np.concatenate([batch, np.zeros((padded - n, *batch.shape[1:]), np.float32)])
-        outputs.append(np.asarray(model.predict_on_batch(batch))[:n])
+    outputs = [
+        np.asarray(model.predict_on_batch(np.asarray(images[i:i + batch_size], dtype=np.float32)))
+        for i in range(0, len(images), batch_size)
+    ]
     if not outputs:
         shape = tuple(d for d in model.output.shape[1:])
         return np.zeros((0, *shape), np.float32)
