@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import metrics as m
-from pipeline.cascade import combine
+from pipeline.cascade import PostProcessing, combine
 from pipeline.explain import grad_cam_cells, integrated_gradients, overlay_png, peak_points, triptych_png, upsample_maps
 from pipeline.params import EvaluateParams
 from pipeline.slices import SliceStore
@@ -91,9 +91,11 @@ def explain_test_slices(classifier: keras.Model, layer: str, store: SliceStore, 
 
 
 def patient_triptychs(store: SliceStore, patients: pd.DataFrame, slices: pd.DataFrame,
-                      seg_masks: dict[str, np.ndarray], image_dir: Path) -> list[dict[str, Any]]:
+                      seg_masks: dict[str, np.ndarray], image_dir: Path,
+                      post: PostProcessing | None = None) -> list[dict[str, Any]]:
     """image | truth | cascade prediction for the best, median and worst test patients (by Dice),
-    each shown at its slice with the most tumour."""
+    each shown at its slice with the most tumour; `post` as in the evaluation, so the picture
+    shows the mask the Dice was computed on."""
     ranked = patients[patients.has_tumour].sort_values("dice_cascade", ascending=False, kind="stable")
     if ranked.empty:
         return []
@@ -103,7 +105,7 @@ def patient_triptychs(store: SliceStore, patients: pd.DataFrame, slices: pd.Data
     for rank, row in picks.items():
         pid = row.patient_id
         rows = slices[slices.patient_id == pid].sort_values("slice_index")
-        mask = combine(seg_masks[pid].astype(np.float32), rows.predicted_positive.to_numpy())
+        mask = combine(seg_masks[pid].astype(np.float32), rows.predicted_positive.to_numpy(), post=post)
         k = int(rows.tumour_pixels.to_numpy().argmax())
         image = np.asarray(store.images(pid)[k])
         truth = np.asarray(store.labels(pid)[k]) > 0

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
+
+import pandas as pd
 
 from pipeline.cascade import Cascade, PostProcessing
 from pipeline.evaluation import EVAL_SPLITS, choose_threshold, evaluate_split, plot_tables, score_patients
@@ -46,8 +49,8 @@ def run(params: Params) -> None:
             tables[name] = (slices, patients)
             for kind, table in plot_tables(slices).items():
                 table.to_csv(out / "plots" / f"{kind}_{name}.csv", index=False)
-        slices = _concat(t[0] for t in tables.values())
-        patients = _concat(t[1] for t in tables.values())
+        slices = pd.concat([t[0] for t in tables.values()], ignore_index=True)
+        patients = pd.concat([t[1] for t in tables.values()], ignore_index=True)
         slices.to_csv(out / "slices.csv", index=False)
         patients.to_csv(out / "patients.csv", index=False)
         val = metrics["val"]["classifier"]
@@ -61,7 +64,7 @@ def run(params: Params) -> None:
         metrics["test"]["explain"] = pointing
         (out / "gallery.json").write_text(json.dumps(gallery, indent=2))
         (out / "cases.json").write_text(json.dumps(
-            patient_triptychs(store, test_patients, test_slices, scored.seg_masks, out / "images"), indent=2))
+            patient_triptychs(store, test_patients, test_slices, scored.seg_masks, out / "images", post), indent=2))
     with atomic_path(METRICS_JSON) as tmp:
         tmp.write_text(json.dumps(_finite(metrics), indent=2))
     t = metrics["test"]
@@ -73,16 +76,8 @@ def run(params: Params) -> None:
              t["explain"]["pointing_game"], time.perf_counter() - start)
 
 
-def _concat(frames):
-    import pandas as pd
-
-    return pd.concat(list(frames), ignore_index=True)
-
-
 def _finite(value):
     """JSON-safe metrics: NaN/inf become null (DVC and browsers reject NaN literals)."""
-    import math
-
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
