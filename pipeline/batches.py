@@ -34,11 +34,13 @@ log = logging.getLogger(__name__)
 TARGETS = ("label", "mask")
 
 # fit() settings for the PyDataset (measured in benchmarks/bench_batches.py, 2 cores). A batch costs
-# ~0.1-0.6 ms a slice (read + augment), under 1% of a training step of either model, so the input
-# pipeline needs no parallelism of its own to reach the throughput of in-memory tensors:
+# ~0.1-0.3 ms a slice (read + augment; augment_batch spreads the slices of a batch over one thread
+# per core), under 1% of a training step of either model on a CPU: ~3,000 slices/s of 256 px batches
+# on 2 cores. So Keras' own workers stay at one:
 # - workers=1: Keras calls __getitem__ from one iterator, in order. Under TensorFlow, tf.data's
-#   prefetch still runs it on a background thread, overlapping with the step; under JAX it runs
-#   between steps (< 1% of the step time).
+#   prefetch still runs it on a background thread, overlapping with the step; under JAX and torch
+#   it runs between steps: < 1% of a CPU step, and on a GPU JAX's asynchronous dispatch (Keras
+#   copies each batch to the device one step ahead) lets it overlap with the running step.
 # - workers > 1 (threads) reach the same throughput but Keras' enqueuer keeps the batches it had
 #   prefetched when an epoch is cut short (JAX's first fit takes one batch to build the optimizer)
 #   and serves them at the start of the next epoch: which batches a run trains on then depends on

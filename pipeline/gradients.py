@@ -14,9 +14,9 @@ The score of sample i is the model output ``out[i, index]`` (the sigmoid probabi
 classifier), or with ``target="logit"`` the pre-activation of the final sigmoid/softmax layer. Samples
 are independent in inference mode, so the gradient of the batch sum is the per-sample gradient.
 
-Backends: "tensorflow" (``tf.GradientTape`` in a ``tf.function``) and "jax" (``jax.value_and_grad`` over
-``stateless_call`` in a ``jax.jit``); "torch" raises NotImplementedError. Compiled functions are cached
-per (model, layer, target, mode) and die with the model.
+Backends: "tensorflow" (``tf.GradientTape`` in a ``tf.function``), "jax" (``jax.value_and_grad`` over
+``stateless_call`` in a ``jax.jit``) and "torch" (``torch.autograd.grad``, eager). Built functions are
+cached per (model, layer, target, mode) and die with the model.
 """
 
 from __future__ import annotations
@@ -251,6 +251,8 @@ def _build_layer_grad(model: keras.Model, layer_name: str, use_logit: bool, inde
         return _tf_split_layer_grad(cut, final, index)
     if backend == "jax":
         return _jax_split_layer_grad(cut, final, index)
+    if backend == "torch":
+        return _torch_split_layer_grad(cut, final, index)
     raise NotImplementedError(_unsupported(backend))
 
 
@@ -261,12 +263,14 @@ def _build_input_grad(model: keras.Model, use_logit: bool, index: int) -> Callab
         return _tf_input_grad(weakref.ref(model), final, index)
     if backend == "jax":
         return _jax_input_grad(weakref.ref(model), final, index)
+    if backend == "torch":
+        return _torch_input_grad(weakref.ref(model), final, index)
     raise NotImplementedError(_unsupported(backend))
 
 
 def _unsupported(backend: str) -> str:
-    return (f"gradients are implemented for the 'tensorflow' and 'jax' Keras backends, not {backend!r}; "
-            "set KERAS_BACKEND=tensorflow or jax")
+    return (f"gradients are implemented for the 'tensorflow', 'jax' and 'torch' Keras backends, not {backend!r}; "
+            "set KERAS_BACKEND to one of them")
 
 
 # TensorFlow ---------------------------------------------------------------------------------------------
@@ -363,6 +367,37 @@ def _jax_input_grad(model_ref: weakref.ref, final: keras.Layer | None, index: in
         return scores, grads
 
     return lambda x: fn(_state(model_ref()), x)
+
+
+# PyTorch ------------------------------------------------------------------------------------------------
+
+
+def _torch_split_layer_grad(cut: _Cut, final: keras.Layer | None, index: int) -> Callable[[np.ndarray], tuple]:
+    import torch
+
+    def fn(x):
+        with torch.no_grad():
+            acts, *carried = _as_list(cut.forward(x, training=False))
+        acts = acts.detach().requires_grad_(True)
+        with torch.enable_grad(), _linear_output(final):
+            scores = _score(cut.head(cut.head_input(acts, carried), training=False), index)
+            (grads,) = torch.autograd.grad(scores.sum(), acts)
+        return acts.detach(), grads, scores.detach()
+
+    return fn
+
+
+def _torch_input_grad(model_ref: weakref.ref, final: keras.Layer | None, index: int) -> Callable[[np.ndarray], tuple]:
+    import torch
+
+    def fn(x):
+        x = keras.ops.convert_to_tensor(x).detach().requires_grad_(True)
+        with torch.enable_grad(), _linear_output(final):
+            scores = _score(model_ref()(x, training=False), index)
+            (grads,) = torch.autograd.grad(scores.sum(), x)
+        return scores.detach(), grads
+
+    return fn
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -141,8 +141,7 @@ class SegmenterParams:
         _one_of("segmenter.loss", self.loss, ("dice", "tversky", "focal_tversky", "bce_dice"))
         if len(self.filters) < 2 or any(f < 1 for f in self.filters):
             raise ParamsError(f"segmenter.filters: need at least two positive widths, got {list(self.filters)}")
-        if min(self.filters) < 16 and os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0" \
-                and os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+        if min(self.filters) < 16 and _onednn_cpu_kernels():
             raise ParamsError(f"segmenter.filters: {list(self.filters)}: widths below 16 corrupt the heap in "
                               "TensorFlow 2.21's oneDNN CPU kernels; use 16 or more, or set TF_ENABLE_ONEDNN_OPTS=0")
         _in_range("segmenter.negative_fraction", self.negative_fraction, 0, 1)
@@ -274,3 +273,10 @@ def _one_of(key: str, value: Any, allowed: tuple) -> None:
 def _in_range(key: str, value: float, lo: float, hi: float) -> None:
     if not lo <= value <= hi:
         raise ParamsError(f"{key}: {value!r} is outside [{lo}, {hi}]")
+
+
+def _onednn_cpu_kernels() -> bool:
+    """Whether convolutions run in TensorFlow's oneDNN CPU kernels (TensorFlow backend, oneDNN not turned off)."""
+    import keras  # here, not at the top: only this rare check needs the backend loaded
+
+    return keras.config.backend() == "tensorflow" and os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0"

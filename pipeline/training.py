@@ -39,15 +39,20 @@ def seed_everything(seed: int) -> None:
 
     Keras' function seeds TensorFlow whenever it is installed, so under JAX it imported TensorFlow at
     the start of every training stage (seconds, thread pools, and on a GPU machine a second CUDA
-    stack). TensorFlow is seeded when it is loaded (the TensorFlow backend loads it with Keras);
-    otherwise Python's and NumPy's generators are all the pipeline draws from: Keras takes layer
-    initialiser and dropout seeds from Python's ``random``, batches and augmentation use NumPy.
+    stack). TensorFlow is seeded when it is loaded (the TensorFlow backend loads it with Keras), and
+    PyTorch likewise (the torch backend); otherwise Python's and NumPy's generators are all the
+    pipeline draws from: Keras takes layer initialiser and dropout seeds from Python's ``random``,
+    batches and augmentation use NumPy.
     """
     if "tensorflow" in sys.modules:
         keras.utils.set_random_seed(seed)
-    else:
-        random.seed(seed)
-        np.random.seed(seed)
+        return
+    random.seed(seed)
+    np.random.seed(seed)
+    if "torch" in sys.modules:
+        import torch
+
+        torch.manual_seed(seed)
 
 
 # BatchNormalization's moving averages with Keras' default momentum 0.99 trail far behind the

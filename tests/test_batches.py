@@ -123,6 +123,18 @@ def test_fused_augmentation_equals_geometric_then_intensity():
     assert x.min() >= 0 and x.max() <= 255
 
 
+@pytest.mark.parametrize("threads", [2, 3, 8])
+def test_augmentation_does_not_depend_on_thread_count(threads, monkeypatch):
+    monkeypatch.setattr("pipeline.augment.MIN_VALUES_FOR_THREADS", 0)  # thread even these small slices
+    images = np.random.default_rng(11).integers(0, 256, (7, 40, 40, 3), dtype=np.uint8)
+    masks = blob_masks(np.random.default_rng(12), 7, 40)
+    x1, m1 = augment_batch(images, masks, np.random.default_rng(13), AUG, threads=1)
+    xn, mn = augment_batch(images, masks, np.random.default_rng(13), AUG, threads=threads)
+    assert not np.array_equal(x1, images.astype(np.float32))  # it did augment
+    np.testing.assert_array_equal(xn, x1)
+    np.testing.assert_array_equal(mn, m1)
+
+
 def test_intensity_changes_brightness_and_contrast_within_bounds():
     images = np.full((200, 8, 8, 3), 100, np.float32)
     images[:, :4] = 50

@@ -58,3 +58,16 @@ def test_scientific_notation_from_exp_run_is_a_number():
     assert params_from_dict(raw).train.lr == pytest.approx(1e-4)
     raw["evaluate"]["threshold"] = "sensitivity:0.95"
     assert params_from_dict(raw).evaluate.threshold == "sensitivity:0.95"
+
+
+def test_narrow_segmenter_is_refused_only_where_onednn_would_corrupt_the_heap(monkeypatch):
+    import keras
+
+    raw = copy.deepcopy(RAW)
+    raw["segmenter"]["filters"] = [8, 16]
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    if keras.config.backend() == "tensorflow":
+        with pytest.raises(ParamsError, match="segmenter.filters.*oneDNN"):
+            params_from_dict(raw)
+        monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    assert params_from_dict(raw).segmenter.filters == (8, 16)

@@ -1,10 +1,10 @@
-"""The pipeline on the JAX backend (CPU): the tiny end-to-end `dvc repro` under KERAS_BACKEND=jax,
-models saved under one backend loading and predicting the same under the other, and mixed
-precision training with float32 loss math under both backends.
+"""The pipeline on the JAX and PyTorch backends (CPU): the tiny end-to-end `dvc repro` under
+KERAS_BACKEND=jax and =torch, models saved under one backend loading and predicting the same under
+the others, and mixed precision training with float32 loss math under every backend.
 
 Keras fixes its backend when it is imported, so every run on a chosen backend is a subprocess with
-KERAS_BACKEND in its environment; this file passes under either backend. The JAX tests skip when
-jax is not installed (``pip install -e ".[jax]"``).
+KERAS_BACKEND in its environment; this file passes under any backend. A backend's tests skip when
+its package is not installed (``pip install -e ".[jax]"``; PyTorch: see the README).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,15 +24,21 @@ from test_pipeline_e2e import TINY, dvc, tiny_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 
-requires_jax = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
-                                  reason='jax is not installed (pip install -e ".[jax]")')
+BACKENDS = ("tensorflow", "jax", "torch")
+INSTALLED = tuple(b for b in BACKENDS if importlib.util.find_spec(b) is not None)
+
+
+def on(backend: str) -> Any:
+    """``backend`` as a test parameter that skips when its package is not installed."""
+    return pytest.param(backend, marks=pytest.mark.skipif(backend not in INSTALLED, reason=f"{backend} is not installed"))
+
 
 # Probabilities of a model saved under one backend and loaded under the other agree within this.
 ATOL = 1e-4
 
 # Smaller than test_pipeline_e2e's TINY: under JAX most of the time goes to compiling each model
 # (ResNet50 alone: train, test, predict, Grad-CAM and integrated-gradient functions), not to running it.
-JAX_TINY = {
+BACKEND_TINY = {
     **TINY,
     "data": {"image_size": 32},
     "demo": {**TINY["demo"], "image_size": 32},
@@ -168,12 +175,12 @@ def run_worker(backend: str, *args: str, timeout: int = 600) -> str:
     return result.stdout
 
 
-@requires_jax
 @pytest.mark.slow
-def test_dvc_repro_under_jax(tmp_path, monkeypatch):
-    """The whole pipeline, from the demo data to the report, on the JAX backend."""
-    repo = tiny_repo(tmp_path, JAX_TINY)
-    monkeypatch.setenv("KERAS_BACKEND", "jax")  # dvc passes the environment on to every stage
+@pytest.mark.parametrize("backend", [on("jax"), on("torch")])
+def test_dvc_repro_under_another_backend(backend, tmp_path, monkeypatch):
+    """The whole pipeline, from the demo data to the report, on the JAX or PyTorch backend."""
+    repo = tiny_repo(tmp_path, BACKEND_TINY)
+    monkeypatch.setenv("KERAS_BACKEND", backend)  # dvc passes the environment on to every stage
     dvc("repro", cwd=repo)
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert "auc" in metrics["test"]["classifier"] and "dice_patient_mean" in metrics["test"]["cascade"]
@@ -184,18 +191,34 @@ def test_dvc_repro_under_jax(tmp_path, monkeypatch):
         assert (repo / f"models/{model}.keras").exists()
 
 
-@requires_jax
 @pytest.mark.slow
-def test_models_move_between_tensorflow_and_jax(tmp_path):
-    """Trained and saved under one backend, loaded (safe mode) and run under the other: the same probabilities."""
-    made_by = {"tensorflow": tmp_path / "tf", "jax": tmp_path / "jax"}
+@pytest.mark.parametrize("backend", [on("jax"), on("torch")])
+def test_explanations_under_another_backend(backend):
+    """tests/test_explain.py (Grad-CAM, integrated gradients, the gradients against closed forms and a finite
+    difference) passes on the JAX or PyTorch backend: each backend's gradient code is checked, not only run."""
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_explain.py"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and " failed" not in result.stdout, result.stdout[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(len(INSTALLED) < 2, reason="needs a second backend installed")
+def test_models_move_between_backends(tmp_path):
+    """Trained and saved under each installed backend, loaded (safe mode) and run under the next one in
+    the ring tensorflow -> jax -> torch -> tensorflow: the same probabilities."""
+    made_by = {backend: tmp_path / backend for backend in INSTALLED}
     for folder in made_by.values():
         folder.mkdir()
-    run_worker("tensorflow", "train", str(made_by["tensorflow"]))
-    run_worker("jax", "train", str(made_by["jax"]), str(made_by["tensorflow"]))  # and load TensorFlow's
-    run_worker("tensorflow", "load", str(made_by["jax"]))
+    loaded_by = {saved: INSTALLED[(i + 1) % len(INSTALLED)] for i, saved in enumerate(INSTALLED)}
+    previous = None
+    for backend in INSTALLED:  # each trains, saves, and loads what the one before it saved
+        run_worker(backend, "train", str(made_by[backend]), *([str(made_by[previous])] if previous else []))
+        previous = backend
+    run_worker(INSTALLED[0], "load", str(made_by[INSTALLED[-1]]))  # close the ring
     for saved_under, folder in made_by.items():
-        loaded_under = "jax" if saved_under == "tensorflow" else "tensorflow"
+        loaded_under = loaded_by[saved_under]
         reference = np.load(folder / f"predicted_{saved_under}.npz")
         loaded = np.load(folder / f"predicted_{loaded_under}.npz")
         for model in ("classifier", "segmenter"):
@@ -206,7 +229,7 @@ def test_models_move_between_tensorflow_and_jax(tmp_path):
                                        err_msg=f"{model} saved under {saved_under}, loaded under {loaded_under}")
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", pytest.param("jax", marks=requires_jax)])
+@pytest.mark.parametrize("backend", [on(b) for b in BACKENDS])
 def test_mixed_precision_keeps_loss_in_float32(backend):
     """train.mixed_precision: float16 layers, float32 inputs to the loss, a loss-scaled optimizer; it trains."""
     stdout = run_worker(backend, "mixed")
