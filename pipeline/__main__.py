@@ -117,6 +117,8 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # JAX logs every accelerator platform it probes and does not find (TPU, ...) at INFO.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
 
 if __name__ == "__main__":
