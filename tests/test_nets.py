@@ -14,7 +14,13 @@ import pytest
 import pipeline.nets  # noqa: F401  (registers the custom objects)
 from pipeline.errors import InputError
 from pipeline.losses import get_loss
-from pipeline.nets.classifier import BACKBONES, backbone_stages, build_classifier, set_trainable_stages
+from pipeline.nets.classifier import (
+    BACKBONES,
+    backbone_stages,
+    build_classifier,
+    set_trainable_stages,
+    zero_init_residual_branches,
+)
 from pipeline.nets.layers import BackbonePreprocess, PerImageStandardization
 from pipeline.nets.resunet import build_resunet, residual_unit
 from pipeline.seg_metrics import DiceAt, IoUAt
@@ -110,6 +116,23 @@ def test_resnet50_graph_is_flat_and_reaches_last_conv(resnet) -> None:
     grad_model = keras.Model(model.input, [conv5.output, model.output])
     maps, prob = grad_model(uint8_images(2))
     assert tuple(maps.shape) == (2, 1, 1, 2048) and tuple(prob.shape) == (2, 1)
+
+
+def test_zero_init_makes_every_resnet50_residual_block_start_as_the_identity() -> None:
+    model, info = build_classifier(SIZE, "resnet50", weights="none")
+    assert zero_init_residual_branches(model, info) == 16  # 3 + 4 + 6 + 3 bottleneck blocks
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    zeroed = {layer.name for layer in bns if not keras.ops.convert_to_numpy(layer.gamma).any()}
+    assert zeroed == {f"conv{s}_block{b}_3_bn" for s, n in ((2, 3), (3, 4), (4, 6), (5, 3)) for b in range(1, n + 1)}
+    assert all(np.all(keras.ops.convert_to_numpy(layer.gamma) == 1) for layer in bns if layer.name not in zeroed)
+    # an identity block now passes its (post-ReLU, so non-negative) input through unchanged
+    probe = keras.Model(model.input, [model.get_layer("conv3_block1_out").output,
+                                      model.get_layer("conv3_block2_out").output])
+    block_in, block_out = (keras.ops.convert_to_numpy(t) for t in probe(uint8_images(2)))
+    assert block_in.any()
+    np.testing.assert_allclose(block_out, block_in, rtol=1e-6)
+    other, other_info = build_classifier(SIZE, "densenet121", weights="none")
+    assert zero_init_residual_branches(other, other_info) == 0
 
 
 @pytest.mark.parametrize("backbone", ["resnet50v2", "densenet121", "efficientnetb0"])

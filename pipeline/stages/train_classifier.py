@@ -7,7 +7,7 @@ import logging
 import keras
 
 from pipeline.batches import SliceBatches, class_weights_from
-from pipeline.nets.classifier import build_classifier, set_trainable_stages
+from pipeline.nets.classifier import build_classifier, set_trainable_stages, zero_init_residual_branches
 from pipeline.params import Params
 from pipeline.paths import CLASSIFIER, SLICES_DIR, SPLIT_CSV, TRAIN_CLASSIFIER_DIR
 from pipeline.slices import SliceStore
@@ -32,6 +32,8 @@ def run(params: Params) -> None:
     model, info = build_classifier(size, p.backbone, p.weights, p.dropout)
     if not info["pretrained"]:
         set_batchnorm_momentum(model)
+        zeroed = zero_init_residual_branches(model, info)
+        log.info("random init: residual branches start at zero (%d BatchNormalization scales)", zeroed)
 
     labels = rows["train"].has_tumour.to_numpy(int)
     class_weight = class_weights_from(labels) if p.class_balance == "weights" else None
