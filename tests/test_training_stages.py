@@ -59,22 +59,23 @@ def run_stage(stage: str, params: Params, work: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_tiny_classifier_run_beats_chance(demo_workdir):
-    """ResNet50, 5 epochs at 64 px on the default demo set (432 training slices), exactly as the default
-    run trains it: `weights: imagenet`, the download fails (offline), random initialisation.
+@pytest.mark.parametrize("weights, seed", [("imagenet", 0), ("none", 1)])
+def test_tiny_classifier_run_beats_chance(demo_workdir, weights, seed):
+    """ResNet50, 5 epochs at 64 px on the default demo set (432 training slices) from random initialisation:
+    as the default run trains it (`weights: imagenet`, the download fails offline, seed 0), and with other
+    random draws (`weights: none`, seed 1).
 
-    The first 5 epochs of the default run: validation AUC 0.52, 0.70, 0.67, 0.86, 0.92, identical in
-    four runs (seeded, CPU). Asserted: best >= 0.75. From scratch the result depends on the
-    initialisation: with `weights: none` (other random draws) the same data gave 0.43-0.65 over 8
-    epochs; smaller sets (130-190 slices) stayed at 0.62-0.65. "A couple of epochs" is not enough
-    without ImageNet weights.
+    Validation AUC over the 5 epochs (seeded, CPU): default path 0.89, 0.90, 0.92, 0.94, 0.96;
+    `weights: none`, seed 1: 0.80, 0.88, 0.90, 0.96, 0.57. Asserted: best >= 0.85. Before residual
+    branches were zero-initialised (`zero_init_residual_branches`), `weights: none` at seed 0 stayed at
+    0.43-0.67 over 10 epochs, also at lr 3e-4 and 1e-4.
     """
     work, params = demo_workdir
-    params = replace(params, train=replace(params.train, epochs=5),
-                     classifier=replace(params.classifier, weights="imagenet", patience=8))
+    params = replace(params, train=replace(params.train, epochs=5, seed=seed),
+                     classifier=replace(params.classifier, weights=weights, patience=8))
     metrics = run_stage("train_classifier", params, work)
     assert metrics["pretrained"] is False
-    assert metrics["best_val_auc"] >= 0.75, metrics
+    assert metrics["best_val_auc"] >= 0.85, metrics
 
 
 @pytest.mark.slow

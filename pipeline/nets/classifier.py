@@ -133,7 +133,7 @@ def zero_init_residual_branches(model: keras.Model, info: dict[str, Any]) -> int
     layers = [layer for layer in model.layers
               if isinstance(layer, keras.layers.BatchNormalization) and re.fullmatch(pattern, layer.name)]
     for layer in layers:
-        layer.gamma.assign(keras.ops.zeros_like(layer.gamma))
+        layer.gamma.assign(keras.ops.zeros(layer.gamma.shape, dtype=layer.gamma.dtype))
     return len(layers)
 
 
