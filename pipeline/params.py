@@ -20,6 +20,9 @@ from pipeline.case import SEQUENCES
 from pipeline.errors import ParamsError
 
 SOURCES = ("demo", "lgg", "brats2021", "decathlon")
+# kaggle_3m TIFF intensities: stored uint8 values as they are, or rescaled per case and channel over brain
+# pixels to the data.clip_percentiles range (as every NIfTI volume is).
+INTENSITIES = ("as_stored", "per_volume")
 
 
 @dataclass(frozen=True)
@@ -31,10 +34,12 @@ class DataParams:
     clip_percentiles: tuple[float, float]
     min_brain_fraction: float
     on_error: str
+    intensity: str = "as_stored"  # kaggle_3m TIFFs: as_stored | per_volume (volumes are always per_volume)
 
     def validate(self) -> None:
         _one_of("data.source", self.source, SOURCES)
         _one_of("data.on_error", self.on_error, ("fail", "skip"))
+        _one_of("data.intensity", self.intensity, INTENSITIES)
         if self.image_size < 32 or self.image_size % 32:
             raise ParamsError(f"data.image_size: {self.image_size} must be a multiple of 32, at least 32")
         if len(self.channels) != 3:
@@ -211,10 +216,12 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     unknown = sorted(set(raw) - fields)
     if unknown:
         raise ParamsError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(fields))})")
-    missing = sorted(fields - set(raw))
+    optional = {f.name for f in dataclasses.fields(cls)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    missing = sorted(fields - optional - set(raw))
     if missing:
         raise ParamsError(f"{prefix}{missing[0]}: missing key")
-    values = {name: _coerce(hints[name], raw[name], f"{prefix}{name}") for name in fields}
+    values = {name: _coerce(hints[name], raw[name], f"{prefix}{name}") for name in fields if name in raw}
     obj = cls(**values)
     if hasattr(obj, "validate"):
         obj.validate()

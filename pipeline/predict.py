@@ -151,10 +151,12 @@ class Predictor:
         for path in (classifier, segmenter):
             if not path.is_file():
                 raise InputError(path, "model file not found; train it with `dvc repro` or give its path")
-        size, channels = _model_input(classifier, segmenter)
+        size, channels, intensity = _model_input(classifier, segmenter)
         clip, post = _params_for_prediction(params)
+        if intensity.get("clip_percentiles"):
+            clip = tuple(intensity["clip_percentiles"])  # the scaling the models were trained on
         data = DataParams(source="brats2021", root="", image_size=size, channels=channels, clip_percentiles=clip,
-                          min_brain_fraction=0.0, on_error="fail")
+                          min_brain_fraction=0.0, on_error="fail", intensity=intensity.get("mode", "as_stored"))
         data.validate()
         cascade = Cascade.load(classifier, segmenter, threshold=threshold, threshold_json=threshold_json,
                                post=post, batch_size=batch_size)
@@ -229,10 +231,12 @@ class Predictor:
             raise InputError(path, f"kaggle_3m TIFFs hold the channels {','.join(LGG_CHANNELS)} (fixed LGG order); "
                                    f"the models were trained on {','.join(self.channels)}")
         if item.layout == "lgg_slice":
-            case = read_lgg_slice(path, self.image_size)
+            case = read_lgg_slice(path, self.image_size, intensity=self.data.intensity,
+                                  clip_percentiles=self.data.clip_percentiles)
             return dataclasses.replace(case, patient_id=path.stem)  # one slice: its own output folder
         if item.layout == "lgg_case":
-            return read_lgg_case(path, self.image_size, clinical={})
+            return read_lgg_case(path, self.image_size, clinical={}, intensity=self.data.intensity,
+                                 clip_percentiles=self.data.clip_percentiles)
         if item.layout == "brats2021_case":
             return read_brats2021_case(path, self.data)
         if item.layout == "decathlon_file":
@@ -422,8 +426,9 @@ def _prefetch(pool: ThreadPoolExecutor, read: Any, items: list[InputItem]) -> It
 # ------------------------------------------------------------------------------------------- models
 
 
-def _model_input(classifier: Path, segmenter: Path) -> tuple[int, tuple[str, ...]]:
-    """(input_size, channels) the two sidecars agree on; InputError naming the sidecar otherwise."""
+def _model_input(classifier: Path, segmenter: Path) -> tuple[int, tuple[str, ...], dict[str, Any]]:
+    """(input_size, channels, intensity) the two sidecars agree on; InputError naming the sidecar otherwise.
+    Sidecars written before the intensity record read as {"mode": "as_stored"}."""
     found = []
     for path in (classifier, segmenter):
         sidecar = load_sidecar(path)
@@ -433,8 +438,11 @@ def _model_input(classifier: Path, segmenter: Path) -> tuple[int, tuple[str, ...
                 or any(c not in SEQUENCES for c in channels):
             raise InputError(where, f"needs input_size (pixels) and 3 channels from {SEQUENCES}; "
                                     f"got input_size={size!r}, channels={channels!r}")
-        found.append((size, tuple(channels)))
-    if found[0] != found[1]:
+        found.append((size, tuple(channels), sidecar.get("intensity") or {"mode": "as_stored"}))
+    if found[0][2] != found[1][2]:
+        raise InputError(segmenter.with_suffix(".json"), f"segmenter was trained on intensities {found[1][2]} but the "
+                                                         f"classifier on {found[0][2]}")
+    if found[0][:2] != found[1][:2]:
         raise InputError(segmenter.with_suffix(".json"), f"segmenter takes {found[1][0]} px {','.join(found[1][1])} "
                                                          f"but the classifier {found[0][0]} px {','.join(found[0][1])}")
     return found[0]

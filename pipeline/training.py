@@ -235,6 +235,15 @@ def load_sidecar(model_path: str | Path) -> dict[str, Any]:
         raise InputError(path, "model sidecar JSON missing (it is written next to the .keras file by training)") from None
 
 
+def store_intensity(store: SliceStore) -> dict[str, Any]:
+    """How the store's uint8 intensities were made (shared by every patient; a mix is an error)."""
+    found = {json.dumps(p["meta"].get("intensity", {"mode": "as_stored", "clip_percentiles": None}), sort_keys=True)
+             for p in store.patients.values()}
+    if len(found) != 1:
+        raise InputError(store.root, f"patients were ingested with different intensity scalings: {sorted(found)}")
+    return json.loads(found.pop())
+
+
 def store_channels(store: SliceStore) -> list[str]:
     """The channel names shared by every patient in the store (a mix is an error)."""
     names = {tuple(p["channels"]) for p in store.patients.values()}

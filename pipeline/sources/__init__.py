@@ -88,7 +88,8 @@ def _case_readers(data: DataParams, root: Path) -> list[tuple[Path, CaseReader]]
         folders = case_folders(root)
         csv_path = root / "data.csv"
         clinical = load_clinical(csv_path) if csv_path.is_file() else {}
-        return [(f, partial(read_lgg_case, f, data.image_size, clinical, require_labels=True)) for f in folders]
+        return [(f, partial(read_lgg_case, f, data.image_size, clinical, require_labels=True,
+                                 intensity=data.intensity, clip_percentiles=data.clip_percentiles)) for f in folders]
     if data.source == "brats2021":
         return [(f, partial(read_brats2021_case, f, data, require_labels=True)) for f in _brats2021_folders(root)]
     if data.source == "decathlon":

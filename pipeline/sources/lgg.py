@@ -28,6 +28,7 @@ import tifffile
 
 from pipeline.case import LGG_CHANNELS, Case
 from pipeline.errors import InputError
+from pipeline.sources.volume import intensity_record, normalise_volume
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,8 @@ def read_lgg_case(
     clinical: Mapping[str, Mapping[str, Any]] | None = None,
     *,
     require_labels: bool = False,
+    intensity: str = "as_stored",
+    clip_percentiles: tuple[float, float] = (0.5, 99.5),
 ) -> Case:
     """One kaggle_3m case folder -> Case (image uint8 [D, S, S, 3] t1/flair/t1gd, labels 0/1).
 
@@ -164,6 +167,8 @@ def read_lgg_case(
     None keeps the files' size (all slices must then agree). clinical: the ``load_clinical`` table;
     None reads ``data.csv`` next to the folder when there is one. A folder without any mask file
     gives zero labels and meta["has_labels"] False, unless ``require_labels`` (ingest).
+    intensity: "as_stored" keeps the files' uint8 values; "per_volume" rescales each channel over the
+    case's brain pixels (non-zero in any channel) to ``clip_percentiles`` (``rescale_per_volume``).
     """
     folder = Path(folder)
     numbers, image_paths, mask_paths = slice_files(folder)
@@ -188,15 +193,31 @@ def read_lgg_case(
             pass
     return Case(
         patient_id=folder.name,
-        image=images,
+        image=_scaled(images, intensity, clip_percentiles),
         labels=labels,
         source="lgg",
         channels=LGG_CHANNELS,
         slice_numbers=np.asarray(numbers),
         spacing_mm=None,
         geometry=None,
-        meta=_case_meta(folder, clinical, has_labels=bool(mask_paths)),
+        meta={**_case_meta(folder, clinical, has_labels=bool(mask_paths)),
+              "intensity": intensity_record(intensity, clip_percentiles)},
     )
+
+
+def rescale_per_volume(images: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+    """uint8 [D, H, W, C] -> uint8 [D, H, W, C]: each channel rescaled over the brain pixels (non-zero in
+    any channel) of the whole case, percentiles[0] -> 0 and percentiles[1] -> 255; background stays 0.
+    The same robust per-volume scaling the NIfTI readers apply (``normalise_volume``)."""
+    brain = images.any(axis=-1)
+    out = np.empty_like(images)
+    for c in range(images.shape[-1]):
+        out[..., c] = normalise_volume(images[..., c], brain, percentiles)
+    return out
+
+
+def _scaled(images: np.ndarray, intensity: str, percentiles: tuple[float, float]) -> np.ndarray:
+    return rescale_per_volume(images, percentiles) if intensity == "per_volume" else images
 
 
 def _case_meta(folder: Path, clinical: Mapping[str, Mapping[str, Any]] | None, has_labels: bool) -> dict[str, Any]:
@@ -215,8 +236,10 @@ def _case_meta(folder: Path, clinical: Mapping[str, Mapping[str, Any]] | None, h
     }
 
 
-def read_lgg_slice(image_path: Path, image_size: int | None = None) -> Case:
-    """One ``<case>_<n>.tif`` (and its ``_mask.tif`` when present) -> a one-slice Case."""
+def read_lgg_slice(image_path: Path, image_size: int | None = None, *, intensity: str = "as_stored",
+                   clip_percentiles: tuple[float, float] = (0.5, 99.5)) -> Case:
+    """One ``<case>_<n>.tif`` (and its ``_mask.tif`` when present) -> a one-slice Case; with
+    intensity "per_volume" the one slice is the volume its channels are rescaled over."""
     image_path = Path(image_path)
     match = SLICE_FILE.match(image_path.name)
     if match is None or match["mask"]:
@@ -229,10 +252,10 @@ def read_lgg_slice(image_path: Path, image_size: int | None = None) -> Case:
     meta = _case_meta(image_path.parent, None, has_labels=mask_path.is_file())
     return Case(
         patient_id=image_path.parent.name,
-        image=_fit(image, image_size, cv2.INTER_AREA)[np.newaxis],
+        image=_scaled(_fit(image, image_size, cv2.INTER_AREA)[np.newaxis], intensity, clip_percentiles),
         labels=labels,
         source="lgg",
         channels=LGG_CHANNELS,
         slice_numbers=np.asarray([int(match["n"])]),
-        meta={**meta, "path": str(image_path)},
+        meta={**meta, "path": str(image_path), "intensity": intensity_record(intensity, clip_percentiles)},
     )

@@ -142,6 +142,11 @@ def check_labels(labels: np.ndarray, allowed: Sequence[int], path: Path) -> np.n
     return labels
 
 
+def intensity_record(mode: str, clip_percentiles: Sequence[float]) -> dict[str, Any]:
+    """How a case's uint8 intensities were made, as stored in the slice store and model sidecars."""
+    return {"mode": mode, "clip_percentiles": [float(p) for p in clip_percentiles] if mode == "per_volume" else None}
+
+
 def normalise_volume(vol: np.ndarray, brain: np.ndarray, percentiles: Sequence[float]) -> np.ndarray:
     """Robust per-volume rescaling of one channel to uint8 over brain voxels.
 
@@ -270,7 +275,8 @@ def volume_case(
         slice_numbers=kept_z,
         spacing_mm=(row_mm, col_mm, slice_mm),
         geometry=geometry,
-        meta={**meta, "has_labels": has_labels, "label_names": dict(label_names)},
+        meta={**meta, "has_labels": has_labels, "label_names": dict(label_names),
+              "intensity": intensity_record("per_volume", data.clip_percentiles)},
     )
 
 

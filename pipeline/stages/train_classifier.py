@@ -17,6 +17,7 @@ from pipeline.training import (
     set_batchnorm_momentum,
     setup,
     store_channels,
+    store_intensity,
     training_rows,
 )
 
@@ -67,6 +68,7 @@ def run(params: Params) -> None:
         "kind": "classifier",
         "input_size": size,
         "channels": store_channels(store),
+        "intensity": store_intensity(store),
         "input_range": "uint8 values 0..255 as float32, channels last; preprocessing is inside the model",
         "preprocessing": info["preprocessing"],
         "backbone": p.backbone,

@@ -21,6 +21,7 @@ from pipeline.training import (
     set_batchnorm_momentum,
     setup,
     store_channels,
+    store_intensity,
     training_rows,
 )
 
@@ -64,6 +65,7 @@ def run(params: Params) -> None:
         "kind": "segmenter",
         "input_size": size,
         "channels": store_channels(store),
+        "intensity": store_intensity(store),
         "input_range": "uint8 values 0..255 as float32, channels last; per-image standardisation is inside the model",
         "output_channels": ["tumour"],
         "architecture": "ResUNet (Zhang, Liu, Wang 2018)",
