@@ -8,7 +8,8 @@ Without --model: slices/s of augmented, shuffled "mask" batches (the heavier tar
      "serial_slices_per_cpu_s": ..., "enqueued_slices_per_s": ..., "workers": 1, ...}
 
 augment_1thread: ``augment_batch`` alone on uint8 batches in memory, on one thread (what one core
-gives); augment: the same on ``AUGMENT_THREADS`` threads (one per core, the default).
+gives); augment: the same on ``AUGMENT_THREADS`` threads (one per usable core, the default;
+``PIPELINE_AUGMENT_THREADS=N`` in the environment sets it, for the pool that SliceBatches uses too).
 enqueued is the issue's figure (target >= 2000 slices/s at 256 px on the 2-core machine).
 augment and serial: slices per wall second (median over
 calls) and per CPU second of the process (``*_per_cpu_s``: what a core gives when it is yours,

@@ -29,7 +29,7 @@ def main() -> None:
         sys.exit("no trained models: run `dvc repro` first")
     evaluate_s = timed("evaluate", args.params)
     report_s = timed("report", args.params)
-    metrics = json.loads(Path("reports/metrics.json").read_text())
+    metrics = json.loads(Path("reports/eval/metrics_full.json").read_text())
     print(json.dumps({
         "benchmark": "evaluate_report", "evaluate_s": round(evaluate_s, 1), "report_s": round(report_s, 1),
         "total_s": round(evaluate_s + report_s, 1),

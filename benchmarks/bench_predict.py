@@ -35,11 +35,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.cascade import Cascade  # noqa: E402
+from pipeline.bundle import Bundle  # noqa: E402
+from pipeline.cascade import Cascade, PostProcessing  # noqa: E402
 from pipeline.case import LGG_CHANNELS  # noqa: E402
+from pipeline.demo_data import write_brats2021  # noqa: E402
 from pipeline.nets import build_classifier, build_resunet  # noqa: E402
 from pipeline.predict import Predictor  # noqa: E402
-from pipeline.sources.demo import write_brats2021  # noqa: E402
+from pipeline.task import TaskSpec  # noqa: E402
 from pipeline.training import save_model  # noqa: E402
 
 log = logging.getLogger("bench_predict")
@@ -51,6 +53,8 @@ def write_models(models: Path, size: int) -> None:
     sidecar = {"input_size": size, "channels": list(LGG_CHANNELS)}
     save_model(classifier, models / "classifier.keras", {"kind": "classifier", **sidecar, **info})
     save_model(build_resunet(size), models / "segmenter.keras", {"kind": "segmenter", **sidecar, "threshold": 0.5})
+    task = TaskSpec(size, LGG_CHANNELS, {"mode": "as_stored", "clip_percentiles": None})
+    Bundle(task, 0.0, "every slice", 0.5, PostProcessing()).write(models)  # threshold 0: every slice segmented
 
 
 class StageTimer:
@@ -99,7 +103,7 @@ def main() -> None:
         case = next(p for p in (root / "brats").iterdir() if p.is_dir())
         write_models(root / "models", args.size)
         start = time.perf_counter()
-        predictor = Predictor.from_dir(root / "models", threshold=0.0, params=None, batch_size=args.batch_size)
+        predictor = Predictor.from_dir(root / "models", batch_size=args.batch_size)
         load_seconds = time.perf_counter() - start
 
         timer = StageTimer()

@@ -15,6 +15,7 @@ import importlib
 import logging
 import sys
 
+import pipeline.quiet  # noqa: F401  (before any library: no start-up noise on the console)
 from pipeline.errors import PipelineError
 
 STAGES = ("demo", "ingest", "split", "train_classifier", "train_segmenter", "evaluate", "report")
@@ -62,31 +63,26 @@ def predict_main(argv: list[str]) -> int:
     parser.add_argument("input", type=Path, help="file or folder to predict on")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder (created if needed)")
     parser.add_argument("--models", type=Path, default=MODELS_DIR,
-                        help="folder holding classifier.keras and segmenter.keras (default: models)")
-    parser.add_argument("--classifier", type=Path, help="classifier .keras file (default: MODELS/classifier.keras)")
-    parser.add_argument("--segmenter", type=Path, help="segmenter .keras file (default: MODELS/segmenter.keras)")
+                        help="model bundle folder: classifier.keras, segmenter.keras and cascade.json, which "
+                             "`dvc repro` writes (default: models)")
     parser.add_argument("--threshold", type=_probability,
-                        help="classifier gate in [0, 1] (default: the one `evaluate` saved in --threshold-json)")
-    parser.add_argument("--threshold-json", type=Path, default=Path("reports/eval/threshold.json"),
-                        help="threshold file written by `evaluate` (default: reports/eval/threshold.json)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
-                        help="params file for intensity clipping and post-processing, if present "
-                             "(default: params.yaml)")
+                        help="classifier gate in [0, 1] (default: the one `evaluate` chose, in MODELS/cascade.json)")
     parser.add_argument("--batch-size", type=_positive_int, default=16, help="slices per model call (default: 16)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     from pipeline.predict import Predictor, write_run_index
+    from pipeline.validation import describe_cohort
 
     try:
-        predictor = Predictor.from_dir(args.models, threshold=args.threshold, threshold_json=args.threshold_json,
-                                       classifier=args.classifier, segmenter=args.segmenter, params=args.params,
-                                       batch_size=args.batch_size)
+        predictor = Predictor.from_dir(args.models, threshold=args.threshold, batch_size=args.batch_size)
         results = predictor.predict_path(args.input, args.output)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    write_run_index(results, args.output / "predictions.json")
+    index = write_run_index(results, args.output / "predictions.json")
+    if index["validation"] is not None:
+        log.info("external validation: %s", describe_cohort(index["validation"]))
     failed = [r for r in results if r["status"] != "ok"]
     if failed:
         log.error("%d of %d cases failed:", len(failed), len(results))

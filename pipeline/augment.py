@@ -123,9 +123,25 @@ def augment_batch(images: np.ndarray, masks: np.ndarray | None, rng: np.random.G
     return out, out_masks
 
 
-# Threads for augment_batch: one per core, at most 8. A 256 px slice costs ~0.4 ms on one core
-# (benchmarks/bench_batches.py), so 2 cores give ~1.7x.
-AUGMENT_THREADS = max(1, min(8, os.cpu_count() or 1))
+def default_threads() -> int:
+    """Threads for augment_batch: ``PIPELINE_AUGMENT_THREADS`` if set, else one per core this process may use.
+
+    No cap (there was one at 8, which left half of a 16-core GPU machine idle): a batch is split into at
+    most batch-size chunks anyway. A 256 px slice costs ~0.4 ms on one core, of which ~6% holds the GIL
+    (Python and small NumPy calls between OpenCV's, measured on the 2-core machine), so threads should
+    scale well past 8; 2 cores give ~1.7x. Compare counts with
+    ``PIPELINE_AUGMENT_THREADS=N python benchmarks/bench_batches.py --sizes 256``.
+    """
+    value = os.environ.get("PIPELINE_AUGMENT_THREADS", "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"PIPELINE_AUGMENT_THREADS must be a positive integer; got {value!r}")
+        return int(value)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cores or 1)
+
+
+AUGMENT_THREADS = default_threads()
 # Smaller slices are augmented on the calling thread: their per-slice Python work, which holds the
 # GIL, outweighs OpenCV's (2 threads vs 1 at batch 32: 0.86x at 128 px, 1.24x at 160, 1.66x at 256).
 MIN_VALUES_FOR_THREADS = 160 * 160 * 3

@@ -4,7 +4,7 @@
 memory-mapped store one batch at a time and yields ``(x, y)`` or ``(x, y, sample_weight)``:
 
 - x: float32 [B, H, W, 3], values 0..255 (the models normalise inside);
-- y: float32 [B, 1] (target "label": has_tumour) or float32 [B, H, W, 1] (target "mask": labels > 0);
+- y: float32 [B, 1] (target "label": has_tumour) or float32 [B, H, W, 1] (target "mask": ``task.target_mask(labels)``);
 - sample_weight: float32 [B], only when ``class_weight`` is given.
 
 Reproducibility: which slices make up batch i of epoch e, and how they are augmented, depend only
@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import keras
@@ -28,6 +29,7 @@ import pandas as pd
 from pipeline.augment import augment_batch
 from pipeline.params import AugmentParams
 from pipeline.slices import SliceStore
+from pipeline.task import target_mask
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,32 @@ TARGETS = ("label", "mask")
 DEFAULT_WORKERS = 1
 DEFAULT_USE_MULTIPROCESSING = False
 DEFAULT_MAX_QUEUE_SIZE = 4
+
+
+def pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
+    """x [n, ...] with zero rows appended up to [rows, ...]; x itself when n == rows (n > rows raises)."""
+    if len(x) > rows:
+        raise ValueError(f"{len(x)} rows do not fit in a batch of {rows}")
+    if len(x) == rows:
+        return x
+    padded = np.zeros((rows, *x.shape[1:]), x.dtype)
+    padded[:len(x)] = x
+    return padded
+
+
+def fixed_batches(images: np.ndarray, batch_size: int, dtype: Any = np.float32) -> Iterator[tuple[np.ndarray, int]]:
+    """Consecutive batches of ``images`` [N, ...] as ``dtype`` [batch_size, ...]: yields (batch, n), rows n: zeros.
+
+    Every batch has the same shape, the last one padded with zeros, so a compiled model step (XLA under
+    JAX, or TensorFlow with jit_compile) is built once per model instead of once per distinct remainder.
+    Callers keep ``batch[:n]``: in inference mode samples are independent, so padding changes nothing
+    else. Batches are converted one at a time, so a memory-mapped store is never loaded whole.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    for start in range(0, len(images), batch_size):
+        batch = np.asarray(images[start:start + batch_size], dtype=dtype)
+        yield pad_rows(batch, batch_size), len(batch)
 
 
 def class_weights_from(labels: np.ndarray) -> dict[int, float]:
@@ -214,4 +242,4 @@ def _targets(target: str, has_tumour: np.ndarray, labels: np.ndarray | None) -> 
     """y for a batch: float32 [B, 1] labels or float32 [B, H, W, 1] binary masks."""
     if target == "label":
         return has_tumour.astype(np.float32).reshape(-1, 1)
-    return (labels > 0).astype(np.float32)[..., None]
+    return target_mask(labels).astype(np.float32)[..., None]

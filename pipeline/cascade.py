@@ -6,7 +6,6 @@ the others get an empty mask. Optional per-patient post-processing then cleans t
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +13,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from pipeline.batches import fixed_batches
 from pipeline.errors import InputError
-from pipeline.metrics import keep_largest_component, remove_small_components
+from pipeline.metrics import keep_largest_component, predicted_positive, remove_small_components
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,9 @@ class PostProcessing:
 
 
 def gate(probabilities: np.ndarray, threshold: float) -> np.ndarray:
-    """Slices sent to the segmenter: bool [D] = probability >= threshold."""
-    return np.asarray(probabilities) >= threshold
+    """Slices sent to the segmenter: bool [D] = probability >= threshold, compared as the metrics compare
+    (``pipeline.metrics.predicted_positive``: float64, the threshold never rounded to float32)."""
+    return predicted_positive(probabilities, threshold)
 
 
 def combine(seg_probabilities: np.ndarray, gated: np.ndarray, seg_threshold: float = 0.5,
@@ -57,14 +58,14 @@ def combine(seg_probabilities: np.ndarray, gated: np.ndarray, seg_threshold: flo
 
 
 def predict_in_batches(model: keras.Model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """Run `model` on uint8 [N, H, W, 3] images in float32 batches; returns the stacked outputs.
+    """Run `model` on uint8 [N, H, W, 3] images in float32 batches; returns the stacked outputs [N, ...].
 
-    Batches are converted one at a time, so a memory-mapped store is never loaded whole.
+    Every call to the model gets a full [batch_size, H, W, 3] batch (the last one zero-padded, the padding
+    dropped from the output), so after the first batch no volume length triggers a new compilation.
+    ``predict_on_batch`` rather than ``model(x)``: under JAX it runs Keras' one jitted predict step
+    (cached per input shape), where a plain call dispatches op by op.
     """
-    outputs = [
-        np.asarray(model.predict_on_batch(np.asarray(images[i:i + batch_size], dtype=np.float32)))
-        for i in range(0, len(images), batch_size)
-    ]
+    outputs = [np.asarray(model.predict_on_batch(batch))[:n] for batch, n in fixed_batches(images, batch_size)]
     if not outputs:
         shape = tuple(d for d in model.output.shape[1:])
         return np.zeros((0, *shape), np.float32)
@@ -83,9 +84,8 @@ class Cascade:
     batch_size: int = 16
 
     @classmethod
-    def load(cls, classifier_path: str | Path, segmenter_path: str | Path, threshold: float | None = None,
-             threshold_json: str | Path | None = None, **kwargs) -> Cascade:
-        """Load both models (safe_mode) and the threshold: given, else from `threshold_json`."""
+    def load(cls, classifier_path: str | Path, segmenter_path: str | Path, threshold: float, **kwargs) -> Cascade:
+        """Load both models (safe_mode) with the gate ``threshold``; ``kwargs`` set the other fields."""
         import pipeline.nets  # noqa: F401  (registers the custom layers, losses and metrics)
 
         models = []
@@ -93,10 +93,6 @@ class Cascade:
             if not Path(path).exists():
                 raise InputError(path, "model file not found; train it with `dvc repro` first")
             models.append(keras.saving.load_model(path, compile=False, safe_mode=True))
-        if threshold is None:
-            if threshold_json is None or not Path(threshold_json).exists():
-                raise InputError(threshold_json or "threshold", "no threshold given and no threshold.json from `evaluate`")
-            threshold = float(json.loads(Path(threshold_json).read_text())["threshold"])
         return cls(models[0], models[1], float(threshold), **kwargs)
 
     def classify(self, images: np.ndarray) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Convention (shared by all readers; everything after ingest depends on it):
 - ``image``: uint8 [D, H, W, C], channels last, D axial slices, channels named in ``channels``.
-- ``labels``: uint8 [D, H, W] label map, 0 = background. The binary tumour mask is ``labels > 0``.
+- ``labels``: uint8 [D, H, W] label map, 0 = background. The binary target is ``pipeline.task.target_mask(labels)``.
 - ``slice_numbers``: int [D], the slice's number in the original scan (LGG: the ``n`` of
   ``<case>_<n>.tif``; volumes: the z index in canonical orientation).
 - ``geometry``: for volumes, what is needed to write a [D, H, W] prediction back in the
@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from pipeline.task import target_mask
 
 # Canonical MRI sequence names used throughout the project.
 SEQUENCES = ("t1", "t1gd", "t2", "flair")
@@ -47,5 +49,5 @@ class Case:
 
     @property
     def mask(self) -> np.ndarray:
-        """Binary tumour mask, bool [D, H, W]."""
-        return self.labels > 0
+        """Binary target mask, bool [D, H, W] (``pipeline.task.target_mask``)."""
+        return target_mask(self.labels)

@@ -15,6 +15,7 @@ import cv2
 import keras
 import numpy as np
 
+from pipeline.batches import fixed_batches, pad_rows
 from pipeline.gradients import Target, output_and_layer_grad, score_and_input_grad
 from pipeline.writing import atomic_path
 
@@ -39,14 +40,16 @@ def grad_cam_cells(model: keras.Model, images: np.ndarray, layer_name: str, batc
     ``last_conv_layer``). Channel weights are the spatial mean of d score / d A; the map is
     relu(sum_k w_k A_k). target "auto" differentiates the logit of a sigmoid output: the same map after
     normalisation (the sigmoid's slope is a positive per-image factor) without vanishing gradients for
-    confident predictions.
+    confident predictions. Every gradient call gets a full batch (the last zero-padded, see
+    ``pipeline.batches.fixed_batches``): one compiled function whatever the number of images.
     """
     x = _images(images)
     cells = []
-    for start in range(0, len(x), _positive(batch_size, "batch_size")):
-        acts, grads, _ = output_and_layer_grad(model, layer_name, x[start:start + batch_size], target=target)
+    for batch, n in fixed_batches(x, _positive(batch_size, "batch_size")):
+        acts, grads, _ = output_and_layer_grad(model, layer_name, batch, target=target)
         if acts.ndim != 4:
             raise ValueError(f"layer {layer_name!r} gives activations of shape {acts.shape}; Grad-CAM needs [B,h,w,k]")
+        acts, grads = acts[:n], grads[:n]
         weights = grads.mean(axis=(1, 2))  # [b, k]
         cells.append(np.maximum(np.einsum("bhwk,bk->bhw", acts, weights), 0.0).astype(np.float32))
     return np.concatenate(cells) if cells else np.zeros((0, 1, 1), np.float32)
@@ -130,7 +133,7 @@ def integrated_gradients_raw(model: keras.Model, images: np.ndarray, steps: int 
 
     images: float32 [B, H, W, C], 0..255; baseline: None (black, zeros), [H, W, C] or [B, H, W, C].
     The path integral is the trapezoid rule over ``steps`` (>= 2) evenly spaced points including both ends,
-    evaluated ``batch_size`` model inputs at a time. Completeness: attributions sum to about
+    evaluated ``batch_size`` model inputs at a time (the last batch zero-padded). Completeness: attributions sum to about
     f(x) - f(baseline), the gap shrinking with more steps (see ``completeness_error``).
     """
     x = _images(images)
@@ -149,7 +152,8 @@ def integrated_gradients_raw(model: keras.Model, images: np.ndarray, steps: int 
         img, step = np.array([p[0] for p in chunk]), np.array([p[1] for p in chunk])
         a = alphas[step][:, None, None, None]
         batch = base[img] + a * (x[img] - base[img])
-        s, g = score_and_input_grad(model, batch, target=target)
+        s, g = score_and_input_grad(model, pad_rows(batch, batch_size), target=target)  # one shape: one compile
+        s, g = s[:len(chunk)], g[:len(chunk)]
         np.add.at(mean_grads, img, g * weights[step][:, None, None, None])
         scores[img[step == steps - 1]] = s[step == steps - 1]
         baseline_scores[img[step == 0]] = s[step == 0]

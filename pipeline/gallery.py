@@ -15,6 +15,7 @@ from pipeline.cascade import PostProcessing, combine
 from pipeline.explain import grad_cam_cells, integrated_gradients, overlay_png, peak_points, triptych_png, upsample_maps
 from pipeline.params import EvaluateParams
 from pipeline.slices import SliceStore
+from pipeline.task import target_mask
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def explain_test_slices(classifier: keras.Model, layer: str, store: SliceStore, 
     """Grad-CAM + integrated-gradient overlays for a sample of TP/FP/FN/TN test slices, and the
     pointing game over (up to 256) tumour-positive test slices.
 
-    Returns (gallery entries as in docs/outputs.md, {"pointing_game", "pointing_game_n"}).
+    Returns (gallery entries as in docs/outputs.md, the `explain` metrics of pipeline/outputs_schema.py).
     """
     rng = np.random.default_rng(params.seed)
     channel = flair_channel(store)
@@ -58,7 +59,7 @@ def explain_test_slices(classifier: keras.Model, layer: str, store: SliceStore, 
         igs = integrated_gradients(classifier, x, steps=params.ig_steps)
         tolerance = m.pointing_tolerance_px(size / cells.shape[1])
         for i, row in sample.iterrows():
-            mask = labels[i] > 0
+            mask = target_mask(labels[i])
             stem = f"{row.group}_{i:02d}"
             title = f"{row.group} p={row.probability:.2f}"
             overlay_png(images[i, ..., channel], cams[i], mask, image_dir / f"gradcam_{stem}.png", title=title)
@@ -74,13 +75,14 @@ def explain_test_slices(classifier: keras.Model, layer: str, store: SliceStore, 
     positive = slices[slices.has_tumour]
     if len(positive) > MAX_POINTING_SLICES:
         positive = positive.iloc[np.sort(rng.choice(len(positive), MAX_POINTING_SLICES, replace=False))]
-    pointing = {"pointing_game": float("nan"), "pointing_game_n": 0, "pointing_game_chance": float("nan")}
+    pointing = {"pointing_game": float("nan"), "pointing_game_n": 0, "pointing_game_chance": float("nan"),
+                "pointing_game_tolerance_px": float("nan"), "gradcam_grid": None}
     if len(positive):
         images, labels = store.read_rows(positive)
         size = images.shape[1]
         cells = grad_cam_cells(classifier, images.astype(np.float32), layer)
         tolerance = m.pointing_tolerance_px(size / cells.shape[1])
-        game = m.pointing_game_at(peak_points(cells, size, size), labels > 0, tolerance, grid=cells.shape[1:])
+        game = m.pointing_game_at(peak_points(cells, size, size), target_mask(labels), tolerance, grid=cells.shape[1:])
         pointing = {"pointing_game": game["score"], "pointing_game_n": game["n"],
                     "pointing_game_chance": game["chance"], "pointing_game_tolerance_px": tolerance,
                     "gradcam_grid": list(cells.shape[1:])}
@@ -108,7 +110,7 @@ def patient_triptychs(store: SliceStore, patients: pd.DataFrame, slices: pd.Data
         mask = combine(seg_masks[pid].astype(np.float32), rows.predicted_positive.to_numpy(), post=post)
         k = int(rows.tumour_pixels.to_numpy().argmax())
         image = np.asarray(store.images(pid)[k])
-        truth = np.asarray(store.labels(pid)[k]) > 0
+        truth = target_mask(store.labels(pid)[k])
         png = image_dir / f"case_{rank}.png"
         triptych_png(image, channel, truth, mask[k], png, title=f"{rank}: Dice {row.dice_cascade:.3f}")
         cases.append({"rank": rank, "patient_id": pid, "dice": float(row.dice_cascade), "slice_index": k,

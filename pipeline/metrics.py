@@ -5,7 +5,8 @@ Everything here is a pure function of its arguments (no Keras, no files, no glob
 Conventions used throughout:
 - Masks are binary arrays of any shape (bool, or numbers that are all 0/1); anything else raises ``ValueError``.
 - Labels ``y_true`` are binary ``[N]`` (1 = tumour); scores ``y_score`` are finite floats ``[N]``, usually
-  probabilities in [0, 1]. A sample is predicted positive when ``score >= threshold``.
+  probabilities in [0, 1]. A sample is predicted positive when ``score >= threshold``, compared in float64
+  (``predicted_positive``; the cascade's gate uses the same function).
 - An undefined value (a 0/0 ratio, an AUC with one class present, a surface distance to an empty mask) is
   ``float('nan')``, never silently 0 or 1, except where a docstring states another convention.
 """
@@ -223,6 +224,16 @@ def brier_score(y_true: ArrayLike, y_score: ArrayLike) -> float:
     return float(np.mean((s - y) ** 2)) if y.size else NAN
 
 
+def predicted_positive(y_score: ArrayLike, threshold: float) -> np.ndarray:
+    """bool, y_score's shape: ``score >= threshold``, the one comparison the gate and every metric use.
+
+    In float64: float32 scores are upcast exactly and the threshold is never rounded to float32 (NumPy
+    would compare float32 scores with a Python float in float32, so a threshold of 0.7 would admit the
+    score float32(0.7) = 0.69999999 that a float64 comparison rejects).
+    """
+    return np.asarray(y_score, dtype=np.float64) >= np.float64(threshold)
+
+
 def classification_summary(y_true: ArrayLike, y_score: ArrayLike, threshold: float) -> dict[str, Any]:
     """Binary classification metrics at ``score >= threshold``.
 
@@ -231,7 +242,7 @@ def classification_summary(y_true: ArrayLike, y_score: ArrayLike, threshold: flo
     Undefined ratios are NaN, e.g. sensitivity when there are no positives (an all-negative set).
     """
     y, s = _labels_scores(y_true, y_score)
-    counts = confusion_counts(y, s >= threshold)
+    counts = confusion_counts(y, predicted_positive(s, threshold))
     out: dict[str, Any] = rates_from_counts(**counts)
     out["brier"] = brier_score(y, s)
     out.update(threshold=float(threshold), n=int(y.size), n_positive=int(y.sum()), **counts)
@@ -565,7 +576,8 @@ def pointing_game(heatmaps: ArrayLike, masks: ArrayLike) -> tuple[int, int, floa
 __all__ = [
     "bootstrap_auc_ci", "bootstrap_auc_distribution", "brier_score", "calibration_curve_points",
     "classification_summary", "confusion_counts", "dice", "dice_per_class", "empty_flags", "hausdorff_distance",
-    "hd95", "iou", "keep_largest_component", "mean_dice", "pointing_game", "pr_curve_points", "rates_from_counts",
+    "hd95", "iou", "keep_largest_component", "mean_dice", "pointing_game", "pr_curve_points", "predicted_positive",
+    "rates_from_counts",
     "remove_small_components", "roc_auc", "roc_curve_points", "select_threshold", "summarise", "surface_distances",
 ]
 

@@ -20,9 +20,13 @@ from pipeline.case import SEQUENCES
 from pipeline.errors import ParamsError
 
 SOURCES = ("demo", "lgg", "brats2021", "decathlon")
+# evaluate.threshold rules chosen on validation patients (besides sensitivity:X and a fixed number):
+# slice-level Youden J or F1, or the gate that maximises the cascade's mean per-patient Dice.
+THRESHOLD_RULES = ("youden", "f1", "patient_dice")
 # kaggle_3m TIFF intensities: stored uint8 values as they are, or rescaled per case and channel over brain
 # pixels to the data.clip_percentiles range (as every NIfTI volume is).
 INTENSITIES = ("as_stored", "per_volume")
+MAX_IMAGE_SIZE = 1024  # pixels a side; kaggle_3m slices are 256, BraTS 240
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,9 @@ class DataParams:
         _one_of("data.intensity", self.intensity, INTENSITIES)
         if self.image_size < 32 or self.image_size % 32:
             raise ParamsError(f"data.image_size: {self.image_size} must be a multiple of 32, at least 32")
+        if self.image_size > MAX_IMAGE_SIZE:  # checked here, not after hours of ingest and an out-of-memory kill
+            raise ParamsError(f"data.image_size: {self.image_size} is too large (at most {MAX_IMAGE_SIZE}: a case's "
+                              f"slices, training batches and the models' activations grow with its square)")
         if len(self.channels) != 3:
             raise ParamsError(f"data.channels: need exactly 3 sequences, got {list(self.channels)}")
         for c in self.channels:
@@ -72,6 +79,7 @@ class SplitParams:
     val: float
     test: float
     seed: int
+    file: str | None = None  # a CSV (patient_id, split) to take the split from; None or "": the seeded random split
 
     def validate(self) -> None:
         for name in ("train", "val", "test"):
@@ -161,18 +169,25 @@ class EvaluateParams:
     gradcam_per_group: int
     ig_steps: int
     seed: int
+    gradcam_layer: str = "last"  # "last": the backbone's last convolutional map; or a layer name
+
 
     def validate(self) -> None:
         t = self.threshold
         if isinstance(t, (int, float)) and not isinstance(t, bool):
             _in_range("evaluate.threshold", float(t), 0, 1)
-        elif t not in ("youden", "f1") and not (isinstance(t, str) and t.startswith("sensitivity:")):
-            raise ParamsError(f"evaluate.threshold: {t!r} must be youden, f1, sensitivity:<0..1> or a number")
+        elif t not in THRESHOLD_RULES and not (isinstance(t, str) and t.startswith("sensitivity:")):
+            raise ParamsError(f"evaluate.threshold: {t!r} must be {', '.join(THRESHOLD_RULES)}, sensitivity:<0..1> "
+                              "or a number")
         elif isinstance(t, str) and t.startswith("sensitivity:"):
             try:
                 _in_range("evaluate.threshold", float(t.split(":", 1)[1]), 0, 1)
             except ValueError:
                 raise ParamsError(f"evaluate.threshold: {t!r}: the target sensitivity is not a number") from None
+        _in_range("evaluate.min_component_px", self.min_component_px, 0, MAX_IMAGE_SIZE ** 2)
+        _in_range("evaluate.bootstrap", self.bootstrap, 0, 1_000_000)
+        _in_range("evaluate.gradcam_per_group", self.gradcam_per_group, 0, 1000)
+        _in_range("evaluate.ig_steps", self.ig_steps, 2, 10_000)  # the trapezoid rule needs both path ends
 
 
 @dataclass(frozen=True)
@@ -198,8 +213,18 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except FileNotFoundError:
         raise ParamsError(f"{path}: no such params file") from None
     except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML ({e})") from None
-    return params_from_dict(raw, str(path))
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ParamsError(f"{path}: not valid YAML ({problem}{at})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ParamsError(f"{path}: cannot read the params file ({e})") from None
+    try:
+        return params_from_dict(raw, str(path))
+    except ParamsError as e:
+        if str(e).startswith(f"{path}:"):
+            raise
+        raise ParamsError(f"{path}: {e}") from None
 
 
 def params_from_dict(raw: Any, where: str = "params") -> Params:
@@ -249,6 +274,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
                 raise ParamsError(f"{key}: expected {len(args)} values, got {value!r}")
             return tuple(_coerce(a, v, key) for a, v in zip(args, value))
         return tuple(_coerce(item, v, key) for v in value)
+    if tp is type(None):  # an optional key written as null
+        if value is not None:
+            raise ParamsError(f"{key}: expected null, got {value!r}")
+        return None
     if tp is bool:
         if not isinstance(value, bool):
             raise ParamsError(f"{key}: expected true or false, got {value!r}")

@@ -17,11 +17,13 @@ Outputs per case (``out_dir/<case id>/``, each folder written atomically):
 - kaggle_3m TIFFs: ``<case>_<n>_mask.tif`` per slice, uint8 0/255 at the input slice's own size;
 - ``overlays/slice_<n>.png``: FLAIR with the predicted outline (magenta; the reference mask in green
   when the input has one), for every slice with predicted tumour;
-- ``summary.json``: see ``Predictor.write_case``.
+- ``summary.json``: see ``Predictor.write_case``; with ground truth in the input, its scores
+  (``pipeline.validation``);
+- ``.pipeline-predict``: the marker that lets a later run replace this folder (no other folder is
+  ever replaced, and no output folder may be, contain or lie inside an input).
 
-Image size and channels come from the models' sidecar JSON; the volume readers' intensity clipping
-(``data.clip_percentiles``) and the cascade's post-processing (``evaluate.min_component_px``,
-``evaluate.keep_largest_component``) from params.yaml when present. Every slice of a volume is kept
+Everything the cascade needs comes from the model bundle (``pipeline.bundle``: image size, channels,
+intensity scaling, gate threshold, post-processing), never from params.yaml. Every slice of a volume is kept
 (``min_brain_fraction`` 0): the mask covers the whole scan. Slices without a single non-zero pixel
 (no brain) are not run through the models: probability 0, empty mask.
 """
@@ -38,37 +40,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import cv2
-import nibabel as nib
 import numpy as np
-import tifffile
 from tqdm import tqdm
 
+from pipeline.bundle import CLASSIFIER_FILE, SEGMENTER_FILE, read_bundle
 from pipeline.cascade import Cascade, PostProcessing, combine
-from pipeline.case import LGG_CHANNELS, SEQUENCES, Case
+from pipeline.case import Case
 from pipeline.errors import InputError, PipelineError
 from pipeline.explain import overlay_png
-from pipeline.params import DataParams, load_params
-from pipeline.paths import CLASSIFIER, EVAL_DIR, MODELS_DIR, SEGMENTER
-from pipeline.sources import (
-    detect_layout,
-    read_brats2021_case,
-    read_decathlon_case,
-    read_lgg_case,
-    read_lgg_slice,
-    to_scan_space,
-)
-from pipeline.sources.lgg import read_tiff, slice_files
-from pipeline.sources.volume import is_nifti
-from pipeline.training import load_sidecar
-from pipeline.writing import atomic_dir, atomic_path
+from pipeline.params import DataParams
+from pipeline.paths import MODELS_DIR
+from pipeline.sources import registry
+from pipeline.sources.files import file_problem, is_ignored, list_folder
+from pipeline.sources.layout import Layout
+from pipeline.task import DEFAULT_CLIP_PERCENTILES
+from pipeline.validation import cohort_summary, score_case
+from pipeline.writing import atomic_dir, atomic_path, check_no_overlap
 
 log = logging.getLogger(__name__)
-
-THRESHOLD_JSON = EVAL_DIR / "threshold.json"
-DEFAULT_CLIP_PERCENTILES = (0.5, 99.5)
-CASE_LAYOUTS = ("lgg_slice", "lgg_case", "brats2021_case", "decathlon_file")
-VOLUME_LAYOUTS = ("brats2021_case", "decathlon_file")
 
 
 # ------------------------------------------------------------------------------------------- results
@@ -112,11 +101,11 @@ class Prediction:
 
 @dataclass(frozen=True)
 class InputItem:
-    """One case to predict: its path and layout (one of CASE_LAYOUTS), or why it cannot be one."""
+    """One case to predict: its path and layout (the case kind its layout's ``detect`` gave, e.g.
+    "lgg_case"), or why it cannot be one."""
 
     path: Path
     layout: str | None
-    dataset_json: Path | None = None  # Decathlon: the task's dataset.json, when known
     error: InputError | None = None
 
 
@@ -132,40 +121,31 @@ class Predictor:
     model_files: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_dir(cls, models_dir: str | Path = MODELS_DIR, threshold: float | None = None,
-                 threshold_json: str | Path | None = THRESHOLD_JSON, *, classifier: str | Path | None = None,
-                 segmenter: str | Path | None = None, params: str | Path | None = "params.yaml",
+    def from_dir(cls, models_dir: str | Path = MODELS_DIR, threshold: float | None = None, *,
                  batch_size: int = 16) -> Predictor:
-        """Load ``<models_dir>/classifier.keras`` and ``segmenter.keras`` (or the given paths) with their
-        sidecars; the threshold is ``threshold``, else the one ``evaluate`` saved in ``threshold_json``.
-
-        ``params``: params.yaml for data.clip_percentiles and the evaluate post-processing (defaults
-        when the file is absent or None). Raises InputError for missing models, sidecars or threshold,
-        or models that disagree on input size or channels.
-        """
+        """Load a model bundle (``pipeline.bundle``): both models, the task spec, the gate threshold and
+        post-processing, all from ``models_dir`` and nothing else. ``threshold`` overrides the bundle's
+        gate. InputError naming the file for a missing or inconsistent bundle."""
         models_dir = Path(models_dir)
-        classifier = Path(classifier) if classifier is not None else models_dir / CLASSIFIER.name
-        segmenter = Path(segmenter) if segmenter is not None else models_dir / SEGMENTER.name
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise PipelineError(f"threshold {threshold} is outside [0, 1]")
-        for path in (classifier, segmenter):
-            if not path.is_file():
-                raise InputError(path, "model file not found; train it with `dvc repro` or give its path")
-        size, channels, intensity = _model_input(classifier, segmenter)
-        clip, post = _params_for_prediction(params)
-        if intensity.get("clip_percentiles"):
-            clip = tuple(intensity["clip_percentiles"])  # the scaling the models were trained on
-        data = DataParams(source="brats2021", root="", image_size=size, channels=channels, clip_percentiles=clip,
-                          min_brain_fraction=0.0, on_error="fail", intensity=intensity.get("mode", "as_stored"))
+        bundle = read_bundle(models_dir)
+        task = bundle.task
+        clip = tuple(task.intensity.get("clip_percentiles") or DEFAULT_CLIP_PERCENTILES)
+        data = DataParams(source="brats2021", root="", image_size=task.image_size, channels=task.channels,
+                          clip_percentiles=clip, min_brain_fraction=0.0, on_error="fail",
+                          intensity=task.intensity.get("mode", "as_stored"))
         data.validate()
-        cascade = Cascade.load(classifier, segmenter, threshold=threshold, threshold_json=threshold_json,
-                               post=post, batch_size=batch_size)
+        classifier, segmenter = models_dir / CLASSIFIER_FILE, models_dir / SEGMENTER_FILE
+        cascade = Cascade.load(classifier, segmenter, threshold=bundle.threshold if threshold is None else threshold,
+                               seg_threshold=bundle.seg_threshold, post=bundle.post, batch_size=batch_size)
+        size = task.image_size
         for path, model in ((classifier, cascade.classifier), (segmenter, cascade.segmenter)):
             if tuple(model.input_shape[1:4]) != (size, size, 3):
-                raise InputError(path, f"model input {tuple(model.input_shape[1:])} does not match its sidecar "
-                                       f"input_size {size} with 3 channels")
-        log.info("loaded %s + %s: %d px, channels %s, threshold %.4f", classifier, segmenter, size,
-                 ",".join(channels), cascade.threshold)
+                raise InputError(path, f"model input {tuple(model.input_shape[1:])} does not match its bundle's "
+                                       f"image size {size} with 3 channels")
+        log.info("loaded %s: %d px, channels %s, %s intensities, threshold %.4f", models_dir, size,
+                 ",".join(task.channels), data.intensity, cascade.threshold)
         return cls(cascade, data, {"classifier": str(classifier), "segmenter": str(segmenter)})
 
     @property
@@ -223,25 +203,17 @@ class Predictor:
     # --- paths -----------------------------------------------------------------------------------
 
     def read(self, item: InputItem) -> Case:
-        """Read one input item with the models' image size and channels; InputError naming the file."""
+        """Read one input item with the models' image size and channels; InputError naming the file.
+
+        Prediction needs no ground truth: a missing mask or segmentation is no error, and an unusable one
+        (unreadable, wrong shape, unknown values) is logged as a warning and the case read unlabelled.
+        """
         if item.error is not None:
             raise item.error
-        path = item.path
-        if item.layout in ("lgg_slice", "lgg_case") and self.channels != LGG_CHANNELS:
-            raise InputError(path, f"kaggle_3m TIFFs hold the channels {','.join(LGG_CHANNELS)} (fixed LGG order); "
-                                   f"the models were trained on {','.join(self.channels)}")
-        if item.layout == "lgg_slice":
-            case = read_lgg_slice(path, self.image_size, intensity=self.data.intensity,
-                                  clip_percentiles=self.data.clip_percentiles)
-            return dataclasses.replace(case, patient_id=path.stem)  # one slice: its own output folder
-        if item.layout == "lgg_case":
-            return read_lgg_case(path, self.image_size, clinical={}, intensity=self.data.intensity,
-                                 clip_percentiles=self.data.clip_percentiles)
-        if item.layout == "brats2021_case":
-            return read_brats2021_case(path, self.data)
-        if item.layout == "decathlon_file":
-            return read_decathlon_case(path, self.data, dataset_json=item.dataset_json)
-        raise InputError(path, f"cannot predict on a {item.layout}")
+        layout = registry.for_kind(item.layout)
+        if layout is None or item.layout not in layout.case_kinds:
+            raise InputError(item.path, f"cannot predict on a {item.layout}")
+        return layout.read(item.path, self.data, labels="optional")
 
     def predict_path(self, path: str | Path, out_dir: str | Path) -> list[dict[str, Any]]:
         """Predict every case in ``path`` and write each to ``out_dir/<case id>/``.
@@ -252,6 +224,7 @@ class Predictor:
         """
         items = find_inputs(Path(path))
         out_dir = Path(out_dir)
+        check_output_dir(out_dir, [Path(path), *(item.path for item in items)])
         results: list[dict[str, Any]] = []
         written: dict[str, str] = {}
         show_bar = len(items) > 1
@@ -277,29 +250,33 @@ class Predictor:
     # --- writing ---------------------------------------------------------------------------------
 
     def write_case(self, p: Prediction, folder: Path, item: InputItem | None = None) -> dict[str, Any]:
-        """Write one case's outputs into ``folder`` (replaced atomically) and return its summary.
+        """Write one case's outputs into ``folder`` (replaced atomically) and return its summary. The mask
+        goes out in the input's own format, by its layout (``item``'s, else the one serving ``case.source``).
 
-        summary.json: case_id, input, layout, source, status "ok", tumour_present (any predicted tumour
-        pixel), classifier_positive (max_probability >= threshold), max_probability, threshold,
+        summary.json: case_id, input, layout (the input's kind), source, status "ok", tumour_present (any
+        predicted tumour pixel), classifier_positive (max_probability >= threshold), max_probability, threshold,
         seg_threshold, postprocessing, n_slices, slices_with_tumour (slice numbers), tumour_area_unit
         ("px" of the input slices), voxel_mm (input voxel size, null for TIFFs), tumour_volume_ml (null
         without spacing), channels, image_size, model_files, outputs (file names in ``folder``), and
         slices: [{slice, probability, segmented, blank, tumour_px, tumour_mm2}] per slice.
         """
         case = p.case
-        layout = item.layout if item is not None else ("lgg_case" if case.geometry is None else case.source)
+        layout = (registry.for_kind(item.layout) if item is not None else None) or registry.for_source(case.source)
+        kind = item.layout if item is not None else layout.case_kinds[0]
+        sources = [Path(item.path)] if item is not None else [Path(f) for f in case.meta.get("files", {}).values()]
+        check_no_overlap(folder, sources + ([Path(case.meta["path"])] if case.meta.get("path") else []),
+                         "case output folder")
+        check_replaceable(folder)
         with atomic_dir(folder) as tmp:
-            if case.geometry is not None:
-                outputs, area_px, pixel_mm2, voxel_mm = _write_nifti(p, tmp)
-            else:
-                outputs, area_px = _write_tiff_masks(p, tmp)
-                pixel_mm2, voxel_mm = None, None
+            (tmp / OUTPUT_MARKER).write_text(json.dumps({"written_by": "python -m pipeline predict"}) + "\n")
+            written = layout.write_prediction(case, p.mask, tmp)  # the mask in the input's own format
+            area_px, pixel_mm2, voxel_mm = written.tumour_px, written.pixel_mm2, written.voxel_mm
             overlays = _write_overlays(p, tmp / "overlays")
             tumour_slices = p.slices_with_tumour
             summary = {
                 "case_id": p.case_id,
                 "input": str(item.path) if item is not None else case.meta.get("path"),
-                "layout": layout,
+                "layout": kind,
                 "source": case.source,
                 "status": "ok",
                 "tumour_present": p.tumour_present,
@@ -314,10 +291,11 @@ class Predictor:
                 "voxel_mm": voxel_mm,
                 "tumour_volume_ml": (float(area_px.sum() * np.prod(voxel_mm) / 1000.0) if voxel_mm is not None
                                      else None),
+                "validation": score_case(case, p.mask),
                 "channels": list(self.channels),
                 "image_size": self.image_size,
                 "model_files": self.model_files,
-                "outputs": {**outputs, "overlays": [f"overlays/{name}" for name in overlays]},
+                "outputs": {**written.outputs, "overlays": [f"overlays/{name}" for name in overlays]},
                 "slices": [
                     {"slice": int(n), "probability": float(prob), "segmented": bool(g), "blank": bool(b),
                      "tumour_px": int(px), "tumour_mm2": float(px * pixel_mm2) if pixel_mm2 is not None else None}
@@ -333,29 +311,52 @@ class Predictor:
         return summary
 
 
+# ------------------------------------------------------------------------------------------- outputs
+
+# Every case folder predict writes holds this file; predict replaces an existing case folder only
+# when it finds it there (a folder predict did not write is never deleted).
+OUTPUT_MARKER = ".pipeline-predict"
+
+
+def check_output_dir(out_dir: Path, inputs: list[Path]) -> None:
+    """Refuse, before anything is written, an output folder that is an existing file, or that is,
+    contains or lies inside any input (``check_no_overlap``): InputError naming the folder."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(out_dir, "the output path exists and is not a folder; give a folder for -o")
+    check_no_overlap(out_dir, inputs)
+
+
+def check_replaceable(folder: Path) -> None:
+    """InputError unless ``folder`` is absent or a case folder predict itself wrote (OUTPUT_MARKER)."""
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise InputError(folder, "exists and is not a folder predict wrote; refusing to replace it")
+    if folder.is_dir() and not (folder / OUTPUT_MARKER).is_file():
+        raise InputError(folder, f"exists and was not written by predict (no {OUTPUT_MARKER} marker); refusing "
+                                 "to replace it: move it away or choose another output folder")
+
+
 # ------------------------------------------------------------------------------------------- inputs
 
 
 def find_inputs(path: Path) -> list[InputItem]:
     """The cases under ``path``: itself when it is one case, else what its folders hold, searched up to
-    MAX_DEPTH levels down (kaggle_3m roots, BraTS 2021 roots, Decathlon task folders, folders of
-    these). A file or folder that is no readable case becomes an item carrying its error, so the other
-    cases still run. InputError when ``path`` is missing or holds no case at all."""
+    MAX_DEPTH levels down (roots of any registered layout, folders of these). A file or folder that is
+    no readable case becomes an item carrying its error, so the other cases still run. InputError when
+    ``path`` is missing or holds no case at all."""
     path = Path(path)
     if not path.exists():
-        raise InputError(path, "no such file or folder")
+        raise InputError(path, file_problem(path) if path.is_symlink() else "no such file or folder")
     try:
-        layout = detect_layout(path)
+        layout, kind = registry.detect(path)
     except InputError:
         if not path.is_dir():
             raise
-        layout = None
-    if layout in CASE_LAYOUTS:
-        return [InputItem(path, layout)]
-    items = _decathlon_items(path) if layout == "decathlon_root" else _items_in(path, 1)
+        layout, kind = None, None
+    if layout is not None and kind in layout.case_kinds:
+        return [InputItem(path, kind)]
+    items = _root_items(layout, path) if layout is not None and layout.root_cases else _items_in(path, 1)
     if not items:
-        raise InputError(path, "no cases found: expected kaggle_3m slices or case folders, BraTS 2021 case "
-                               "folders or Decathlon 4D NIfTI files")
+        raise InputError(path, f"no cases found: expected {registry.cases_hint()}")
     return items
 
 
@@ -363,30 +364,40 @@ MAX_DEPTH = 3
 
 
 def _items_in(folder: Path, depth: int) -> list[InputItem]:
-    return [item for child in sorted(folder.iterdir()) for item in _child_items(child, depth)]
+    try:
+        children = list_folder(folder)
+    except InputError as e:  # a folder that cannot be listed is one failed item, not the end of the run
+        return [InputItem(folder, None, error=e)]
+    return [item for child in children for item in _child_items(child, depth)]
 
 
 def _child_items(child: Path, depth: int) -> list[InputItem]:
-    if child.name.startswith(".") or not (child.is_dir() or is_nifti(child)):
-        return []  # data.csv, README files, macOS junk
+    if is_ignored(child):
+        return []  # hidden files and folders, .DS_Store, ._* AppleDouble files, __MACOSX
+    if child.is_symlink() and not child.exists():  # a link to a case that is not there: say so
+        return [InputItem(child, None, error=InputError(child, file_problem(child) or "broken link"))]
+    if not child.is_dir():
+        try:
+            found = registry.recognise(child)
+        except InputError as e:  # named like a case of some layout, but unusable
+            return [InputItem(child, None, error=e)]
+        return [InputItem(child, found[1])] if found is not None and found[1] in found[0].case_kinds else []
     try:
-        layout = detect_layout(child)
+        layout, kind = registry.detect(child)
     except InputError as e:
-        found = _items_in(child, depth + 1) if child.is_dir() and depth < MAX_DEPTH else []
+        found = _items_in(child, depth + 1) if depth < MAX_DEPTH else []
         return found or [InputItem(child, None, error=e)]
-    if layout in CASE_LAYOUTS:
-        return [InputItem(child, layout)]
-    if layout == "decathlon_root":
-        return _decathlon_items(child)
+    if kind in layout.case_kinds:
+        return [InputItem(child, kind)]
+    if layout.root_cases:
+        return _root_items(layout, child)
     found = _items_in(child, depth + 1) if depth < MAX_DEPTH else []  # a folder of cases
-    return found or [InputItem(child, None, error=InputError(child, f"no cases found ({layout} too deep)"))]
+    return found or [InputItem(child, None, error=InputError(child, f"no cases found ({kind} too deep)"))]
 
 
-def _decathlon_items(root: Path) -> list[InputItem]:
-    spec = root / "dataset.json"
-    files = [p for sub in ("imagesTr", "imagesTs") if (root / sub).is_dir()
-             for p in sorted((root / sub).iterdir()) if p.is_file() and is_nifti(p)]
-    return [InputItem(p, "decathlon_file", spec if spec.is_file() else None) for p in files]
+def _root_items(layout: Layout, root: Path) -> list[InputItem]:
+    """The cases of a root whose layout lists them itself (``Layout.root_cases``)."""
+    return [InputItem(case, kind) for case, kind in layout.root_cases(root)]
 
 
 class _AboveTheBar:
@@ -423,104 +434,7 @@ def _prefetch(pool: ThreadPoolExecutor, read: Any, items: list[InputItem]) -> It
         yield current
 
 
-# ------------------------------------------------------------------------------------------- models
-
-
-def _model_input(classifier: Path, segmenter: Path) -> tuple[int, tuple[str, ...], dict[str, Any]]:
-    """(input_size, channels, intensity) the two sidecars agree on; InputError naming the sidecar otherwise.
-    Sidecars written before the intensity record read as {"mode": "as_stored"}."""
-    found = []
-    for path in (classifier, segmenter):
-        sidecar = load_sidecar(path)
-        where = path.with_suffix(".json")
-        size, channels = sidecar.get("input_size"), sidecar.get("channels")
-        if not isinstance(size, int) or not isinstance(channels, list) or len(channels) != 3 \
-                or any(c not in SEQUENCES for c in channels):
-            raise InputError(where, f"needs input_size (pixels) and 3 channels from {SEQUENCES}; "
-                                    f"got input_size={size!r}, channels={channels!r}")
-        found.append((size, tuple(channels), sidecar.get("intensity") or {"mode": "as_stored"}))
-    if found[0][2] != found[1][2]:
-        raise InputError(segmenter.with_suffix(".json"), f"segmenter was trained on intensities {found[1][2]} but the "
-                                                         f"classifier on {found[0][2]}")
-    if found[0][:2] != found[1][:2]:
-        raise InputError(segmenter.with_suffix(".json"), f"segmenter takes {found[1][0]} px {','.join(found[1][1])} "
-                                                         f"but the classifier {found[0][0]} px {','.join(found[0][1])}")
-    return found[0]
-
-
-def _params_for_prediction(path: str | Path | None) -> tuple[tuple[float, float], PostProcessing]:
-    """data.clip_percentiles and the evaluate post-processing from params.yaml; defaults without it."""
-    if path is None or not Path(path).is_file():
-        return DEFAULT_CLIP_PERCENTILES, PostProcessing()
-    params = load_params(path)
-    post = PostProcessing(params.evaluate.min_component_px, params.evaluate.keep_largest_component)
-    return params.data.clip_percentiles, post
-
-
-# ------------------------------------------------------------------------------------------- writers
-
-
-def _write_nifti(p: Prediction, folder: Path) -> tuple[dict[str, str], np.ndarray, float, list[float]]:
-    """The mask in the input's voxel grid with the input's header: (outputs, tumour px per slice [D],
-    mm² per pixel of an axial slice, voxel size [3] mm along the file's axes)."""
-    case, geometry = p.case, p.case.geometry
-    files = case.meta.get("files", {})
-    reference = Path(files.get("image") or files[case.channels[0]])
-    scan = to_scan_space(p.mask.astype(np.uint8), geometry)  # [X, Y, Z] in the file's own orientation
-    affine = np.asarray(geometry["affine"], dtype=float)
-    header = nib.load(reference).header.copy()
-    image = nib.Nifti1Image(scan, affine, header)
-    image.set_data_dtype(np.uint8)
-    image.header.set_slope_inter(1.0, 0.0)
-    image.header.set_intent("none")
-    image.header["cal_min"], image.header["cal_max"] = 0, 1
-    image.header["descrip"] = b"tumour mask 0/1 (python -m pipeline predict)"
-    name = f"{p.case_id}_mask.nii.gz"
-    nib.save(image, folder / name)
-
-    # Tumour voxels per axial slice, in the case's slice order: the file axis that became canonical z.
-    orientation = np.asarray(geometry["orientation"], dtype=int)
-    z_axis = int(np.flatnonzero(orientation[:, 0] == 2)[0])
-    in_plane = tuple(a for a in range(3) if a != z_axis)
-    per_z = scan.sum(axis=in_plane, dtype=np.int64)
-    if orientation[z_axis, 1] < 0:
-        per_z = per_z[::-1]
-    voxel_mm = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    pixel_mm2 = float(voxel_mm[in_plane[0]] * voxel_mm[in_plane[1]])
-    return {"mask": name}, per_z[np.asarray(case.slice_numbers, dtype=int)], pixel_mm2, voxel_mm.tolist()
-
-
-def _write_tiff_masks(p: Prediction, folder: Path) -> tuple[dict[str, Any], np.ndarray]:
-    """kaggle_3m masks ``<case>_<n>_mask.tif`` (uint8 0/255) at each input slice's own size (nearest
-    neighbour from the models' size): (outputs, tumour px per slice [D])."""
-    source = Path(p.case.meta["path"])
-    if source.is_file():
-        paths = {int(p.case.slice_numbers[0]): source}
-    else:
-        numbers, images, _ = slice_files(source)
-        paths = dict(zip(numbers, images, strict=True))
-    names, area = [], np.zeros(len(p.mask), np.int64)
-    for k, n in enumerate(p.case.slice_numbers):
-        image_path = paths[int(n)]
-        height, width = _tiff_shape(image_path)
-        mask = p.mask[k].astype(np.uint8) * np.uint8(255)
-        if mask.shape != (height, width):
-            mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
-        area[k] = np.count_nonzero(mask)
-        name = f"{image_path.stem}_mask{image_path.suffix}"
-        tifffile.imwrite(folder / name, mask, photometric="minisblack", metadata=None)
-        names.append(name)
-    return {"masks": names}, area
-
-
-def _tiff_shape(path: Path) -> tuple[int, int]:
-    """(rows, cols) of a TIFF's first image, from its header when tifffile can parse it."""
-    try:
-        with tifffile.TiffFile(path) as tif:
-            shape = tif.pages[0].shape
-    except (ValueError, OSError, IndexError, KeyError):
-        shape = read_tiff(path).shape  # OpenCV could read it (the reader did); so can this
-    return int(shape[0]), int(shape[1])
+# ------------------------------------------------------------------------------------------- overlays
 
 
 def _write_overlays(p: Prediction, folder: Path) -> list[str]:
@@ -539,12 +453,20 @@ def _write_overlays(p: Prediction, folder: Path) -> list[str]:
     return names
 
 
-def write_run_index(results: list[dict[str, Any]], path: Path) -> None:
-    """One JSON list for a whole run, atomically: each case's summary without its per-slice list,
-    or its failure {"status": "failed", "input", "error"}."""
-    index = [{k: v for k, v in r.items() if k not in ("slices", "outputs")} for r in results]
+def write_run_index(results: list[dict[str, Any]], path: Path) -> dict[str, Any]:
+    """The run's index, written atomically and returned: {"n_cases", "n_failed", "cases": each case's
+    summary without its per-slice list, or its failure {"status": "failed", "input", "error"},
+    "validation": the cohort's scores over the labelled cases (``validation.cohort_summary``; null
+    when no input carried ground truth)}."""
+    index = {
+        "n_cases": len(results),
+        "n_failed": sum(1 for r in results if r["status"] != "ok"),
+        "cases": [{k: v for k, v in r.items() if k not in ("slices", "outputs")} for r in results],
+        "validation": cohort_summary([r.get("validation") for r in results if r["status"] == "ok"]),
+    }
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(index, indent=2))
+    return index
 
 
-__all__ = ["CASE_LAYOUTS", "InputItem", "Prediction", "Predictor", "find_inputs", "write_run_index"]
+__all__ = ["OUTPUT_MARKER", "InputItem", "Prediction", "Predictor", "find_inputs", "write_run_index"]

@@ -17,6 +17,7 @@ every case has been written, so a failed ingest never leaves a half-written stor
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -54,7 +55,7 @@ def file_stem(patient_id: str) -> str:
 
 def slice_rows(case: Case) -> pd.DataFrame:
     """Manifest rows for one case: tumour and brain pixel counts per slice."""
-    tumour = (case.labels > 0).reshape(len(case.labels), -1).sum(axis=1)
+    tumour = case.mask.reshape(len(case.labels), -1).sum(axis=1)
     image = case.image
     nonzero = image[..., 0] > 0
     for c in range(1, image.shape[3]):  # any channel non-zero; ~10x faster than image.max(axis=3)
@@ -71,17 +72,27 @@ def slice_rows(case: Case) -> pd.DataFrame:
     })
 
 
+def image_digest(image: np.ndarray) -> str:
+    """A content hash of a case's stored image (uint8 [D, H, W, C]): equal for the same scan read
+    twice, under any case id or layout (~1 GB/s)."""
+    digest = hashlib.blake2b(str(image.shape).encode(), digest_size=16)
+    digest.update(np.ascontiguousarray(image).data)
+    return digest.hexdigest()
+
+
 def write_store(items: Iterable[Case | Skipped], out_dir: str | Path) -> pd.DataFrame:
     """Write cases to a new store at ``out_dir`` (replacing any old one only on success).
 
     items: Cases to store and Skipped records to list in skipped.csv.
-    Returns the manifest. Raises InputError on duplicate patient ids or mixed slice shapes.
+    Returns the manifest. Raises InputError on duplicate patient ids or mixed slice shapes; warns
+    when two case ids hold the same image (``image_digest``), one scan stored twice.
     """
     out_dir = Path(out_dir)
     rows: list[pd.DataFrame] = []
     patients: dict[str, dict[str, Any]] = {}
     skipped: list[Skipped] = []
     stems: set[str] = set()
+    seen: dict[str, tuple[str, str]] = {}  # image_digest -> (case id, path) of the first case with it
     shape: tuple[int, ...] | None = None
     with atomic_dir(out_dir) as tmp:
         (tmp / "arrays").mkdir()
@@ -98,6 +109,11 @@ def write_store(items: Iterable[Case | Skipped], out_dir: str | Path) -> pd.Data
                 shape = case.image.shape[1:]
             elif case.image.shape[1:] != shape:
                 raise InputError(where, f"slices are {case.image.shape[1:]}, the store holds {shape}")
+            first = seen.setdefault(image_digest(case.image), (case.patient_id, str(where)))
+            if first[0] != case.patient_id:
+                log.warning("case %s (%s) has the same image as case %s (%s): one scan under two case ids "
+                            "counts as two patients and can land in two splits; remove one of them",
+                            case.patient_id, where, *first)
             stem = file_stem(case.patient_id)
             while stem.lower() in stems:  # case-insensitive file systems: "Ab" and "ab" would clash
                 stem += "_"
@@ -179,8 +195,12 @@ class SliceStore:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        """(H, W, C) of every stored slice."""
-        return tuple(self.images(self.patient_ids[0]).shape[1:])  # type: ignore[return-value]
+        """(H, W, C) of every stored slice, from the first array file's header (no patient's slices are read)."""
+        if "_image_shape" not in self.__dict__:
+            stem = self.patients[self.patient_ids[0]]["stem"]
+            header = np.load(self.root / "arrays" / f"{stem}.image.npy", mmap_mode="r")
+            self._image_shape = tuple(header.shape[1:])
+        return self._image_shape  # type: ignore[return-value]
 
     def read(self, patient_ids: Sequence[str], slice_indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Gather slices: images uint8 [B, H, W, 3], labels uint8 [B, H, W], in the order given."""

@@ -1,12 +1,15 @@
 """Patient-level train/val/test split, stratified by tumour burden (and institution when possible).
 
 Every slice of a patient goes where the patient goes: the split is a table of patients, never of
-slices. ``assign_splits`` is deterministic for a given seed.
+slices, and two scans of one patient (kaggle_3m folders ``TCGA_<site>_<patient>_<date>``) go
+together. ``assign_splits`` is deterministic for a given seed; ``read_split_file`` takes the split
+from a user's CSV instead (``split.file``, like nnU-Net's splits_final.json).
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,7 +23,13 @@ SPLITS = ("train", "val", "test")
 
 
 def patient_table(manifest: pd.DataFrame, patients_meta: dict | None = None) -> pd.DataFrame:
-    """One row per patient: n_slices, n_positive, tumour_pixels, burden (none/low/high), institution."""
+    """One row per stored case (``patient_id``, the store's case id): patient, n_slices, n_positive,
+    tumour_pixels, burden (none/low/high), institution.
+
+    ``patient`` is the person the scan belongs to, from the case's ``meta["patient"]`` (kaggle_3m:
+    ``TCGA_<site>_<patient>`` of the folder ``TCGA_<site>_<patient>_<date>``); a case without one
+    (BraTS, Decathlon, older stores) is its own patient. The split keeps a patient's scans together.
+    """
     table = manifest.groupby("patient_id", sort=True).agg(
         n_slices=("slice_index", "size"),
         n_positive=("has_tumour", "sum"),
@@ -31,18 +40,35 @@ def patient_table(manifest: pd.DataFrame, patients_meta: dict | None = None) -> 
     table["burden"] = np.where(~positive, "none", np.where(table.tumour_pixels <= median, "low", "high"))
     institutions = {pid: (m.get("meta") or {}).get("institution") for pid, m in (patients_meta or {}).items()}
     table["institution"] = table.patient_id.map(institutions).fillna("")
+    persons = {pid: (m.get("meta") or {}).get("patient") for pid, m in (patients_meta or {}).items()}
+    table.insert(1, "patient", table.patient_id.map(persons).fillna(table.patient_id).astype(str))
     return table
 
 
-def assign_splits(patients: pd.DataFrame, params: SplitParams) -> pd.DataFrame:
-    """Assign each patient to train/val/test.
+def by_patient(cases: pd.DataFrame) -> pd.DataFrame:
+    """A ``patient_table`` of cases -> one row per patient (columns patient, n_cases, tumour_pixels, burden,
+    institution): what the split assigns. A table without a ``patient`` column has one case a patient."""
+    cases = cases.assign(patient=cases["patient"] if "patient" in cases else cases.patient_id)
+    table = cases.groupby("patient", sort=True).agg(
+        n_cases=("patient_id", "size"), tumour_pixels=("tumour_pixels", "sum"), institution=("institution", "first"),
+    ).reset_index()
+    positive = table.tumour_pixels > 0
+    median = table.loc[positive, "tumour_pixels"].median() if positive.any() else 0
+    table["burden"] = np.where(~positive, "none", np.where(table.tumour_pixels <= median, "low", "high"))
+    return table
 
-    patients: a ``patient_table`` (columns patient_id, burden, institution).
-    Strata are burden x institution when every such stratum has at least 3 patients, else burden.
-    Within the stratified, seeded order each patient goes to the split furthest below its
-    target fraction, so every stratum is spread over the splits in proportion.
-    Returns columns patient_id, split.
+
+def assign_splits(cases: pd.DataFrame, params: SplitParams) -> pd.DataFrame:
+    """Assign each patient, with all of its scans, to train/val/test.
+
+    cases: a ``patient_table`` (columns patient_id, patient, tumour_pixels, institution; without
+    ``patient`` every case is its own patient). Patients (``by_patient``: burden over all their
+    scans) are what is split. Strata are burden x institution when every such stratum has at least
+    3 patients, else burden. Within the stratified, seeded order each patient goes to the split
+    furthest below its target fraction, so every stratum is spread over the splits in proportion.
+    Returns columns patient_id (the case id), split: one row per case, in the order of ``cases``.
     """
+    patients = by_patient(cases)
     n = len(patients)
     if n < 3:
         raise InputError("data/slices", f"only {n} patients: a train/val/test split needs at least 3")
@@ -69,9 +95,11 @@ def assign_splits(patients: pd.DataFrame, params: SplitParams) -> pd.DataFrame:
             split[donor] = name
             counts[j] += 1
             counts[0] -= 1
-    result = pd.DataFrame({"patient_id": patients.patient_id.values, "split": split})
+    of_patient = dict(zip(patients.patient, split, strict=True))
+    person = cases["patient"] if "patient" in cases else cases.patient_id
+    result = pd.DataFrame({"patient_id": cases.patient_id.values, "split": person.map(of_patient).values})
     for name in SPLITS:
-        log.info("%s: %d patients", name, int((result.split == name).sum()))
+        log.info("%s: %d patients, %d scans", name, int((split == name).sum()), int((result.split == name).sum()))
     return result
 
 
@@ -95,4 +123,73 @@ def read_split(path: str = "data/split.csv") -> pd.DataFrame:
     bad = set(split.split) - set(SPLITS)
     if bad:
         raise InputError(path, f"unknown split name(s) {sorted(bad)}")
+    return split
+
+
+def check_patients_together(split: pd.DataFrame, cases: pd.DataFrame, where: str | Path) -> None:
+    """InputError naming ``where`` when the scans of one patient are in different splits.
+
+    split: columns patient_id (case id), split; cases: a ``patient_table`` (patient_id -> patient).
+    """
+    person = cases.set_index("patient_id")["patient"] if "patient" in cases else pd.Series(dtype=str)
+    joined = split.assign(patient=split.patient_id.map(person).fillna(split.patient_id))
+    spread = joined.groupby("patient", sort=True).split.nunique()
+    if (spread > 1).any():
+        patient = spread.index[spread > 1][0]
+        scans = joined[joined.patient == patient].sort_values("patient_id")
+        listing = ", ".join(f"{pid} ({name})" for pid, name in zip(scans.patient_id, scans.split, strict=True))
+        raise InputError(where, f"scans of one patient {patient} are in different splits: {listing}; "
+                                "a patient's scans must share one split")
+
+
+def read_split_file(path: str | Path, cases: pd.DataFrame) -> pd.DataFrame:
+    """The split a user gives in a CSV file (params.yaml ``split.file``) instead of the random one.
+
+    path: CSV with columns patient_id (the slice store's case ids, as in data/split.csv) and split
+    (train | val | test); other columns are ignored. cases: the store's ``patient_table``.
+    Every case of the store must be listed exactly once, with a known split name, the scans of one
+    patient in one split, and train and val not empty; otherwise InputError naming the file.
+    Returns columns patient_id, split, one row per case in the order of ``cases``.
+    """
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise InputError(path, "no such split file (params.yaml split.file)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # pandas' ParserError, EmptyDataError are ValueErrors
+        raise InputError(path, f"not a readable CSV table ({' '.join(str(e).split())})") from None
+    if not {"patient_id", "split"} <= set(table.columns):
+        raise InputError(path, f"needs the columns patient_id, split; found {list(table.columns)}")
+    ids = table.patient_id.str.strip().tolist()
+    names = table.split.str.strip().tolist()
+    for line, (pid, name) in enumerate(zip(ids, names, strict=True), start=2):  # line 1 is the header
+        if not pid:
+            raise InputError(path, f"line {line}: empty patient_id")
+        if name not in SPLITS:
+            raise InputError(path, f"line {line}: split {name!r} of {pid} is not one of {', '.join(SPLITS)}")
+    lines: dict[str, list[int]] = {}
+    for line, pid in enumerate(ids, start=2):
+        lines.setdefault(pid, []).append(line)
+    twice = [pid for pid, at in lines.items() if len(at) > 1]
+    if twice:
+        raise InputError(path, f"patient {twice[0]} is listed more than once (lines "
+                               f"{', '.join(map(str, lines[twice[0]]))})")
+    known = set(cases.patient_id)
+    unknown = [pid for pid in ids if pid not in known]
+    if unknown:
+        persons = set(cases["patient"]) if "patient" in cases else set()
+        hint = (f" ({unknown[0]} is a patient: list each of its scans by case id)" if unknown[0] in persons else "")
+        raise InputError(path, f"{len(unknown)} patient(s) not in the slice store: {unknown[:5]}{hint}")
+    missing = sorted(known - set(ids))
+    if missing:
+        raise InputError(path, f"{len(missing)} patient(s) of the slice store not listed: {missing[:5]}")
+    given = dict(zip(ids, names, strict=True))
+    split = pd.DataFrame({"patient_id": cases.patient_id.values, "split": cases.patient_id.map(given).values})
+    check_patients_together(split, cases, path)
+    for name in ("train", "val"):
+        if not (split.split == name).any():
+            raise InputError(path, f"no patient in {name}: training needs train and val patients")
+    if not (split.split == "test").any():
+        log.warning("%s: no patient in test; evaluate will have nothing to score", path)
+    log.info("split from %s: %s", path, split.split.value_counts().reindex(list(SPLITS), fill_value=0).to_dict())
     return split

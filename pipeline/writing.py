@@ -6,8 +6,34 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from pipeline.errors import InputError
+
+
+def check_no_overlap(output: str | Path, inputs: Iterable[str | Path], what: str = "output folder") -> None:
+    """Refuse (InputError naming ``output``) an output path that is, contains or lies inside any input.
+
+    Paths are compared both as given and with symlinks resolved, so a link into an input folder is
+    caught too. Nothing is created or changed.
+    """
+    output = Path(output)
+    targets = {Path(os.path.abspath(output)), Path(os.path.realpath(output))}
+    for item in inputs:
+        item = Path(item)
+        for source in {Path(os.path.abspath(item)), Path(os.path.realpath(item))}:
+            for target in targets:
+                if target == source:
+                    relation = "is the input"
+                elif target.is_relative_to(source):
+                    relation = "lies inside the input"
+                elif source.is_relative_to(target):
+                    relation = "contains the input"
+                else:
+                    continue
+                raise InputError(output, f"{what} {relation} {item}; writing there could replace or delete "
+                                         "input files: choose a folder outside the inputs")
 
 
 def _umask() -> int:

@@ -6,11 +6,12 @@
 - ``data/split.csv``
 - ``models/classifier.json``, ``models/segmenter.json`` (sidecars only, no .keras files)
 - ``reports/train_classifier/``, ``reports/train_segmenter/`` (dvclive metrics.json + plots/metrics TSVs)
-- ``reports/metrics.json`` and ``reports/eval/`` (threshold.json, slices.csv, patients.csv,
-  plots/*.csv, gallery.json, cases.json, images/*.png)
+- ``reports/metrics.json`` (headline) and ``reports/eval/`` (metrics_full.json, threshold.json, slices.csv,
+  patients.csv, plots/*.csv, gallery.json, cases.json, images/*.png)
 
-The numbers are random but plausible and consistent with each other (the metrics in metrics.json
-are computed from the fake slice and patient tables). Everything is seeded: the same arguments
+The numbers are random but plausible and consistent with each other (the metrics in metrics_full.json
+are computed from the fake slice and patient tables); both metrics files are written through
+``pipeline.outputs_schema``, so they have exactly the keys evaluate writes. Everything is seeded: the same arguments
 give the same files. Example::
 
     run = write_fake_outputs(tmp_path, n_patients=20, seed=1)
@@ -32,6 +33,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from pipeline import outputs_schema
 from pipeline.params import Params, params_from_dict
 from pipeline.slices import file_stem
 
@@ -130,6 +132,8 @@ def write_fake_outputs(root: str | Path, *, n_patients: int = 30, slices_per_pat
     metrics: dict[str, Any] = {
         "classifier": {"pretrained": pretrained, "backbone": params.classifier.backbone},
         "threshold": {"rule": str(params.evaluate.threshold), "value": threshold, "chosen_on": "val"},
+        "postprocessing": {"min_component_px": params.evaluate.min_component_px,
+                           "keep_largest_component": params.evaluate.keep_largest_component},
     }
     for name in ("val", "test"):
         s = evaluated[evaluated.split == name]
@@ -153,7 +157,9 @@ def write_fake_outputs(root: str | Path, *, n_patients: int = 30, slices_per_pat
         "val_specificity": metrics["val"]["classifier"]["specificity"]}, indent=2))
     (eval_dir / "gallery.json").write_text(json.dumps(gallery, indent=2))
     (eval_dir / "cases.json").write_text(json.dumps(cases, indent=2))
-    (reports_dir / "metrics.json").write_text(json.dumps(_nulls(metrics), indent=2))
+    outputs_schema.check(metrics, name="the fake metrics")
+    (eval_dir / "metrics_full.json").write_text(json.dumps(_nulls(metrics), indent=2))
+    (reports_dir / "metrics.json").write_text(json.dumps(_nulls(outputs_schema.headline(metrics)), indent=2))
 
     epochs = params.train.epochs
     clf_summary = _write_dvclive(rng, reports_dir / "train_classifier", epochs, "auc", ("loss", "auc", "accuracy"),
@@ -322,7 +328,7 @@ def _summary(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Any]:
         "auc": _auc(y, p), "accuracy": ratio(tp + tn, len(y)), "sensitivity": sens,
         "specificity": ratio(tn, tn + fp), "ppv": ppv, "npv": ratio(tn, tn + fn),
         "f1": ratio(2 * tp, 2 * tp + fp + fn), "prevalence": ratio(tp + fn, len(y)),
-        "brier": float(np.mean((p - y) ** 2)), "n": len(y), "n_positive": int(y.sum()),
+        "brier": float(np.mean((p - y) ** 2)), "threshold": threshold, "n": len(y), "n_positive": int(y.sum()),
         "tp": tp, "fp": fp, "fn": fn, "tn": tn,
     }
 
@@ -373,12 +379,13 @@ def _volume_summary(dice: pd.Series, hd: pd.Series, n_empty_pred: int, n_free: i
     d = dice.to_numpy(float)
     h = hd.to_numpy(float)
     h = h[np.isfinite(h)]
-    out = {"dice_patient_mean": float(np.mean(d)), "dice_patient_median": float(np.median(d))}
+    out = {"dice_patient_mean": float(np.mean(d)), "dice_patient_median": float(np.median(d)),
+           "dice_patient_std": float(np.std(d, ddof=1)) if len(d) > 1 else math.nan}
     out.update({f"dice_patient_p{q}": float(np.percentile(d, q)) for q in (5, 25, 75, 95)})
     out.update({
         "hd95_mean": float(np.mean(h)) if len(h) else math.nan, "hd95_median": float(np.median(h)) if len(h) else math.nan,
-        "hd95_unit": unit, "hd95_n_empty_pred": n_empty_pred, "hd95_n_empty_truth": 0,
-        "n_patients": len(d), "n_tumour_free_patients": n_free,
+        "hd95_unit": unit, "hd95_n_empty_pred": n_empty_pred, "hd95_n_nan": int(len(hd) - len(h)),
+        "n_patients": len(d), "n_tumour_free_patients": n_free, "volume_unit": "mm3" if unit == "mm" else "px",
     })
     return out
 
@@ -404,7 +411,6 @@ def _blank_metrics(metrics: dict[str, Any], patients: pd.DataFrame, slices: pd.D
     test["classifier_patient"].update(auc=math.nan, ppv=math.nan, npv=math.nan)
     test["cascade"].update(hd95_mean=math.nan, hd95_median=math.nan, dice_patient_p5=math.nan)
     test["explain"].update(pointing_game=math.nan, pointing_game_n=0)
-    metrics["val"].pop("segmenter_all_slices", None)
     patients.loc[patients.index[::3], "hd95_cascade"] = math.nan
     patients.loc[patients.index[::4], "dice_segmenter_all"] = math.nan
     slices.loc[slices.index[::5], "dice_cascade"] = math.nan
@@ -495,7 +501,10 @@ def _gallery(rng: np.random.Generator, test: pd.DataFrame, images: Path, size: i
                             "probability": float(row.probability), "has_tumour": bool(row.has_tumour),
                             "gradcam_png": f"eval/images/gradcam_{stem}.png", "ig_png": f"eval/images/ig_{stem}.png",
                             "pointing_hit": hit})
-    pointing = {"pointing_game": float(np.mean(hits)) if hits else math.nan, "pointing_game_n": len(hits)}
+    cells = max(2, size // 32)
+    pointing = {"pointing_game": float(np.mean(hits)) if hits else math.nan, "pointing_game_n": len(hits),
+                "pointing_game_chance": 1 / cells, "pointing_game_tolerance_px": size / cells / 2,
+                "gradcam_grid": [cells, cells]}
     return entries, pointing
 
 

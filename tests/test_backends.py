@@ -182,7 +182,7 @@ def test_dvc_repro_under_another_backend(backend, tmp_path, monkeypatch):
     repo = tiny_repo(tmp_path, BACKEND_TINY)
     monkeypatch.setenv("KERAS_BACKEND", backend)  # dvc passes the environment on to every stage
     dvc("repro", cwd=repo)
-    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    metrics = json.loads((repo / "reports/eval/metrics_full.json").read_text())
     assert "auc" in metrics["test"]["classifier"] and "dice_patient_mean" in metrics["test"]["cascade"]
     assert metrics["test"]["explain"]["pointing_game_n"] >= 0
     html = (repo / "reports/index.html").read_text()

@@ -15,6 +15,7 @@ from pipeline.augment import (
     apply_geometric,
     apply_intensity,
     augment_batch,
+    default_threads,
     random_affine_params,
 )
 from pipeline.batches import SliceBatches, class_weights_from, in_memory
@@ -133,6 +134,19 @@ def test_augmentation_does_not_depend_on_thread_count(threads, monkeypatch):
     assert not np.array_equal(x1, images.astype(np.float32))  # it did augment
     np.testing.assert_array_equal(xn, x1)
     np.testing.assert_array_equal(mn, m1)
+
+
+def test_thread_count_is_every_usable_core_unless_set(monkeypatch):
+    """No cap at 8: a 16-core GPU machine augments on 16 threads; PIPELINE_AUGMENT_THREADS overrides."""
+    monkeypatch.delenv("PIPELINE_AUGMENT_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    assert default_threads() == 16
+    monkeypatch.setenv("PIPELINE_AUGMENT_THREADS", "3")
+    assert default_threads() == 3
+    for bad in ("0", "-2", "many"):
+        monkeypatch.setenv("PIPELINE_AUGMENT_THREADS", bad)
+        with pytest.raises(ValueError, match="PIPELINE_AUGMENT_THREADS"):
+            default_threads()
 
 
 def test_intensity_changes_brightness_and_contrast_within_bounds():

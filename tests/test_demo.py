@@ -13,8 +13,8 @@ import pytest
 import tifffile
 from scipy import ndimage
 
+from pipeline import demo_data as demo
 from pipeline.params import DataParams, DemoParams
-from pipeline.sources import demo
 
 CASE_NAME = re.compile(r"^TCGA_[A-Z]{2}_[A-Z0-9]{4}_\d{8}$")
 PATIENTS, SLICES, SIZE = 4, 8, 64

@@ -1,12 +1,14 @@
-"""No slice of a test patient is seen in training or in threshold selection."""
+"""No slice of a test patient (no scan of a test person) is seen in training or in threshold selection."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from pipeline.evaluation import choose_threshold
 
@@ -18,14 +20,17 @@ def scored_slices(seed: int = 0) -> pd.DataFrame:
         for p in range(n_patients):
             y = rng.random(20) < 0.4
             prob = np.clip(0.35 * y + rng.normal(0.35, 0.2, 20), 0, 1)
+            tumour_px = np.where(y, rng.integers(20, 400, 20), 0)
+            seg_px = np.where(y, tumour_px, 0) + rng.integers(0, 60, 20) * (rng.random(20) < 0.5)
             rows.append(pd.DataFrame({"patient_id": f"{split}{p}", "split": split, "slice_index": np.arange(20),
-                                      "has_tumour": y, "probability": prob}))
+                                      "has_tumour": y, "probability": prob, "tumour_pixels": tumour_px,
+                                      "seg_pixels": seg_px, "seg_overlap_pixels": (tumour_px * 0.8).astype(int)}))
     return pd.concat(rows, ignore_index=True)
 
 
 def test_threshold_ignores_test_labels_and_scores():
     slices = scored_slices()
-    for rule in ("youden", "f1", "sensitivity:0.9"):
+    for rule in ("youden", "f1", "sensitivity:0.9", "patient_dice"):
         before = choose_threshold(slices, rule)
         leaked = slices.copy()
         test = leaked.split == "test"
@@ -40,15 +45,28 @@ def test_threshold_ignores_test_labels_and_scores():
         assert choose_threshold(moved, rule) != before, rule
 
 
-def test_training_stages_never_read_test_patients(tmp_path, monkeypatch):
-    """Run both training stages on a tiny demo store and record every patient whose arrays are read."""
+def add_rescan(root: Path, case: str, date: str) -> str:
+    """Copy kaggle_3m case folder ``case`` as a second scan of its patient, ``TCGA_<site>_<patient>_<date>``."""
+    rescan = f"{case.rsplit('_', 1)[0]}_{date}"
+    (root / rescan).mkdir()
+    for path in (root / case).iterdir():
+        shutil.copy(path, root / rescan / path.name.replace(case, rescan))
+    return rescan
+
+
+@pytest.mark.parametrize("split_from", ["random", "file"])
+def test_training_stages_never_read_test_patients(tmp_path, monkeypatch, split_from):
+    """Run both training stages on a tiny demo store, with patients scanned twice, and record every
+    patient (the person, not only the scan folder) whose arrays are read; the split comes from the
+    split stage, seeded or from a split.file."""
     import keras
 
+    from pipeline.demo_data import write_kaggle_3m
     from pipeline.params import load_params
     from pipeline.slices import SliceStore, write_store
     from pipeline.sources import read_cases
-    from pipeline.sources.demo import write_kaggle_3m
-    from pipeline.split import assign_splits, patient_table
+    from pipeline.split import read_split
+    from pipeline.stages import split as split_stage
     from pipeline.stages import train_classifier, train_segmenter
 
     monkeypatch.chdir(tmp_path)
@@ -57,13 +75,23 @@ def test_training_stages_never_read_test_patients(tmp_path, monkeypatch):
                      data=replace(params.data, source="lgg", root=str(tmp_path / "kaggle_3m"), image_size=32),
                      train=replace(params.train, epochs=1, batch_size=8),
                      segmenter=replace(params.segmenter, filters=(16, 32), epochs_factor=1))
-    write_kaggle_3m(tmp_path / "kaggle_3m", patients=9, slices_per_patient=6, image_size=64, seed=3)
+    names = sorted(write_kaggle_3m(tmp_path / "kaggle_3m", patients=9, slices_per_patient=6, image_size=64, seed=3))
+    rescans = [add_rescan(tmp_path / "kaggle_3m", names[k], "20200202") for k in (0, 4, 8)]
     write_store(read_cases(params.data), "data/slices")
     store = SliceStore("data/slices")
-    split = assign_splits(patient_table(store.manifest, store.patients), params.split)
-    split.to_csv("data/split.csv", index=False)
-    test_patients = set(split.patient_id[split.split == "test"])
-    assert test_patients
+    person = {pid: store.patients[pid]["meta"]["patient"] for pid in store.patient_ids}
+    assert len(person) == 12 and len(set(person.values())) == 9
+    if split_from == "file":  # patients 0-1 test (0 with two scans), 2-3 val, the rest train
+        split_of = {person[name]: "test" if k < 2 else "val" if k < 4 else "train" for k, name in enumerate(names)}
+        cases = names + rescans
+        pd.DataFrame({"patient_id": cases, "split": [split_of[person[c]] for c in cases]}).to_csv("my_split.csv",
+                                                                                                   index=False)
+        params = replace(params, split=replace(params.split, file="my_split.csv"))
+    split_stage.run(params)
+    split = read_split("data/split.csv")
+    assert sorted(split.patient_id) == sorted(names + rescans)  # split.csv: one row per scan (case id)
+    test_patients = {person[pid] for pid in split.patient_id[split.split == "test"]}
+    assert test_patients and (split_from == "random" or len(test_patients) == 2)
 
     read: set[str] = set()
     for method in ("images", "labels"):
@@ -87,5 +115,6 @@ def test_training_stages_never_read_test_patients(tmp_path, monkeypatch):
     train_classifier.run(params)
     train_segmenter.run(params)
     assert read, "the recorder saw the stages read slices"
-    assert read.isdisjoint(test_patients), f"training read test patients {sorted(read & test_patients)}"
+    read_patients = {person[pid] for pid in read}  # the people behind the scans read
+    assert read_patients.isdisjoint(test_patients), f"training read test patients {sorted(read_patients & test_patients)}"
     assert Path("models/classifier.keras").exists() and Path("models/segmenter.keras").exists()

@@ -425,3 +425,24 @@ def test_pointing_game_at_with_tolerance_and_chance():
     assert lenient["chance"] == pytest.approx(3 / 12)
     empty = pointing_game_at(points[:1], np.zeros((1, 64, 64), bool), 4.0)
     assert empty["n"] == 0 and np.isnan(empty["score"])
+
+
+def test_patient_dice_threshold_maximises_the_cascade_dice_of_validation_patients() -> None:
+    """Patient a: gating at 0.9 keeps too little (Dice 0.72), at 0.3 adds a false-positive slice (0.684);
+    0.6 is best (0.867). Patient b (tumour-free) scores 1 only while its 0.2 slice stays out."""
+    import pandas as pd
+
+    from pipeline.evaluation import patient_dice_threshold
+
+    slices = pd.DataFrame({
+        "patient_id": ["a", "a", "a", "b"],
+        "probability": [0.9, 0.6, 0.3, 0.2],
+        "tumour_pixels": [100, 50, 0, 0],
+        "seg_pixels": [100, 50, 80, 30],
+        "seg_overlap_pixels": [90, 40, 0, 0],
+    })
+    assert patient_dice_threshold(slices) == pytest.approx(0.6)
+    slices.loc[2, "seg_pixels"] = 0  # the 0.3 slice no longer costs anything: the highest of the tied best wins
+    assert patient_dice_threshold(slices) == pytest.approx(0.6)
+    slices.loc[2, ["tumour_pixels", "seg_pixels", "seg_overlap_pixels"]] = [60, 60, 60]  # now it helps
+    assert patient_dice_threshold(slices) == pytest.approx(0.3)

@@ -33,6 +33,14 @@ def test_repo_params_load():
     (("evaluate", "threshold"), "sensitivity:high", "evaluate.threshold"),
     (("evaluate", "threshold"), 1.5, "evaluate.threshold"),
     (("classifier", "unfreeze"), "some", "classifier.unfreeze"),
+    # valid types that used to fail only later, inside a stage (issue 13)
+    (("evaluate", "ig_steps"), 0, "evaluate.ig_steps"),
+    (("evaluate", "ig_steps"), 1, "evaluate.ig_steps"),
+    (("evaluate", "bootstrap"), -1, "evaluate.bootstrap"),
+    (("evaluate", "gradcam_per_group"), -2, "evaluate.gradcam_per_group"),
+    (("evaluate", "min_component_px"), -5, "evaluate.min_component_px"),
+    (("data", "image_size"), 4096, "data.image_size: 4096 is too large"),
+    (("data", "image_size"), 1056, "data.image_size: 1056 is too large"),
 ])
 def test_bad_values_name_the_key(path, value, message):
     raw = copy.deepcopy(RAW)
@@ -71,3 +79,28 @@ def test_narrow_segmenter_is_refused_only_where_onednn_would_corrupt_the_heap(mo
             params_from_dict(raw)
         monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
     assert params_from_dict(raw).segmenter.filters == (8, 16)
+
+
+def test_split_file_is_optional():
+    """split.file may be null, "", left out (all: the seeded random split) or a path; anything else names the key."""
+    raw = copy.deepcopy(RAW)
+    assert params_from_dict(raw).split.file is None
+    del raw["split"]["file"]
+    assert params_from_dict(raw).split.file is None
+    raw["split"]["file"] = ""
+    assert params_from_dict(raw).split.file == ""
+    raw["split"]["file"] = "splits/fold0.csv"
+    assert params_from_dict(raw).split.file == "splits/fold0.csv"
+    raw["split"]["file"] = 3
+    with pytest.raises(ParamsError, match="split.file"):
+        params_from_dict(raw)
+
+
+@pytest.mark.parametrize("path, value", [
+    (("evaluate", "ig_steps"), 2), (("evaluate", "bootstrap"), 0), (("evaluate", "gradcam_per_group"), 0),
+    (("evaluate", "min_component_px"), 0), (("data", "image_size"), 1024),
+])
+def test_edge_values_that_work_are_accepted(path, value):
+    raw = copy.deepcopy(RAW)
+    raw[path[0]][path[1]] = value
+    assert getattr(getattr(params_from_dict(raw), path[0]), path[1]) == value

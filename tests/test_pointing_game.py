@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from pipeline import metrics as m
+from pipeline.demo_data import write_kaggle_3m
 from pipeline.explain import grad_cam_cells, peak_points
-from pipeline.sources.demo import write_kaggle_3m
 from pipeline.sources.lgg import read_lgg_case
 
 

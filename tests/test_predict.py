@@ -22,15 +22,18 @@ import tifffile
 
 import pipeline.nets  # noqa: F401  (registers the custom layers)
 from pipeline.__main__ import main
+from pipeline.bundle import Bundle
+from pipeline.cascade import PostProcessing
 from pipeline.case import LGG_CHANNELS
+from pipeline.demo_data import _patient_plan, write_brats2021, write_kaggle_3m
 from pipeline.errors import InputError
 from pipeline.losses import get_loss
 from pipeline.metrics import dice
 from pipeline.nets import build_resunet
 from pipeline.params import DataParams
-from pipeline.predict import Predictor, find_inputs
+from pipeline.predict import OUTPUT_MARKER, Predictor, find_inputs, write_run_index
 from pipeline.sources import read_brats2021_case, read_lgg_case
-from pipeline.sources.demo import _patient_plan, write_brats2021, write_kaggle_3m
+from pipeline.task import TaskSpec
 from pipeline.training import save_model, set_batchnorm_momentum
 
 SIZE = 64  # model input size (px)
@@ -83,14 +86,14 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sidecar = {"input_size": SIZE, "channels": list(LGG_CHANNELS)}
     save_model(_tiny_classifier(), root / "models" / "classifier.keras", {"kind": "classifier", **sidecar})
     save_model(segmenter, root / "models" / "segmenter.keras", {"kind": "segmenter", **sidecar, "threshold": 0.5})
-    (root / "eval").mkdir()
-    (root / "eval" / "threshold.json").write_text(json.dumps({"rule": "youden", "threshold": 0.0}))
+    task = TaskSpec(SIZE, LGG_CHANNELS, {"mode": "as_stored", "clip_percentiles": None})
+    Bundle(task, 0.0, "youden", 0.5, PostProcessing()).write(root / "models")
     return root / "models"
 
 
 @pytest.fixture(scope="module")
 def predictor(models: Path) -> Predictor:
-    return Predictor.from_dir(models, threshold=0.0, params=None)
+    return Predictor.from_dir(models, threshold=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -193,17 +196,40 @@ def test_decathlon_file_resized_and_reoriented(predictor: Predictor, inputs: dic
     assert [s["tumour_px"] for s in result["slices"]] == [int(mask[:, :, z].sum()) for z in range(mask.shape[2])]
 
 
-def test_threshold_gates_slices_and_defaults_to_threshold_json(models: Path, inputs: dict[str, Path],
-                                                               tmp_path: Path) -> None:
-    threshold_json = models.parent / "eval" / "threshold.json"
-    assert Predictor.from_dir(models, threshold_json=threshold_json, params=None).threshold == 0.0
-    closed = Predictor.from_dir(models, threshold=1.0, threshold_json=threshold_json, params=None)
+def test_threshold_gates_slices_and_defaults_to_the_bundle(models: Path, inputs: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    assert Predictor.from_dir(models).threshold == 0.0  # models/cascade.json
+    closed = Predictor.from_dir(models, threshold=1.0)
     [result] = closed.predict_path(inputs["brats"], tmp_path)
     assert not result["tumour_present"] and not result["slices_with_tumour"] and result["threshold"] == 1.0
     assert not any(s["segmented"] for s in result["slices"])
     assert not np.asarray(nib.load(tmp_path / inputs["brats"].name / f"{inputs['brats'].name}_mask.nii.gz").dataobj).any()
-    with pytest.raises(InputError, match="threshold"):
-        Predictor.from_dir(models, threshold_json=tmp_path / "missing.json", params=None)
+    no_bundle = shutil.copytree(models, tmp_path / "no_bundle")
+    (no_bundle / "cascade.json").unlink()
+    with pytest.raises(InputError, match="cascade.json"):
+        Predictor.from_dir(no_bundle)
+
+
+def test_a_copied_bundle_predicts_byte_identical_masks_whatever_the_workspace_says(
+        models: Path, inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """models/ copied away, then params.yaml and reports/ of the workspace changed (other clipping,
+    post-processing, threshold): the masks are byte-identical, because prediction reads only the bundle."""
+    here = tmp_path / "workspace"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main(["predict", str(inputs["brats"]), "-o", "before", "--models", str(models)]) == 0
+    moved = shutil.copytree(models, tmp_path / "elsewhere" / "bundle")
+    (here / "params.yaml").write_text("data: {clip_percentiles: [10, 60]}\nevaluate: {min_component_px: 100000, "
+                                      "keep_largest_component: true, threshold: 1.0}\n")
+    (here / "reports" / "eval").mkdir(parents=True)
+    (here / "reports" / "eval" / "threshold.json").write_text(json.dumps({"rule": "youden", "threshold": 1.0}))
+    (here / "models").mkdir()  # an empty workspace models/ must not be consulted either
+    assert main(["predict", str(inputs["brats"]), "-o", "after", "--models", str(moved)]) == 0
+    name = f"{inputs['brats'].name}/{inputs['brats'].name}_mask.nii.gz"
+    before, after = nib.load(here / "before" / name), nib.load(here / "after" / name)
+    assert np.asarray(before.dataobj).any()
+    np.testing.assert_array_equal(np.asarray(before.dataobj), np.asarray(after.dataobj))
+    np.testing.assert_array_equal(before.affine, after.affine)
 
 
 def test_predict_volume_skips_blank_slices(predictor: Predictor) -> None:
@@ -265,13 +291,12 @@ def test_folder_with_a_broken_case_finishes_the_others(models: Path, inputs: dic
     flair.write_bytes(flair.read_bytes()[:400])  # truncated
     out = tmp_path / "out"
 
-    code = main(["predict", str(folder), "-o", str(out), "--models", str(models), "--threshold", "0",
-                 "--params", str(tmp_path / "absent.yaml")])
+    code = main(["predict", str(folder), "-o", str(out), "--models", str(models), "--threshold", "0"])
     assert code == 1
     for case_id in (inputs["brats"].name, inputs["lgg"].name, "BRATS_001"):
         assert _summary(out / case_id)["status"] == "ok"
     assert not (out / broken.name).exists()
-    run = json.loads((out / "predictions.json").read_text())
+    run = json.loads((out / "predictions.json").read_text())["cases"]
     [failed] = [r for r in run if r["status"] == "failed"]
     assert failed["input"] == str(broken) and "not a readable NIfTI" in failed["error"]
     assert str(broken) in capsys.readouterr().err
@@ -309,7 +334,10 @@ def test_channel_mismatch(models: Path, inputs: dict[str, Path], tmp_path: Path)
     for name in ("classifier", "segmenter"):
         sidecar = json.loads((other / f"{name}.json").read_text())
         (other / f"{name}.json").write_text(json.dumps({**sidecar, "channels": ["t2", "flair", "t1gd"]}))
-    t2_predictor = Predictor.from_dir(other, threshold=0.0, params=None)
+    bundle = json.loads((other / "cascade.json").read_text())
+    bundle["task"]["channels"] = ["t2", "flair", "t1gd"]
+    (other / "cascade.json").write_text(json.dumps(bundle))
+    t2_predictor = Predictor.from_dir(other, threshold=0.0)
     [result] = t2_predictor.predict_path(inputs["lgg"], tmp_path / "out")
     assert result["status"] == "failed" and str(inputs["lgg"]) in result["error"]
     assert "t1,flair,t1gd" in result["error"] and "t2,flair,t1gd" in result["error"]
@@ -322,7 +350,7 @@ def test_channel_mismatch(models: Path, inputs: dict[str, Path], tmp_path: Path)
     sidecar = json.loads((models / "classifier.json").read_text())
     (other / "classifier.json").write_text(json.dumps(sidecar))
     with pytest.raises(InputError, match="segmenter.json"):
-        Predictor.from_dir(other, threshold=0.0, params=None)
+        Predictor.from_dir(other, threshold=0.0)
 
 
 def test_stage_cli_still_parses(capsys: pytest.CaptureFixture[str]) -> None:
@@ -332,3 +360,146 @@ def test_stage_cli_still_parses(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["predict", "--help"])
     assert exit_info.value.code == 0 and "--threshold" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ never touch the input
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every file under root (relative path -> bytes): the state an input must keep."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture()
+def input_root(inputs: dict[str, Path], tmp_path: Path) -> Path:
+    """A folder of cases (a kaggle_3m case and a BraTS 2021 case) the safety tests may aim -o at."""
+    root = tmp_path / "scans"
+    for key in ("lgg", "brats"):
+        shutil.copytree(inputs[key], root / inputs[key].name)
+    return root
+
+
+@pytest.mark.parametrize("output", [
+    "root",             # predict ROOT -o ROOT: each case folder used to be swapped for its outputs
+    "case",             # -o inside an input
+    "parent",           # -o holding the input (ROOT/<case> would replace the input case)
+    "link_to_root",     # a symlink that resolves to the input
+])
+def test_predict_refuses_an_output_folder_that_overlaps_the_input(
+        output: str, models: Path, input_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One line naming the output folder, exit 2, and not one byte of the input changed or added."""
+    case = next(p for p in input_root.iterdir() if p.name.startswith("TCGA_"))
+    source, out = {
+        "root": (input_root, input_root),
+        "case": (input_root, case / "out"),
+        "parent": (case, input_root),
+        "link_to_root": (input_root, tmp_path / "link"),
+    }[output]
+    if output == "link_to_root":
+        out.symlink_to(input_root, target_is_directory=True)
+    before = _tree(tmp_path)
+    capsys.readouterr()
+    code = main(["predict", str(source), "-o", str(out), "--models", str(models), "--threshold", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith(f"error: {out}:") and "input" in err[0]
+    assert _tree(tmp_path) == before
+
+
+def test_predict_refuses_an_existing_file_as_output(models: Path, inputs: dict[str, Path], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "taken.txt"
+    out.write_text("keep me")
+    capsys.readouterr()
+    code = main(["predict", str(inputs["brats"]), "-o", str(out), "--models", str(models), "--threshold", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "not a folder" in err[0] and str(out) in err[0]
+    assert out.read_text() == "keep me"
+
+
+def test_predict_replaces_only_case_folders_it_wrote(predictor: Predictor, inputs: dict[str, Path],
+                                                     tmp_path: Path) -> None:
+    """A second run over predict's own output replaces it (marker file); a folder of the same name that
+    predict did not write fails that case and keeps every byte."""
+    case = inputs["brats"]
+    out = tmp_path / "out"
+    [first] = predictor.predict_path(case, out)
+    assert first["status"] == "ok" and (out / case.name / OUTPUT_MARKER).is_file()
+    [again] = predictor.predict_path(case, out)
+    assert again["status"] == "ok"
+
+    foreign = tmp_path / "foreign"
+    (foreign / case.name).mkdir(parents=True)
+    (foreign / case.name / "notes.txt").write_text("the user's own file")
+    before = _tree(foreign)
+    [result] = predictor.predict_path(case, foreign)
+    assert result["status"] == "failed" and "not written by predict" in result["error"]
+    assert str(foreign / case.name) in result["error"]
+    assert _tree(foreign) == before
+
+
+# ------------------------------------------------------------------------------------------ external validation
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def test_labelled_input_is_scored_per_case_and_for_the_cohort(
+        models: Path, predictor: Predictor, inputs: dict[str, Path], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Each labelled case's summary holds Dice / HD95 / volume error against its own ground truth, equal
+    to the metrics recomputed here; predictions.json and the console give the cohort's distribution."""
+    folder = tmp_path / "cohort"
+    for key in ("brats", "lgg"):
+        shutil.copytree(inputs[key], folder / inputs[key].name)
+    out = tmp_path / "out"
+    with caplog.at_level("INFO"):
+        code = main(["predict", str(folder), "-o", str(out), "--models", str(models), "--threshold", "0"])
+    assert code == 0
+    dices = []
+    for key in ("brats", "lgg"):
+        case = predictor.read(find_inputs(folder / inputs[key].name)[0])
+        prediction = predictor.predict_case(case)
+        scores = _summary(out / case.patient_id)["validation"]
+        assert scores["dice"] == pytest.approx(dice(case.mask, prediction.mask))
+        assert scores["dice"] >= MIN_DICE[key] - 0.1  # at the models' resolution, so close to the file-level check
+        assert scores["hd95_unit"] == ("mm" if key == "brats" else "px") and np.isfinite(scores["hd95"])
+        assert scores["truth_volume"] == pytest.approx(case.mask.sum() * (1e-3 if key == "brats" else 1))
+        assert scores["volume_error"] == pytest.approx(scores["pred_volume"] - scores["truth_volume"])
+        dices.append(scores["dice"])
+    cohort = json.loads((out / "predictions.json").read_text())["validation"]
+    assert cohort["n_labelled"] == cohort["n_with_tumour"] == 2
+    assert cohort["dice"]["mean"] == pytest.approx(np.mean(dices))
+    assert cohort["dice"]["median"] == pytest.approx(np.median(dices))
+    assert cohort["missed_tumours"] == 0
+    assert any("external validation: 2 labelled" in r.getMessage() for r in caplog.records)
+
+
+def test_unlabelled_input_is_not_scored(predictor: Predictor, inputs: dict[str, Path], tmp_path: Path) -> None:
+    case = shutil.copytree(inputs["brats"], tmp_path / inputs["brats"].name)
+    (case / f"{case.name}_seg.nii.gz").unlink()
+    results = predictor.predict_path(case, tmp_path / "out")
+    assert results[0]["status"] == "ok" and results[0]["validation"] is None
+    assert write_run_index(results, tmp_path / "out" / "predictions.json")["validation"] is None
+
+
+@pytest.mark.parametrize("layout", ["lgg", "brats2021"])
+def test_external_validation_on_the_shared_real_scans(layout: str, predictor: Predictor, tmp_path: Path) -> None:
+    """Real scans with their real ground truth: the scores recomputed from the written mask files (in the
+    input's own space) agree with the ones in summary.json (at the models' resolution) within resampling."""
+    path = (SHARED_DATA / "lgg" / "kaggle_3m" / "TCGA_CS_4943_20000902" if layout == "lgg"
+            else SHARED_DATA / "brats" / "BraTS2021" / "BraTS2021_00006")
+    if not path.exists():
+        pytest.skip(f"shared sample data not found at {path}")
+    [result] = predictor.predict_path(path, tmp_path)
+    scores = result["validation"]
+    assert result["status"] == "ok" and scores is not None and scores["has_tumour"]
+    if layout == "lgg":
+        truth = np.stack([tifffile.imread(path / name) > 0  # the input mask of the same name
+                          for name in result["outputs"]["masks"]])
+        pred = np.stack([tifffile.imread(tmp_path / path.name / name) > 0 for name in result["outputs"]["masks"]])
+        assert scores["truth_volume"] == pytest.approx(truth.sum() / 16, rel=0.1)  # 256 px files, 64 px models
+    else:
+        truth = np.asarray(nib.load(path / f"{path.name}_seg.nii.gz").dataobj) > 0
+        pred = np.asarray(nib.load(tmp_path / path.name / f"{path.name}_mask.nii.gz").dataobj) > 0
+        assert scores["truth_volume"] == pytest.approx(truth.sum() / 1000, rel=0.1)  # ml at 1 mm voxels
+    assert scores["dice"] == pytest.approx(dice(truth, pred), abs=0.1)

@@ -146,8 +146,8 @@ def test_missing_optional_inputs_become_notes(tmp_path):
 
 def test_missing_metrics_json_is_an_input_error(tmp_path):
     run = write_fake_outputs(tmp_path, n_patients=12)
-    (run.reports_dir / "metrics.json").unlink()
-    with pytest.raises(InputError, match="metrics.json"):
+    (run.eval_dir / "metrics_full.json").unlink()
+    with pytest.raises(InputError, match="metrics_full.json"):
         build_report(**run.build_kwargs())
     assert not run.out_html.exists()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from bad_files import BAD_ENTRIES, make_bad_entry
 
 from pipeline.errors import InputError
 from pipeline.params import DataParams
@@ -272,6 +274,79 @@ def test_image_label_shape_mismatch(tmp_path: Path) -> None:
     assert e.value.path.name == f"{CASE}_seg.nii.gz"
 
 
+def moved(affine: np.ndarray, how: str) -> np.ndarray:
+    """``affine`` with its orientation, spacing or origin changed (or a float-noise change, "noise")."""
+    out = affine.copy()
+    if how == "orientation":
+        out[:3, :3] = np.diag([1.0, -1.0, 1.0])  # RPS instead of LPS, same spacing and origin
+    elif how == "spacing":
+        out[2, 2] *= 1.2
+    elif how == "origin":
+        out[:3, 3] += [0.0, 0.5, 0.0]
+    elif how == "noise":  # float32 round-off in headers written by other tools: within the tolerances
+        out[:3, :3] *= 1 + 1e-6
+        out[:3, 3] += 1e-5
+    return out
+
+
+GEOMETRY_MESSAGES = {"orientation": "orientation RPS vs LPS", "spacing": r"spacing \(1, 1, 1.2\) vs \(1, 1, 1\) mm",
+                     "origin": r"origin \(29, 27.5, 0\) vs \(29, 27, 0\) mm"}
+
+
+@pytest.mark.parametrize("how", ["orientation", "spacing", "origin"])
+def test_label_geometry_differs_from_image(tmp_path: Path, how: str) -> None:
+    """Refused in one line naming the label and the image, never reoriented on the label's own affine."""
+    folder = write_brats_case(tmp_path)
+    _, labels = scan()
+    seg = save(labels, moved(LPS, how), folder / f"{CASE}_seg.nii.gz")
+    with pytest.raises(InputError, match=GEOMETRY_MESSAGES[how]) as e:
+        read_brats2021_case(folder, params())
+    assert e.value.path == seg
+    assert str(e.value).startswith(f"{seg}: geometry differs from {folder / f'{CASE}_t1.nii.gz'}: ")
+    assert "\n" not in str(e.value)
+
+
+def test_images_of_one_case_must_share_geometry(tmp_path: Path) -> None:
+    folder = write_brats_case(tmp_path)
+    flair = save(scan()[0]["flair"], moved(LPS, "origin"), folder / f"{CASE}_flair.nii.gz")
+    with pytest.raises(InputError, match=GEOMETRY_MESSAGES["origin"]) as e:
+        read_brats2021_case(folder, params())
+    assert e.value.path == flair and str(folder / f"{CASE}_t1.nii.gz") in str(e.value)
+
+
+def test_decathlon_label_geometry_names_both_files(tmp_path: Path) -> None:
+    """Image and label share a file name in Decathlon: the message gives both full paths."""
+    root = write_decathlon(tmp_path / "task")
+    label = root / "labelsTr" / "BRATS_001.nii.gz"
+    save(np.asarray(nib.load(label).dataobj), moved(LPS, "spacing"), label)
+    with pytest.raises(InputError, match=GEOMETRY_MESSAGES["spacing"]) as e:
+        list(read_cases(params(source="decathlon", root=root)))
+    assert str(e.value).startswith(f"{label}: geometry differs from {root / 'imagesTr' / 'BRATS_001.nii.gz'}: ")
+
+
+def test_geometry_within_tolerance_is_accepted(tmp_path: Path) -> None:
+    folder = write_brats_case(tmp_path)
+    _, labels = scan()
+    save(labels, moved(LPS, "noise"), folder / f"{CASE}_seg.nii.gz")
+    case = read_brats2021_case(folder, params())
+    assert case.labels.any()
+
+
+def test_same_image_under_two_case_ids_is_named_at_ingest(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from pipeline.slices import write_store
+
+    root = tmp_path / "root"
+    write_brats_case(root, name="BraTS2021_00001", seed=0)
+    write_brats_case(root, name="BraTS2021_00002", seed=1)
+    write_brats_case(root, name="BraTS2021_00003", seed=0)  # the scan of 00001 again
+    with caplog.at_level("WARNING", logger="pipeline.slices"):
+        write_store(read_cases(params(root=root)), tmp_path / "slices")
+    warnings_ = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings_) == 1
+    assert "case BraTS2021_00003" in warnings_[0] and "same image as case BraTS2021_00001" in warnings_[0]
+    assert str(root / "BraTS2021_00003") in warnings_[0] and str(root / "BraTS2021_00001") in warnings_[0]
+
+
 @pytest.mark.parametrize("damage", ["truncated_gz", "garbage", "truncated_nii"])
 def test_corrupt_or_truncated_nifti(tmp_path: Path, damage: str) -> None:
     folder = write_brats_case(tmp_path)
@@ -385,3 +460,59 @@ def test_sequence_spellings() -> None:
 def test_source_names_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown data.source"):
         list(read_cases(replace(params(root=tmp_path), source="nifti")))
+
+
+# --- broken files, junk next to the data, labels optional for prediction (issue 13) --------------
+
+def test_macos_junk_and_hidden_folders_are_not_cases(tmp_path: Path) -> None:
+    root = tmp_path / "brats"
+    write_brats_case(root)
+    (root / "__MACOSX" / CASE).mkdir(parents=True)
+    (root / "__MACOSX" / CASE / f"._{CASE}_flair.nii.gz").write_bytes(b"\0\5\26\7")
+    (root / ".cache").mkdir()
+    (root / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (root / CASE / f"._{CASE}_seg.nii.gz").write_bytes(b"\0\5\26\7")
+    assert detect_layout(root) == "brats2021_root"
+    assert [c.patient_id for c in read_cases(params(source="brats2021", root=root))] == [CASE]
+
+
+@pytest.mark.timeout(60, method="thread")  # a FIFO read would block for ever
+@pytest.mark.parametrize("kind", ["dangling_link", "symlink_loop", "folder", "fifo", "empty"])
+@pytest.mark.parametrize("which", ["flair", "seg"])
+def test_volume_that_is_no_file_says_what_it_is(tmp_path: Path, kind: str, which: str) -> None:
+    folder = write_brats_case(tmp_path)
+    path = folder / f"{CASE}_{which}.nii.gz"
+    make_bad_entry(path, kind)
+    with pytest.raises(InputError, match=re.escape(BAD_ENTRIES[kind])) as e:
+        read_brats2021_case(folder, params(), require_labels=True)
+    assert e.value.path == path
+
+
+def _break_seg(folder: Path, how: str) -> Path:
+    path = folder / f"{CASE}_seg.nii.gz"
+    if how == "wrong_grid":
+        save(np.zeros((SHAPE[0] + 2, *SHAPE[1:]), np.uint8), LPS, path)
+    elif how == "bad_values":
+        save(np.full(SHAPE, 3, np.uint8), LPS, path)
+    elif how == "truncated":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        make_bad_entry(path, how)
+    return path
+
+
+@pytest.mark.parametrize("how", ["wrong_grid", "bad_values", "truncated", "dangling_link"])
+def test_bad_segmentation_gives_an_unlabelled_case_when_labels_are_optional(
+        tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture) -> None:
+    folder = write_brats_case(tmp_path)
+    expected = read_brats2021_case(folder, params())
+    path = _break_seg(folder, how)
+    with pytest.raises(InputError) as e:
+        read_brats2021_case(folder, params())
+    assert e.value.path == path
+    case = read_brats2021_case(folder, params(), on_bad_labels="warn")
+    np.testing.assert_array_equal(case.image, expected.image)
+    assert case.meta["has_labels"] is False and not case.labels.any() and "seg" not in case.meta["files"]
+    assert any(str(path) in r.getMessage() and "without its segmentation" in r.getMessage()
+               for r in caplog.records if r.levelname == "WARNING")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+from bad_files import BAD_ENTRIES, COMPRESSIONS, make_bad_entry, truncate, write_compressed_tiff
 
 from pipeline.case import LGG_CHANNELS
 from pipeline.errors import InputError
@@ -174,6 +176,28 @@ def test_mask_without_image(root: Path) -> None:
     assert e.value.path.name == f"{CASE}_5_mask.tif"
 
 
+def test_slice_file_of_another_case_is_refused(root: Path) -> None:
+    """TCGA_CS_4942_..._3.tif in the folder of TCGA_CS_4941_...: an error naming the file, never merged."""
+    stray = root / CASE / "TCGA_CS_4942_19970222_3.tif"
+    tifffile.imwrite(stray, slice_image(3), photometric="rgb")
+    with pytest.raises(InputError, match="belongs to another case") as e:
+        read_lgg_case(root / CASE)
+    assert e.value.path == stray
+    assert "TCGA_CS_4942_19970222" in str(e.value) and f"its folder {CASE}" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_patient_is_recorded_apart_from_the_scan(tmp_path: Path) -> None:
+    """Folders TCGA_<site>_<patient>_<date>: two scans of one patient share meta["patient"]."""
+    for name in (CASE, "TCGA_CS_4941_20010101", "TCGA_HT_A5RC_19990831", "scan7"):
+        write_case(tmp_path, name, slices=2)
+    cases = {c.patient_id: c for c in read_cases(lgg_params(tmp_path))}
+    assert {pid: c.meta["patient"] for pid, c in cases.items()} == {
+        CASE: "TCGA_CS_4941", "TCGA_CS_4941_20010101": "TCGA_CS_4941",
+        "TCGA_HT_A5RC_19990831": "TCGA_HT_A5RC"}
+    assert read_lgg_case(tmp_path / "scan7").meta["patient"] == "scan7"  # not the TCGA pattern: its own patient
+
+
 def test_image_mask_shape_mismatch(root: Path) -> None:
     tifffile.imwrite(root / CASE / f"{CASE}_4_mask.tif", np.zeros((SIZE, SIZE + 2), np.uint8))
     with pytest.raises(InputError, match="mask is 32x34 but image") as e:
@@ -200,16 +224,6 @@ def test_image_not_uint8(root: Path) -> None:
     tifffile.imwrite(root / CASE / f"{CASE}_2.tif", np.zeros((SIZE, SIZE, 3), np.uint16), photometric="rgb")
     with pytest.raises(InputError, match="expected uint8 pixels, got uint16"):
         read_lgg_case(root / CASE)
-
-
-@pytest.mark.parametrize("value", [1, 128])
-def test_mask_values_not_0_255(root: Path, value: int) -> None:
-    mask = np.zeros((SIZE, SIZE), np.uint8)
-    mask[3, 3] = value
-    tifffile.imwrite(root / CASE / f"{CASE}_7_mask.tif", mask)
-    with pytest.raises(InputError, match=rf"mask values must be 0/255, got \[0, {value}\]") as e:
-        read_lgg_case(root / CASE)
-    assert e.value.path.name == f"{CASE}_7_mask.tif"
 
 
 def test_corrupt_tiff(root: Path) -> None:
@@ -244,3 +258,154 @@ def test_bad_clinical_table(root: Path) -> None:
     (root / "data.csv").write_text("Case,age\nx,1\n")
     with pytest.raises(InputError, match='no "Patient" column'):
         list(read_cases(lgg_params(root)))
+
+
+# --- broken files, odd masks, junk next to the data (issue 13) -----------------------------------
+
+@pytest.mark.parametrize("keep", [0.3, 0.6, 0.9, 0.99])
+@pytest.mark.parametrize("compression", sorted(COMPRESSIONS))
+@pytest.mark.parametrize("which", ["image", "mask"])
+def test_truncated_compressed_tiff_names_the_file(root: Path, compression: str, keep: float, which: str,
+                                                  capfd: pytest.CaptureFixture[str]) -> None:
+    """Deflate, LZW and PackBits data cut short: an InputError naming the file (no zlib.error escapes),
+    and OpenCV / libtiff print nothing."""
+    suffix = "_mask" if which == "mask" else ""
+    path = root / CASE / f"{CASE}_3{suffix}.tif"
+    write_compressed_tiff(path, slice_mask(3) if which == "mask" else slice_image(3), compression)
+    read_lgg_case(root / CASE)  # intact: reads
+    truncate(path, keep)
+    with pytest.raises(InputError, match="not a readable TIFF") as e:
+        read_lgg_case(root / CASE)
+    assert e.value.path == path and "\n" not in str(e.value)
+    assert capfd.readouterr().err == ""
+
+
+def test_truncated_tiff_is_skipped_under_on_error_skip(root: Path) -> None:
+    path = root / CASE / f"{CASE}_3.tif"
+    write_compressed_tiff(path, slice_image(3), "deflate")
+    truncate(path, 0.5)
+    items = list(read_cases(lgg_params(root, on_error="skip")))
+    assert isinstance(items[0], Skipped) and f"{CASE}_3.tif: not a readable TIFF" in items[0].reason
+    assert items[1].patient_id == "TCGA_DU_0001_20000101"
+
+
+@pytest.mark.timeout(60, method="thread")  # a FIFO read would block for ever
+@pytest.mark.parametrize("kind", sorted(BAD_ENTRIES))
+@pytest.mark.parametrize("which", ["image", "mask"])
+def test_slice_that_is_no_file_says_what_it_is(root: Path, kind: str, which: str) -> None:
+    """A dangling link, a symlink loop, a folder, a FIFO or an empty file where a slice should be: said as
+    such, naming it (not "mask without image"); a FIFO must not block the reader."""
+    path = root / CASE / f"{CASE}_3{'_mask' if which == 'mask' else ''}.tif"
+    make_bad_entry(path, kind)
+    with pytest.raises(InputError, match=re.escape(BAD_ENTRIES[kind])) as e:
+        read_lgg_case(root / CASE)
+    assert e.value.path == path
+
+
+@pytest.mark.parametrize("kind", ["dangling_link", "symlink_loop"])
+def test_case_folder_link_that_leads_nowhere(root: Path, kind: str) -> None:
+    make_bad_entry(root / "TCGA_HT_0002_20000101", kind)
+    items = list(read_cases(lgg_params(root, on_error="skip")))
+    skipped = [i for i in items if isinstance(i, Skipped)]
+    assert skipped[0].path == str(root / "TCGA_HT_0002_20000101")  # (a loop's other link is a second one)
+    assert all(BAD_ENTRIES[kind] in s.reason for s in skipped)
+    assert [c.patient_id for c in items if not isinstance(c, Skipped)] == [CASE, "TCGA_DU_0001_20000101"]
+
+
+def test_masks_stored_as_0_1_read_as_0_255(root: Path) -> None:
+    """Binary masks saved as 0/1 give the same labels as the distributed 0/255 (ingest and predict)."""
+    expected = read_lgg_case(root / CASE)
+    for n in range(1, 13):
+        tifffile.imwrite(root / CASE / f"{CASE}_{n}_mask.tif", slice_mask(n) // 255)
+    case = read_lgg_case(root / CASE)
+    np.testing.assert_array_equal(case.labels, expected.labels)
+    assert case.labels.sum() > 0
+    np.testing.assert_array_equal(read_lgg_slice(root / CASE / f"{CASE}_3.tif").labels[0], slice_mask(3) // 255)
+
+
+@pytest.mark.parametrize("values", [[0, 128], [0, 1, 255], [0, 2], [254]])
+def test_mask_values_other_than_0_255_or_0_1(root: Path, values: list[int]) -> None:
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask.flat[: len(values)] = values
+    tifffile.imwrite(root / CASE / f"{CASE}_7_mask.tif", mask)
+    with pytest.raises(InputError, match=r"mask values must be 0/255 or 0/1, got \[") as e:
+        read_lgg_case(root / CASE)
+    assert e.value.path.name == f"{CASE}_7_mask.tif"
+
+
+def _write_junk(root: Path) -> None:
+    """What macOS and Windows leave next to data: .DS_Store, ._* AppleDouble files, __MACOSX/, Thumbs.db."""
+    (root / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (root / f"._{CASE}").write_bytes(b"\0\5\26\7")
+    (root / CASE / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (root / CASE / f"._{CASE}_1.tif").write_bytes(b"\0\5\26\7 AppleDouble")
+    (root / CASE / f"._{CASE}_1_mask.tif").write_bytes(b"\0\5\26\7 AppleDouble")
+    (root / CASE / "Thumbs.db").write_bytes(b"x")
+    (root / ".TCGA_HT_9999_20000101").mkdir()
+    macosx = root / "__MACOSX" / CASE
+    macosx.mkdir(parents=True)
+    (macosx / f"._{CASE}_1.tif").write_bytes(b"\0\5\26\7 AppleDouble")
+    (root / "__MACOSX" / f"._{CASE}").write_bytes(b"\0\5\26\7")
+
+
+def test_hidden_files_and_macos_junk_are_ignored(root: Path) -> None:
+    _write_junk(root)
+    assert detect_layout(root) == "lgg_root" and detect_layout(root / CASE) == "lgg_case"
+    cases = list(read_cases(lgg_params(root)))
+    assert [c.patient_id for c in cases] == [CASE, "TCGA_DU_0001_20000101"]
+    assert cases[0].slice_numbers.tolist() == list(range(1, 13))
+
+
+# --- prediction needs no ground truth: on_bad_labels="warn" --------------------------------------
+
+def _break_mask(folder: Path, how: str) -> Path:
+    path = folder / f"{CASE}_5_mask.tif"
+    if how == "missing":
+        path.unlink()
+        return folder / f"{CASE}_5.tif"  # slice_files names the image without its mask
+    if how == "wrong_shape":
+        tifffile.imwrite(path, np.zeros((SIZE, SIZE + 2), np.uint8))
+    elif how == "bad_values":
+        tifffile.imwrite(path, np.full((SIZE, SIZE), 7, np.uint8))
+    elif how == "truncated":
+        write_compressed_tiff(path, slice_mask(5), "deflate")
+        truncate(path, 0.5)
+    else:
+        make_bad_entry(path, how)
+    return path
+
+
+@pytest.mark.timeout(60, method="thread")
+@pytest.mark.parametrize("how", ["missing", "wrong_shape", "bad_values", "truncated", "dangling_link", "fifo"])
+def test_bad_mask_gives_an_unlabelled_case_when_labels_are_optional(root: Path, how: str,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    expected = read_lgg_case(root / CASE)
+    named = _break_mask(root / CASE, how)
+    with pytest.raises(InputError):
+        read_lgg_case(root / CASE)  # ingest: still an error
+    caplog.set_level("WARNING", logger="pipeline.sources.lgg")
+    case = read_lgg_case(root / CASE, on_bad_labels="warn")
+    np.testing.assert_array_equal(case.image, expected.image)
+    assert case.meta["has_labels"] is False and not case.labels.any()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and str(named) in warnings[0] and "without reference masks" in warnings[0]
+
+
+@pytest.mark.parametrize("how", ["wrong_shape", "bad_values", "truncated", "dangling_link"])
+def test_bad_mask_of_a_single_slice_when_labels_are_optional(root: Path, how: str,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    named = _break_mask(root / CASE, how)
+    with pytest.raises(InputError):
+        read_lgg_slice(root / CASE / f"{CASE}_5.tif")
+    case = read_lgg_slice(root / CASE / f"{CASE}_5.tif", on_bad_labels="warn")
+    assert case.meta["has_labels"] is False and not case.labels.any()
+    assert any(str(named) in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
+def test_bad_image_still_fails_when_labels_are_optional(root: Path) -> None:
+    path = root / CASE / f"{CASE}_4.tif"
+    make_bad_entry(path, "dangling_link")
+    (root / CASE / f"{CASE}_5_mask.tif").unlink()
+    with pytest.raises(InputError, match="dangling link") as e:
+        read_lgg_case(root / CASE, on_bad_labels="warn")
+    assert e.value.path == path

@@ -6,8 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.errors import InputError
 from pipeline.params import SplitParams
-from pipeline.split import assign_splits, patient_table, read_split, split_manifest
+from pipeline.split import (
+    assign_splits,
+    check_patients_together,
+    patient_table,
+    read_split,
+    read_split_file,
+    split_manifest,
+)
 
 
 def fake_manifest(n_patients: int = 40, seed: int = 0) -> tuple[pd.DataFrame, dict]:
@@ -66,3 +74,171 @@ def test_read_split_rejects_a_patient_in_two_splits(tmp_path):
     pd.DataFrame({"patient_id": ["a", "a"], "split": ["train", "test"]}).to_csv(path, index=False)
     with pytest.raises(Exception, match="one row per patient"):
         read_split(str(path))
+
+
+def fake_rescans(n_patients: int = 30, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    """``fake_manifest`` where every third patient has a second scan (``..._20050505``) and every
+    ninth a third (``..._20090909``), as kaggle_3m folders of one TCGA_<site>_<patient> on other dates."""
+    manifest, meta = fake_manifest(n_patients, seed)
+    for pid in meta:
+        meta[pid]["meta"]["patient"] = pid.rsplit("_", 1)[0]
+    extra = []
+    for k, pid in enumerate(sorted(meta)):
+        for date in ("20050505", "20090909")[: (k % 3 == 0) + (k % 9 == 0)]:
+            rescan = f"{pid.rsplit('_', 1)[0]}_{date}"
+            rows = manifest[manifest.patient_id == pid].assign(patient_id=rescan)
+            rows["tumour_pixels"] = rows.tumour_pixels * (3 if date == "20050505" else 0)  # burden differs by scan
+            rows["has_tumour"] = rows.tumour_pixels > 0
+            extra.append(rows)
+            meta[rescan] = {"meta": {**meta[pid]["meta"]}}
+    return pd.concat([manifest, *extra], ignore_index=True), meta
+
+
+def test_scans_of_one_patient_always_share_a_split():
+    manifest, meta = fake_rescans()
+    cases = patient_table(manifest, meta)
+    assert len(cases) == 44 and cases.patient.nunique() == 30  # 10 second and 4 third scans
+    for seed in range(10):
+        split = assign_splits(cases, SplitParams(0.6, 0.2, 0.2, seed=seed))
+        assert sorted(split.patient_id) == sorted(cases.patient_id)  # split.csv stays keyed on the case id
+        joined = split.merge(cases[["patient_id", "patient"]], on="patient_id")
+        assert (joined.groupby("patient").split.nunique() == 1).all(), seed
+        check_patients_together(split, cases, "data/split.csv")
+        sizes = joined.drop_duplicates("patient").split.value_counts()  # fractions count patients, not scans
+        assert (sizes["train"], sizes["val"], sizes["test"]) == (18, 6, 6), seed
+
+
+def test_case_without_patient_meta_is_its_own_patient():
+    """BraTS / Decathlon cases (and stores written before meta["patient"]): the case id is the patient."""
+    manifest, meta = fake_manifest(n_patients=12)
+    cases = patient_table(manifest, meta)
+    assert (cases.patient == cases.patient_id).all()
+    split = assign_splits(cases, SplitParams(0.6, 0.2, 0.2, seed=5))
+    pd.testing.assert_frame_equal(split, assign_splits(cases.drop(columns="patient"), SplitParams(0.6, 0.2, 0.2, seed=5)))
+
+
+def test_check_patients_together_names_the_patient_and_its_scans():
+    manifest, meta = fake_rescans(n_patients=9)
+    cases = patient_table(manifest, meta)
+    split = assign_splits(cases, SplitParams(0.6, 0.2, 0.2, seed=0))
+    first, second = "TCGA_AA_0000_20000101", "TCGA_AA_0000_20050505"
+    split.loc[split.patient_id == first, "split"] = "train"
+    split.loc[split.patient_id == second, "split"] = "test"
+    with pytest.raises(InputError, match="scans of one patient TCGA_AA_0000 are in different splits") as e:
+        check_patients_together(split, cases, "splits.csv")
+    assert f"{first} (train)" in str(e.value) and f"{second} (test)" in str(e.value)
+
+
+# --- split.file: the split from a user's CSV ----------------------------------------------------
+
+def write_split_file(path, split: pd.DataFrame) -> str:
+    split.to_csv(path, index=False)
+    return str(path)
+
+
+@pytest.fixture
+def rescanned() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(cases, a valid split of them) for 12 patients, some with two or three scans."""
+    manifest, meta = fake_rescans(n_patients=12)
+    cases = patient_table(manifest, meta)
+    return cases, assign_splits(cases, SplitParams(0.5, 0.25, 0.25, seed=1))
+
+
+def test_split_file_is_used_as_given(tmp_path, rescanned):
+    cases, split = rescanned
+    given = split.assign(split=np.where(split.patient_id.str.contains("_000[0-5]_"), "test", "train"))
+    given.loc[given.patient_id.str.contains("_0006_|_0007_"), "split"] = "val"
+    given = given.sample(frac=1, random_state=0).assign(note="ignored")  # any row order, extra columns ignored
+    path = tmp_path / "splits.csv"
+    path.write_text("\ufeff" + given.to_csv(index=False))  # a byte-order mark (Excel) is fine
+    result = read_split_file(path, cases)
+    assert result.patient_id.tolist() == cases.patient_id.tolist()
+    expected = given.set_index("patient_id").split
+    assert (result.split.values == expected[result.patient_id].values).all()
+    check_patients_together(result, cases, path)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("unknown", r"1 patient\(s\) not in the slice store: \['TCGA_ZZ_9999_20000101'\]"),
+    ("patient_not_scan", r"TCGA_AA_0000 is a patient: list each of its scans by case id"),
+    ("missing", r"1 patient\(s\) of the slice store not listed: \['TCGA_BB_0001_20000101'\]"),
+    ("duplicate", r"patient TCGA_BB_0001_20000101 is listed more than once \(lines \d+, \d+\)"),
+    ("bad_name", r"line \d+: split 'training' of TCGA_BB_0001_20000101 is not one of train, val, test"),
+    ("empty_id", r"line \d+: empty patient_id"),
+    ("columns", r"needs the columns patient_id, split; found \['case', 'fold'\]"),
+    ("scans_apart", r"scans of one patient TCGA_AA_0000 are in different splits"),
+    ("no_val", r"no patient in val"),
+    ("garbage", r"not a readable CSV table"),
+    ("empty", r"not a readable CSV table"),
+    ("absent", r"no such split file \(params.yaml split.file\)"),
+    ("folder", r"not a readable CSV table"),
+])
+def test_bad_split_file_is_one_line_naming_the_file(tmp_path, rescanned, damage, message):
+    cases, split = rescanned
+    path = tmp_path / "splits.csv"
+    other = "TCGA_BB_0001_20000101"
+    if damage == "unknown":
+        split = pd.concat([split, pd.DataFrame({"patient_id": ["TCGA_ZZ_9999_20000101"], "split": ["train"]})])
+    elif damage == "patient_not_scan":
+        split = pd.concat([split[~split.patient_id.str.startswith("TCGA_AA_0000_")],
+                           pd.DataFrame({"patient_id": ["TCGA_AA_0000"], "split": ["train"]})])
+    elif damage == "missing":
+        split = split[split.patient_id != other]
+    elif damage == "duplicate":
+        split = pd.concat([split, split[split.patient_id == other]])
+    elif damage == "bad_name":
+        split.loc[split.patient_id == other, "split"] = "training"
+    elif damage == "empty_id":
+        split.loc[split.patient_id == other, "patient_id"] = ""
+    elif damage == "columns":
+        split = split.rename(columns={"patient_id": "case", "split": "fold"})
+    elif damage == "scans_apart":
+        split.loc[split.patient_id == "TCGA_AA_0000_20000101", "split"] = "train"
+        split.loc[split.patient_id == "TCGA_AA_0000_20050505", "split"] = "test"
+    elif damage == "no_val":
+        split.loc[split.split == "val", "split"] = "test"
+    if damage == "garbage":
+        path.write_bytes(b"\xff\xfe\x00\x81 not,a\ncsv\x00\x00\n\"unterminated")
+    elif damage == "empty":
+        path.write_text("")
+    elif damage == "folder":
+        path.mkdir()
+    elif damage != "absent":
+        write_split_file(path, split)
+    with pytest.raises(InputError, match=message) as e:
+        read_split_file(path, cases)
+    assert e.value.path == path and str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)
+
+
+def test_split_stage_uses_split_file_and_keeps_the_old_split_on_a_bad_one(tmp_path, monkeypatch):
+    from dataclasses import replace
+    from pathlib import Path
+
+    from pipeline.case import LGG_CHANNELS, Case
+    from pipeline.params import load_params
+    from pipeline.slices import write_store
+    from pipeline.stages import split as split_stage
+
+    monkeypatch.chdir(tmp_path)
+    ids = ["TCGA_CS_0001_20000101", "TCGA_CS_0001_20030303", "TCGA_CS_0002_20000101", "TCGA_CS_0003_20000101"]
+    write_store([Case(pid, np.full((2, 8, 8, 3), k, np.uint8), np.zeros((2, 8, 8), np.uint8), "lgg", LGG_CHANNELS,
+                      np.arange(2), meta={"patient": pid.rsplit("_", 1)[0], "institution": "CS"})
+                 for k, pid in enumerate(ids)], "data/slices")
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    pd.DataFrame({"patient_id": ids, "split": ["train", "train", "val", "test"]}).to_csv("mine.csv", index=False)
+    split_stage.run(replace(params, split=replace(params.split, file="mine.csv")))
+    written = read_split("data/split.csv")
+    assert dict(zip(written.patient_id, written.split)) == dict(zip(ids, ["train", "train", "val", "test"]))
+    before = Path("data/split.csv").read_bytes()
+    pd.DataFrame({"patient_id": ids, "split": ["train", "test", "val", "test"]}).to_csv("mine.csv", index=False)
+    with pytest.raises(InputError, match="mine.csv: scans of one patient TCGA_CS_0001 are in different splits"):
+        split_stage.run(replace(params, split=replace(params.split, file="mine.csv")))
+    assert Path("data/split.csv").read_bytes() == before
+
+
+def test_split_file_without_test_patients_warns(tmp_path, rescanned, caplog):
+    cases, split = rescanned
+    path = write_split_file(tmp_path / "splits.csv", split.replace({"split": {"test": "train"}}))
+    with caplog.at_level("WARNING", logger="pipeline.split"):
+        assert "test" not in set(read_split_file(path, cases).split)
+    assert any("no patient in test" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)

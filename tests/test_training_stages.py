@@ -19,10 +19,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from pipeline.demo_data import write_kaggle_3m
 from pipeline.params import Params, load_params
 from pipeline.slices import SliceStore, write_store
 from pipeline.sources import read_cases
-from pipeline.sources.demo import write_kaggle_3m
 from pipeline.split import assign_splits, patient_table
 
 ROOT = Path(__file__).resolve().parents[1]

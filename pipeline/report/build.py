@@ -1,8 +1,8 @@
 """Build the self-contained HTML report (reports/index.html) from the evaluate and training outputs.
 
 The story of this module, top to bottom:
-1. ``load_inputs`` reads every file docs/outputs.md lists (only metrics.json is required; anything
-   else missing becomes a note in the report);
+1. ``load_inputs`` reads every file docs/outputs.md lists (only eval/metrics_full.json is required;
+   anything else missing becomes a note in the report);
 2. ``report_context`` turns them into plain values for the template, drawing the figures;
 3. ``render`` fills template.html.j2 (autoescaped; CSS, JS and every image inlined);
 4. ``build_report`` writes the page atomically.
@@ -29,6 +29,7 @@ from markupsafe import Markup
 
 from pipeline import paths
 from pipeline.errors import InputError
+from pipeline.outputs_schema import METRICS
 from pipeline.params import Params
 from pipeline.report import figures
 from pipeline.writing import atomic_path
@@ -88,10 +89,10 @@ def _under(reports_dir: Path, path: Path) -> Path:
 
 
 def load_inputs(reports_dir: Path, slices_dir: Path, split_csv: Path, models_dir: Path) -> ReportInputs:
-    """Read the evaluate/training outputs; raises InputError only when metrics.json is missing or bad."""
+    """Read the evaluate/training outputs; raises InputError only when metrics_full.json is missing or bad."""
     reports_dir = Path(reports_dir)
     eval_dir = _under(reports_dir, paths.EVAL_DIR)
-    metrics_path = _under(reports_dir, paths.METRICS_JSON)
+    metrics_path = _under(reports_dir, paths.METRICS_FULL_JSON)
     if not metrics_path.exists():
         raise InputError(metrics_path, "missing: run the evaluate stage before the report")
     try:
@@ -348,7 +349,7 @@ def _banners(inputs: ReportInputs, params: Params, pretrained: Any) -> list[dict
                                 "with published results."})
     elif pretrained is None:
         banners.append({"level": "warning", "title": "Pretraining unknown",
-                        "text": "Neither metrics.json nor the classifier sidecar records whether the classifier "
+                        "text": "Neither metrics_full.json nor the classifier sidecar records whether the classifier "
                                 "started from pretrained weights."})
     if params.data.source == "demo":
         banners.append({"level": "warning", "title": "Synthetic demo data",
@@ -488,9 +489,9 @@ def _classifier_section(inputs: ReportInputs, threshold: float | None) -> dict[s
     for key, label, fmt in CLASSIFIER_ROWS:
         cells = []
         for split, level, _, _ in columns:
-            d = get(m, split, level)
-            text = fmt(d.get(key))
-            if key == "auc" and ci(d.get("auc_ci_low"), d.get("auc_ci_high")):
+            d, known = get(m, split, level), METRICS.keys[split].keys[level].keys
+            text = fmt(d.get(key)) if key in known else MISSING  # patient level: no AP, no AUC CI
+            if key == "auc" and "auc_ci_low" in known and ci(d.get("auc_ci_low"), d.get("auc_ci_high")):
                 text += " " + ci(d.get("auc_ci_low"), d.get("auc_ci_high"))
             cells.append(text)
         rows.append({"label": label, "cells": cells})
@@ -550,7 +551,7 @@ def _has(table: pd.DataFrame | None, *columns: str) -> bool:
 
 
 def _confusion_counts(d: Mapping[str, Any], table: pd.DataFrame | None) -> dict[str, float] | None:
-    """TP/FP/FN/TN from metrics.json, else counted from the confusion plot table."""
+    """TP/FP/FN/TN from metrics_full.json, else counted from the confusion plot table."""
     if all(as_float(d.get(k)) is not None for k in ("tp", "fp", "fn", "tn")):
         return {k: float(d[k]) for k in ("tp", "fp", "fn", "tn")}
     if _has(table, "actual", "predicted"):
@@ -758,7 +759,8 @@ def build_report(reports_dir: str | Path, slices_dir: str | Path, split_csv: str
                  params: Params, out_html: str | Path, *, repo_dir: str | Path | None = None) -> Path:
     """Write the self-contained HTML report to `out_html` (atomically) and return its path.
 
-    reports_dir: holds metrics.json, eval/ and the dvclive folders (train_classifier/, train_segmenter/).
+    reports_dir: holds eval/ (metrics_full.json, tables, images) and the dvclive folders (train_classifier/,
+    train_segmenter/).
     repo_dir: where to ask git for the revision (default: the current directory).
     """
     start = time.perf_counter()

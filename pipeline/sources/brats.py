@@ -7,7 +7,9 @@ Decathlon (Task01_BrainTumour): ``<root>/dataset.json``, ``imagesTr/<name>.nii.g
 names come from dataset.json "labels". Files starting with "._" (macOS junk) are ignored.
 
 Both become Cases through ``pipeline.sources.volume`` (same orientation, slicing, normalisation),
-so one scan stored in either layout gives identical image slices.
+so one scan stored in either layout gives identical image slices, and predictions of either go back
+as a NIfTI mask in the input's voxel grid (``write_volume_mask``). ``BRATS2021`` and ``DECATHLON``
+(end of the file) declare the two layouts to the registry.
 """
 
 from __future__ import annotations
@@ -17,22 +19,26 @@ import logging
 import re
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from pipeline.case import Case
 from pipeline.errors import InputError
 from pipeline.params import DataParams
+from pipeline.sources.files import check_file, is_ignored, list_folder
+from pipeline.sources.layout import CaseReader, Layout, check_labels_mode
 from pipeline.sources.volume import (
     CanonicalVolume,
     canonical_sequence,
     check_labels,
+    check_same_grid,
     is_nifti,
     load_canonical,
+    nifti_ndim,
     nifti_stem,
     volume_case,
+    write_volume_mask,
 )
 
 log = logging.getLogger(__name__)
@@ -51,14 +57,6 @@ DECATHLON_DEFAULT_LABELS = {"0": "background", "1": "edema", "2": "non-enhancing
 _SPELLINGS = {"t1": "t1", "t1gd": "t1ce (or t1gd)", "t2": "t2", "flair": "flair"}
 
 
-def _check_same_grid(volume: CanonicalVolume, reference: CanonicalVolume) -> None:
-    """InputError naming ``volume`` when its spatial shape differs from ``reference``'s."""
-    if volume.shape != reference.shape:
-        raise InputError(volume.path, f"shape {volume.shape} differs from {reference.path.name} {reference.shape}")
-    if not np.allclose(volume.affine, reference.affine, atol=1e-3):
-        log.warning("%s: affine differs from %s; using the latter", volume.path, reference.path.name)
-
-
 # --- BraTS 2021 -------------------------------------------------------------------------------
 
 def brats2021_files(folder: Path) -> dict[str, Path]:
@@ -68,7 +66,8 @@ def brats2021_files(folder: Path) -> dict[str, Path]:
     "t1gd"). Raises InputError for a folder without NIfTI files or two files of one kind.
     """
     files: dict[str, Path] = {}
-    niftis = sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p))
+    # Broken entries (dangling links, folders named *.nii.gz) are listed: reading one names what is wrong.
+    niftis = [p for p in list_folder(folder) if is_nifti(p) and not is_ignored(p)]
     if not niftis:
         raise InputError(folder, "no NIfTI files (.nii/.nii.gz): not a BraTS 2021 case folder")
     for path in niftis:
@@ -91,12 +90,15 @@ def is_brats2021_case(folder: Path) -> bool:
         return False
 
 
-def read_brats2021_case(folder: Path, data: DataParams, *, require_labels: bool = False) -> Case:
+def read_brats2021_case(folder: Path, data: DataParams, *, require_labels: bool = False,
+                        on_bad_labels: str = "fail") -> Case:
     """One BraTS 2021 case folder -> Case (image [D, S, S, 3] of data.channels, labels 0/1/2/4).
 
     Reads only the sequences in data.channels plus the segmentation, concurrently. Without a
     segmentation file the labels are zeros and meta["has_labels"] is False, unless
-    ``require_labels`` (ingest), which makes it an InputError.
+    ``require_labels`` (ingest), which makes it an InputError. on_bad_labels "warn" (prediction) reads
+    the case without labels when the segmentation is unreadable, off-grid or holds unknown values,
+    with a warning naming it; "fail" makes that an InputError.
     """
     folder = Path(folder)
     files = brats2021_files(folder)
@@ -108,11 +110,22 @@ def read_brats2021_case(folder: Path, data: DataParams, *, require_labels: bool 
         raise InputError(folder, "missing segmentation: no <case>_seg.nii.gz file")
     wanted = list(dict.fromkeys(data.channels)) + (["seg"] if has_seg else [])
     with ThreadPoolExecutor(max_workers=len(wanted)) as pool:
-        loaded = dict(zip(wanted, pool.map(lambda kind: load_canonical(files[kind], 3), wanted), strict=True))
+        pending = {kind: pool.submit(_load, files[kind], 3) for kind in wanted}
+    loaded = {kind: pending[kind].result() for kind in wanted if kind != "seg"}
     reference = loaded[data.channels[0]]
-    for kind in wanted:
-        _check_same_grid(loaded[kind], reference)
-    labels = check_labels(loaded["seg"].data, tuple(BRATS2021_LABELS), files["seg"]) if has_seg else None
+    for volume in loaded.values():
+        check_same_grid(volume, reference)
+    labels = None
+    if has_seg:
+        try:
+            seg = pending["seg"].result()
+            check_same_grid(seg, reference)
+            labels = check_labels(seg.data, tuple(BRATS2021_LABELS), files["seg"])
+        except InputError as e:
+            if on_bad_labels != "warn":
+                raise
+            log.warning("%s: %s; %s is read without its segmentation", e.path, e.problem, folder.name)
+            wanted.remove("seg")
     return volume_case(
         patient_id=folder.name,
         source="brats2021",
@@ -166,7 +179,13 @@ def decathlon_pairs(root: Path) -> list[tuple[Path | None, Path | None]]:
 
 
 def _niftis(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p)) if folder.is_dir() else []
+    return [p for p in list_folder(folder) if is_nifti(p) and not is_ignored(p)] if folder.is_dir() else []
+
+
+def _load(path: Path, ndim: int) -> CanonicalVolume:
+    """``load_canonical`` of a regular file; InputError naming a dangling link, FIFO, folder ... first."""
+    check_file(path)
+    return load_canonical(path, ndim)
 
 
 def read_decathlon_case(
@@ -191,13 +210,13 @@ def read_decathlon_case(
                                          f"{[s for s in sequences if s]}")
     jobs = [(image_path, 4)] + ([(Path(label_path), 3)] if label_path is not None else [])
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-        loaded = list(pool.map(lambda job: load_canonical(*job), jobs))
+        loaded = list(pool.map(lambda job: _load(*job), jobs))
     image = loaded[0]
     if image.data.shape[3] != len(sequences):
         raise InputError(image_path, f"4D image has {image.data.shape[3]} channels, dataset.json declares {len(sequences)}")
     labels = None
     if label_path is not None:
-        _check_same_grid(loaded[1], image)
+        check_same_grid(loaded[1], image)
         labels = check_labels(loaded[1].data, tuple(label_names), Path(label_path))
     files = {"image": str(image_path)} | ({"labels": str(label_path)} if label_path is not None else {})
     return volume_case(
@@ -222,3 +241,120 @@ def _dataset_spec(image_path: Path, dataset_json: Path | Mapping[str, Any] | Non
         return load_dataset_json(candidate)
     log.warning("%s: no dataset.json found; assuming Task01 channels %s", image_path, DECATHLON_DEFAULT_MODALITY)
     return {"modality": DECATHLON_DEFAULT_MODALITY, "labels": DECATHLON_DEFAULT_LABELS}
+
+
+# --- the two layouts: detect, list, read one case, write a prediction ---------------------------------
+
+def detect_brats2021(path: Path) -> str | None:
+    """"brats2021_case" (a folder of sequence NIfTIs), "brats2021_root" (a folder of such folders) or
+    None. A single 3D NIfTI is an InputError: it is one sequence, and its case folder is the input."""
+    if path.is_dir():
+        if is_brats2021_case(path):
+            return "brats2021_case"
+        folders = [p for p in list_folder(path) if p.is_dir() and not is_ignored(p)]
+        return "brats2021_root" if any(is_brats2021_case(p) for p in folders) else None
+    if not is_nifti(path):
+        return None
+    ndim = nifti_ndim(path)
+    if ndim == 4:
+        return None  # a Decathlon image
+    kinds = sorted(brats2021_files(path.parent))
+    raise InputError(path, f"a {ndim}D NIfTI holds one sequence; give its case folder (found {kinds})")
+
+
+def list_brats2021_cases(root: Path, data: DataParams) -> list[tuple[Path, CaseReader]]:
+    """Every case folder of a BraTS 2021 root, each read with its segmentation required."""
+    if is_brats2021_case(root):
+        raise InputError(root, "this is one BraTS 2021 case folder; data.root must be the folder holding case folders")
+    folders = [p for p in list_folder(root) if p.is_dir() and not is_ignored(p)]
+    if not folders:
+        raise InputError(root, "no BraTS 2021 case folders found")
+    return [(f, partial(read_brats2021_case, f, data, require_labels=True)) for f in folders]
+
+
+def read_brats2021(path: Path, data: DataParams, *, labels: str) -> Case:
+    """One BraTS 2021 case folder -> Case; labels as in ``Layout.read``."""
+    check_labels_mode(labels)
+    required = labels == "required"
+    return read_brats2021_case(path, data, require_labels=required, on_bad_labels="fail" if required else "warn")
+
+
+def detect_decathlon(path: Path) -> str | None:
+    """"decathlon_root" (a folder with dataset.json or imagesTr/), "decathlon_file" (a 4D NIfTI) or None."""
+    if path.is_dir():
+        return "decathlon_root" if (path / "dataset.json").is_file() or (path / "imagesTr").is_dir() else None
+    return "decathlon_file" if is_nifti(path) and nifti_ndim(path) == 4 else None
+
+
+def list_decathlon_cases(root: Path, data: DataParams) -> list[tuple[Path, CaseReader]]:
+    """The imagesTr/ files of a Decathlon task folder, each read with its labelsTr/ file; an image or
+    label without its partner is listed with a reader that raises InputError naming it."""
+    json_path = root / "dataset.json"
+    if not json_path.is_file():
+        raise InputError(root, "no dataset.json: not a Decathlon task folder")
+    spec = load_dataset_json(json_path)
+    pairs = decathlon_pairs(root)
+    if not pairs:
+        raise InputError(root / "imagesTr", "no .nii.gz images found")
+    readers: list[tuple[Path, CaseReader]] = []
+    for image, label in pairs:
+        if image is None:
+            readers.append((label, partial(_raise, label, "label without image (no imagesTr/ file of this name)")))
+        elif label is None:
+            readers.append((image, partial(_raise, image, "image without label (no labelsTr/ file of this name)")))
+        else:
+            readers.append((image, partial(read_decathlon_case, image, data, label, spec)))
+    return readers
+
+
+def _raise(path: Path, problem: str) -> Case:
+    raise InputError(path, problem)
+
+
+def read_decathlon(path: Path, data: DataParams, *, labels: str) -> Case:
+    """One Decathlon 4D image -> Case, its dataset.json found two folders up. labels "required": with its
+    ``labelsTr/`` file of the same name (InputError when there is none); "optional": the image alone."""
+    check_labels_mode(labels)
+    path = Path(path)
+    check_file(path)  # a dangling link or a FIFO named like a scan: say so (a FIFO would block)
+    if labels == "optional":
+        return read_decathlon_case(path, data)
+    label = path.parent.parent / "labelsTr" / path.name
+    if not label.exists():
+        raise InputError(path, "image without label (no labelsTr/ file of this name)")
+    return read_decathlon_case(path, data, label)
+
+
+def decathlon_root_cases(root: Path) -> list[tuple[Path, str]]:
+    """Every image of a Decathlon task folder for prediction: the imagesTr/ and imagesTs/ files."""
+    return [(p, "decathlon_file") for sub in ("imagesTr", "imagesTs") if (root / sub).is_dir()
+            for p in list_folder(root / sub) if is_nifti(p) and not is_ignored(p)]
+
+
+BRATS2021 = Layout(
+    name="brats2021",
+    sources=("brats2021",),
+    case_kinds=("brats2021_case",),
+    root_kinds=("brats2021_root",),
+    detect=detect_brats2021,
+    list_cases=list_brats2021_cases,
+    read=read_brats2021,
+    write_prediction=write_volume_mask,
+    folder_hint="BraTS NIfTI files or case folders",
+    cases_hint="BraTS 2021 case folders",
+)
+
+DECATHLON = Layout(
+    name="decathlon",
+    sources=("decathlon",),
+    case_kinds=("decathlon_file",),
+    root_kinds=("decathlon_root",),
+    detect=detect_decathlon,
+    list_cases=list_decathlon_cases,
+    read=read_decathlon,
+    write_prediction=write_volume_mask,
+    folder_hint="dataset.json",
+    file_hint="a 4D .nii.gz volume",
+    cases_hint="Decathlon 4D NIfTI files",
+    root_cases=decathlon_root_cases,
+)

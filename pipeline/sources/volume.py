@@ -3,14 +3,16 @@
 A volume becomes a ``Case`` in five steps, the same for every volume layout:
 
 1. ``load_canonical``: read a NIfTI with nibabel and bring it to the closest canonical (RAS+)
-   orientation with ``nibabel.as_closest_canonical``.
+   orientation with ``nibabel.as_closest_canonical``. The files of one case must share one voxel
+   grid (``check_same_grid``: shape, orientation, spacing, origin); a label map is never moved
+   onto its images by its own affine.
 2. brain = any selected channel non-zero; ``normalise_volume`` rescales each channel over the
    brain voxels to uint8 (background stays 0).
 3. axial slices: slice ``z`` of the case is ``vol[:, :, z]`` of the canonical array (rows = R axis,
    columns = A axis); slices with a brain fraction below ``min_brain_fraction`` are dropped.
 4. ``fit_slices``: centred pad/crop to ``image_size`` when the size is close, resize otherwise.
 5. ``Case.geometry`` records all of it, so ``to_scan_space`` can write a [D, H, W] prediction
-   back into the scan's own voxel grid.
+   back into the scan's own voxel grid (``write_volume_mask``: the volume layouts' prediction writer).
 
 Geometry dict (JSON-serialisable, stored in the slice store's patients.json)::
 
@@ -46,9 +48,17 @@ from nibabel.spatialimages import HeaderDataError
 from pipeline.case import Case
 from pipeline.errors import InputError
 from pipeline.params import DataParams
+from pipeline.sources.files import check_file
+from pipeline.sources.layout import WrittenMask
 
 # Pad/crop (not resize) when the slice and the target size differ by at most this factor.
 PAD_CROP_MAX_RATIO = 1.25
+# How far the files of one case (images with each other, the label map with the images) may disagree
+# on geometry before they are refused (``check_same_grid``), as nnU-Net's dataset integrity check refuses
+# them: far above float32 round-off in NIfTI headers, far below anything visible.
+GEOMETRY_SPACING_RTOL = 1e-3  # voxel size, relative (1 um on a 1 mm voxel)
+GEOMETRY_DIRECTION_ATOL = 1e-3  # direction cosines, absolute (about 0.06 degrees)
+GEOMETRY_ORIGIN_ATOL_MM = 1e-3  # origin (world position of voxel 0, 0, 0), mm
 
 # Spellings of MRI sequence names (lower case, separators removed) -> canonical name.
 _SEQUENCE_ALIASES = {
@@ -70,6 +80,17 @@ def is_nifti(path: Path) -> bool:
     """A .nii or .nii.gz file that is not macOS junk ("._*")."""
     name = path.name.lower()
     return name.endswith(NIFTI_SUFFIXES) and not path.name.startswith(".")
+
+
+def nifti_ndim(path: Path) -> int:
+    """Number of axes of a NIfTI file, from its header; InputError naming it when it is no regular file
+    (checked first: opening a FIFO would block) or no readable NIfTI."""
+    if not path.is_file():
+        check_file(path)
+    try:
+        return len(nib.load(path).shape)
+    except (ImageFileError, OSError, EOFError, ValueError) as e:
+        raise InputError(path, f"not a readable NIfTI file ({e})") from None
 
 
 def nifti_stem(path: Path) -> str:
@@ -123,6 +144,43 @@ def load_canonical(path: Path, ndim: int) -> CanonicalVolume:
         orientation=io_orientation(image.affine),
         spacing_mm=(float(zooms[0]), float(zooms[1]), float(zooms[2])),
     )
+
+
+def _fmt(values: np.ndarray) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
+
+
+def geometry_differences(affine: np.ndarray, reference: np.ndarray) -> list[str]:
+    """How two 4x4 voxel -> world (mm) affines differ beyond the GEOMETRY_* tolerances; [] when they agree.
+
+    Compares orientation (direction cosines: the affine's 3x3 columns over their lengths),
+    spacing (the column lengths, mm) and origin (world position of voxel (0, 0, 0), mm).
+    """
+    spacing, ref_spacing = (np.sqrt((a[:3, :3] ** 2).sum(axis=0)) for a in (affine, reference))
+    directions = [a[:3, :3] / np.where(s > 0, s, 1) for a, s in ((affine, spacing), (reference, ref_spacing))]
+    found = []
+    turn = float(np.abs(directions[0] - directions[1]).max())
+    if turn > GEOMETRY_DIRECTION_ATOL:
+        axes = ["".join(nib.aff2axcodes(a)) for a in (affine, reference)]
+        found.append(f"orientation {axes[0]} vs {axes[1]}" if axes[0] != axes[1]
+                     else f"direction cosines differ by {turn:.2g}")
+    if not np.allclose(spacing, ref_spacing, rtol=GEOMETRY_SPACING_RTOL, atol=0):
+        found.append(f"spacing {_fmt(spacing)} vs {_fmt(ref_spacing)} mm")
+    if np.abs(affine[:3, 3] - reference[:3, 3]).max() > GEOMETRY_ORIGIN_ATOL_MM:
+        found.append(f"origin {_fmt(affine[:3, 3])} vs {_fmt(reference[:3, 3])} mm")
+    return found
+
+
+def check_same_grid(volume: CanonicalVolume, reference: CanonicalVolume) -> None:
+    """InputError naming both files when ``volume`` (a label map, or another image of the case) does not
+    lie on ``reference``'s voxel grid: another spatial shape, or orientation, spacing or origin beyond
+    the GEOMETRY_* tolerances. Nothing is resampled or reoriented to make them fit."""
+    if volume.shape != reference.shape:
+        raise InputError(volume.path, f"shape {volume.shape} differs from {reference.path} {reference.shape}")
+    found = geometry_differences(volume.affine, reference.affine)
+    if found:
+        raise InputError(volume.path, f"geometry differs from {reference.path}: {'; '.join(found)} (the files of "
+                                      "one case must share one voxel grid; resample one onto the other)")
 
 
 def check_labels(labels: np.ndarray, allowed: Sequence[int], path: Path) -> np.ndarray:
@@ -304,3 +362,34 @@ def to_scan_space(masks: np.ndarray, geometry: Mapping[str, Any]) -> np.ndarray:
     if scan.shape != tuple(geometry["shape"]):
         raise ValueError(f"geometry is inconsistent: got {scan.shape}, expected {tuple(geometry['shape'])}")
     return scan
+
+
+def write_volume_mask(case: Case, mask: np.ndarray, folder: Path) -> WrittenMask:
+    """``<case id>_mask.nii.gz`` in ``folder``: mask bool [D, S, S] as uint8 0/1 in the input's voxel grid,
+    with the input's header (shape, affine, orientation), so it overlays the scan in any viewer. Its
+    tumour voxels per axial slice, in the case's slice order, and the file's voxel size come back."""
+    geometry = case.geometry
+    files = case.meta.get("files", {})
+    reference = Path(files.get("image") or files[case.channels[0]])
+    scan = to_scan_space(mask.astype(np.uint8), geometry)  # [X, Y, Z] in the file's own orientation
+    affine = np.asarray(geometry["affine"], dtype=float)
+    header = nib.load(reference).header.copy()
+    image = nib.Nifti1Image(scan, affine, header)
+    image.set_data_dtype(np.uint8)
+    image.header.set_slope_inter(1.0, 0.0)
+    image.header.set_intent("none")
+    image.header["cal_min"], image.header["cal_max"] = 0, 1
+    image.header["descrip"] = b"tumour mask 0/1 (python -m pipeline predict)"
+    name = f"{case.patient_id}_mask.nii.gz"
+    nib.save(image, folder / name)
+
+    # Tumour voxels per axial slice, in the case's slice order: the file axis that became canonical z.
+    orientation = np.asarray(geometry["orientation"], dtype=int)
+    z_axis = int(np.flatnonzero(orientation[:, 0] == 2)[0])
+    in_plane = tuple(a for a in range(3) if a != z_axis)
+    per_z = scan.sum(axis=in_plane, dtype=np.int64)
+    if orientation[z_axis, 1] < 0:
+        per_z = per_z[::-1]
+    voxel_mm = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    return WrittenMask(outputs={"mask": name}, tumour_px=per_z[np.asarray(case.slice_numbers, dtype=int)],
+                       pixel_mm2=float(voxel_mm[in_plane[0]] * voxel_mm[in_plane[1]]), voxel_mm=voxel_mm.tolist())

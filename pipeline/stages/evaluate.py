@@ -9,17 +9,33 @@ import time
 
 import pandas as pd
 
+from pipeline.bundle import CASCADE_FILE, Bundle, task_from_sidecars
 from pipeline.cascade import Cascade, PostProcessing
+from pipeline.errors import ParamsError
 from pipeline.evaluation import EVAL_SPLITS, choose_threshold, evaluate_split, plot_tables, score_patients
 from pipeline.gallery import explain_test_slices, patient_triptychs
+from pipeline.outputs_schema import check, headline
 from pipeline.params import Params
-from pipeline.paths import CLASSIFIER, EVAL_DIR, METRICS_JSON, SEGMENTER, SLICES_DIR, SPLIT_CSV
+from pipeline.paths import (
+    CLASSIFIER,
+    EVAL_DIR,
+    METRICS_FULL_JSON,
+    METRICS_JSON,
+    MODELS_DIR,
+    SEGMENTER,
+    SLICES_DIR,
+    SPLIT_CSV,
+)
 from pipeline.slices import SliceStore
 from pipeline.split import read_split
 from pipeline.training import load_sidecar
 from pipeline.writing import atomic_dir, atomic_path
 
 log = logging.getLogger(__name__)
+
+# What the stage reads and writes besides code: dvc.yaml declares exactly these (tests/test_dvc_graph.py).
+READS = (SLICES_DIR, SPLIT_CSV, CLASSIFIER, CLASSIFIER.with_suffix(".json"), SEGMENTER, SEGMENTER.with_suffix(".json"))
+WRITES = (EVAL_DIR, METRICS_JSON, MODELS_DIR / CASCADE_FILE)
 
 
 def run(params: Params) -> None:
@@ -59,14 +75,22 @@ def run(params: Params) -> None:
             "val_sensitivity": val["sensitivity"], "val_specificity": val["specificity"]}, indent=2))
 
         test_slices, test_patients = tables["test"]
-        gallery, pointing = explain_test_slices(cascade.classifier, sidecar["last_conv_layer"], store, test_slices,
+        layer = sidecar["last_conv_layer"] if e.gradcam_layer == "last" else e.gradcam_layer
+        if not any(one.name == layer for one in cascade.classifier.layers):
+            raise ParamsError(f"evaluate.gradcam_layer: the classifier has no layer {layer!r} (the backbone's "
+                              f"last one is {sidecar['last_conv_layer']!r})")
+        gallery, pointing = explain_test_slices(cascade.classifier, layer, store, test_slices,
                                                 e, out / "images")
         metrics["test"]["explain"] = pointing
         (out / "gallery.json").write_text(json.dumps(gallery, indent=2))
         (out / "cases.json").write_text(json.dumps(
             patient_triptychs(store, test_patients, test_slices, scored.seg_masks, out / "images", post), indent=2))
+        bundle = Bundle(task_from_sidecars(MODELS_DIR), threshold, str(e.threshold), cascade.seg_threshold, post)
+        check(metrics, name="evaluate's metrics")
+        (out / METRICS_FULL_JSON.relative_to(EVAL_DIR)).write_text(json.dumps(_finite(metrics), indent=2))
+    bundle.write(MODELS_DIR)  # models/ now holds all that predict needs (pipeline.bundle)
     with atomic_path(METRICS_JSON) as tmp:
-        tmp.write_text(json.dumps(_finite(metrics), indent=2))
+        tmp.write_text(json.dumps(_finite(headline(metrics)), indent=2))
     t = metrics["test"]
     log.info("test: AUC %.3f [%.3f, %.3f], sensitivity %.3f, specificity %.3f; segmenter slice Dice %.3f; "
              "cascade patient Dice mean %.3f median %.3f; pointing game %.2f (%.0f s)",

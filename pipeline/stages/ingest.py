@@ -9,11 +9,17 @@ from pipeline.params import Params
 from pipeline.paths import SLICES_DIR
 from pipeline.slices import write_store
 from pipeline.sources import read_cases
+from pipeline.writing import check_no_overlap
 
 log = logging.getLogger(__name__)
 
+# What the stage reads and writes besides code: dvc.yaml declares exactly these (tests/test_dvc_graph.py).
+READS = ("${data.root}",)  # params.data.root, as dvc.yaml interpolates it
+WRITES = (SLICES_DIR,)
+
 
 def run(params: Params) -> None:
+    check_no_overlap(SLICES_DIR, [params.data.root], "the slice store")  # never write over the data it reads
     start = time.perf_counter()
     manifest = write_store(read_cases(params.data), SLICES_DIR)
     seconds = time.perf_counter() - start

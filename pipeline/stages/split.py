@@ -1,4 +1,5 @@
-"""Stage `split`: assign patients to train/val/test and write data/split.csv."""
+"""Stage `split`: assign patients to train/val/test (seeded, or as params.yaml split.file says) and write
+data/split.csv."""
 
 from __future__ import annotations
 
@@ -7,15 +8,23 @@ import logging
 from pipeline.params import Params
 from pipeline.paths import SLICES_DIR, SPLIT_CSV
 from pipeline.slices import SliceStore
-from pipeline.split import assign_splits, patient_table, split_manifest
+from pipeline.split import assign_splits, patient_table, read_split_file, split_manifest
 from pipeline.writing import atomic_path
 
 log = logging.getLogger(__name__)
 
+# What the stage reads and writes besides code: dvc.yaml declares exactly these (tests/test_dvc_graph.py).
+READS = (SLICES_DIR,)
+WRITES = (SPLIT_CSV,)
+
 
 def run(params: Params) -> None:
     store = SliceStore(SLICES_DIR)
-    split = assign_splits(patient_table(store.manifest, store.patients), params.split)
+    cases = patient_table(store.manifest, store.patients)
+    if params.split.file:
+        split = read_split_file(params.split.file, cases)  # split.train/val/test/seed are not used
+    else:
+        split = assign_splits(cases, params.split)
     with atomic_path(SPLIT_CSV) as tmp:
         split.to_csv(tmp, index=False)
     counts = split_manifest(store.manifest, split).groupby("split").agg(

@@ -23,6 +23,11 @@ from pipeline.training import (
 
 log = logging.getLogger(__name__)
 
+# What the stage reads and writes besides code: dvc.yaml declares exactly these (tests/test_dvc_graph.py).
+READS = (SLICES_DIR, SPLIT_CSV)
+WRITES = (CLASSIFIER, CLASSIFIER.with_suffix(".json"), TRAIN_CLASSIFIER_DIR / "metrics.json",
+          TRAIN_CLASSIFIER_DIR / "plots" / "metrics")
+
 
 def run(params: Params) -> None:
     p, t = params.classifier, params.train

@@ -27,6 +27,11 @@ from pipeline.training import (
 
 log = logging.getLogger(__name__)
 
+# What the stage reads and writes besides code: dvc.yaml declares exactly these (tests/test_dvc_graph.py).
+READS = (SLICES_DIR, SPLIT_CSV)
+WRITES = (SEGMENTER, SEGMENTER.with_suffix(".json"), TRAIN_SEGMENTER_DIR / "metrics.json",
+          TRAIN_SEGMENTER_DIR / "plots" / "metrics")
+
 
 def segmenter_rows(rows: pd.DataFrame, negative_fraction: float, seed: int) -> pd.DataFrame:
     """The tumour-positive slices, plus `negative_fraction` x as many negatives drawn at random."""

@@ -683,7 +683,7 @@ def write_kaggle_3m(root: Path, patients: int, slices_per_patient: int, image_si
         positives.extend(k for k, _ in done)
         _write_csv(tmp / "data.csv", [row for _, row in done])
         (tmp / "README.md").write_text(
-            f"Synthetic demo data in the kaggle_3m layout (pipeline.sources.demo, seed {seed}).\n"
+            f"Synthetic demo data in the kaggle_3m layout (pipeline.demo_data, seed {seed}).\n"
             "Not real patients: only the layout and file formats follow the LGG MRI Segmentation dataset.\n"
         )
 

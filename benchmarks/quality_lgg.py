@@ -1,0 +1,130 @@
+"""Real-data quality: run the LGG recipe (or the defaults) on a kaggle_3m root and print one JSON line.
+
+The recipe is the set of params below (``RECIPE``); the README's "Real data" section gives the same
+settings as ``dvc exp run -S ...`` flags (``--print-dvc`` prints that command line). Every stage runs
+in a fresh process in a scratch copy of the pipeline, so the workspace is untouched:
+
+    python benchmarks/quality_lgg.py --root /tmp/lgg50 --size 128            # the recipe at 128 px
+    python benchmarks/quality_lgg.py --root /tmp/lgg50 --size 128 --defaults # today's defaults
+    python benchmarks/quality_lgg.py --root R --set train.epochs=40 --keep /tmp/run1
+
+Prints {"benchmark": "quality_lgg", "settings", "patients": {split: n}, "dice_patient_mean",
+"dice_patient_median", "dice_patient_p5", "auc", "auc_ci", "sensitivity", "specificity",
+"pointing_game", "pointing_chance", "stage_seconds": {stage: s}, "total_seconds"} (test split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("ingest", "split", "train_classifier", "train_segmenter", "evaluate", "report")
+
+# The real-data recipe: what differs from params.yaml for kaggle_3m scans (measured: README).
+RECIPE: dict[str, Any] = {
+    "data.source": "lgg",
+    "data.image_size": 256,
+    "data.intensity": "per_volume",
+    "segmenter.negative_fraction": 0.5,
+}
+
+
+def parse_value(text: str) -> Any:
+    """A -S / --set value as YAML reads it (numbers, booleans, lists), as DVC does."""
+    return yaml.safe_load(text)
+
+
+def apply_settings(params: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """params with dotted keys ("train.lr") set; KeyError for a key params.yaml does not have."""
+    for key, value in settings.items():
+        section, name = key.split(".", 1)
+        if name not in params.get(section, {}):
+            raise KeyError(f"{key} is not a key of params.yaml")
+        params[section][name] = value
+    return params
+
+
+def dvc_command(settings: dict[str, Any]) -> str:
+    return "dvc exp run " + " ".join(f"-S {k}={json.dumps(v) if not isinstance(v, str) else v}"
+                                     for k, v in settings.items())
+
+
+def run_stages(workdir: Path, log_path: Path) -> dict[str, float]:
+    seconds = {}
+    with log_path.open("w") as log:
+        for stage in STAGES:
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "pipeline", stage], cwd=workdir, check=True,
+                           stdout=log, stderr=subprocess.STDOUT)
+            seconds[stage] = round(time.perf_counter() - start, 1)
+    return seconds
+
+
+def headline(workdir: Path) -> dict[str, Any]:
+    """The test split's figures from evaluate's full metrics."""
+    full = json.loads((workdir / "reports" / "eval" / "metrics_full.json").read_text())
+    test = full["test"]
+    clf, cascade, explain = test["classifier"], test["cascade"], test.get("explain", {})
+    split = {}
+    for line in (workdir / "data" / "split.csv").read_text().splitlines()[1:]:
+        name = line.rsplit(",", 1)[1]
+        split[name] = split.get(name, 0) + 1
+    return {
+        "patients": split,
+        "dice_patient_mean": cascade["dice_patient_mean"], "dice_patient_median": cascade["dice_patient_median"],
+        "dice_patient_p5": cascade["dice_patient_p5"], "hd95_median": cascade["hd95_median"],
+        "auc": clf["auc"], "auc_ci": [clf["auc_ci_low"], clf["auc_ci_high"]],
+        "sensitivity": clf["sensitivity"], "specificity": clf["specificity"],
+        "segmenter_dice_slice": test["segmenter"]["dice_slice_mean"],
+        "pointing_game": explain.get("pointing_game"), "pointing_chance": explain.get("pointing_game_chance"),
+        "threshold": full["threshold"]["value"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, help="kaggle_3m root (folder of TCGA_* case folders)")
+    parser.add_argument("--size", type=int, default=None, help="image size in px (default: the recipe's 256)")
+    parser.add_argument("--defaults", action="store_true", help="params.yaml's defaults instead of the recipe")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra params, as -S")
+    parser.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a deleted temp folder)")
+    parser.add_argument("--print-dvc", action="store_true", help="print the recipe as a dvc exp run command")
+    args = parser.parse_args()
+
+    settings = {"data.source": "lgg"} if args.defaults else dict(RECIPE)
+    if args.size is not None:
+        settings["data.image_size"] = args.size
+    settings.update({k: parse_value(v) for k, v in (s.split("=", 1) for s in args.set)})
+    if args.print_dvc:
+        print(dvc_command({**settings, "data.root": str(args.root or "/path/to/kaggle_3m")}))
+        return
+    if args.root is None or not args.root.is_dir():
+        parser.error("--root must be a kaggle_3m folder")
+    settings["data.root"] = str(args.root.resolve())
+
+    with tempfile.TemporaryDirectory(prefix="quality_lgg_") as tmp:
+        workdir = args.keep or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(REPO / "pipeline", workdir / "pipeline", dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        params = apply_settings(yaml.safe_load((REPO / "params.yaml").read_text()), settings)
+        (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        start = time.perf_counter()
+        seconds = run_stages(workdir, workdir / "stages.log")
+        result = {"benchmark": "quality_lgg", "settings": settings, **headline(workdir), "stage_seconds": seconds,
+                  "total_seconds": round(time.perf_counter() - start, 1)}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

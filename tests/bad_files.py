@@ -1,0 +1,81 @@
+"""Broken input files for the bad-input tests: compressed TIFFs cut short, and paths that are no files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tifffile
+
+COMPRESSIONS = {"deflate": 8, "lzw": 5, "packbits": 32773}  # TIFF compression tags
+BAD_ENTRIES = {  # kind -> what the error message says
+    "dangling_link": "dangling link",
+    "symlink_loop": "symlink loop",
+    "folder": "is a folder, not a file",
+    "fifo": "FIFO",
+    "empty": "empty file (0 bytes)",
+}
+
+
+def write_compressed_tiff(path: Path, array: np.ndarray, compression: str) -> None:
+    """A TIFF of ``array`` (uint8 [H, W] or [H, W, 3]) with ``compression``, the IFD before the image data
+    (as tifffile lays files out), so that cutting the file short cuts the compressed data, not the header.
+
+    OpenCV encodes (tifffile needs imagecodecs for LZW and PackBits); tifffile writes its strips as they are.
+    """
+    encoded = path.with_name(path.name + ".cv2.tif")
+    rgb = array.ndim == 3
+    assert cv2.imwrite(str(encoded), array[..., ::-1] if rgb else array,
+                       [cv2.IMWRITE_TIFF_COMPRESSION, COMPRESSIONS[compression]])
+    with tifffile.TiffFile(encoded) as tif:
+        page = tif.pages[0]
+        strips = []
+        for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
+            tif.filehandle.seek(offset)
+            strips.append(tif.filehandle.read(count))
+        rows, predictor = page.rowsperstrip, page.predictor
+    encoded.unlink()
+    stored = tifffile.TIFF.COMPRESSORS
+    tifffile.TIFF.COMPRESSORS = _AlreadyEncoded()  # hand the strips through unchanged
+    try:
+        tifffile.imwrite(path, iter(strips), shape=array.shape, dtype=np.uint8, compression=COMPRESSIONS[compression],
+                         photometric="rgb" if rgb else "minisblack", rowsperstrip=rows,
+                         predictor=predictor if predictor != 1 else None)
+    finally:
+        tifffile.TIFF.COMPRESSORS = stored
+    back = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(back[..., ::-1] if rgb else back, array), "the intact file must read back exactly"
+
+
+class _AlreadyEncoded(dict):
+    def __getitem__(self, key: object):
+        return lambda data, *args, **kwargs: data
+
+
+def truncate(path: Path, keep: float) -> None:
+    """Cut ``path`` to the first ``keep`` fraction of its bytes."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def make_bad_entry(path: Path, kind: str) -> None:
+    """Replace ``path`` by one of BAD_ENTRIES: a link to nothing, two links pointing at each other, a
+    folder, a FIFO or an empty file."""
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    if kind == "dangling_link":
+        path.symlink_to(path.with_name("nowhere.tif"))
+    elif kind == "symlink_loop":
+        other = path.with_name(path.name + ".loop")
+        other.symlink_to(path.name)
+        path.symlink_to(other.name)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    else:
+        raise ValueError(kind)

@@ -1,0 +1,582 @@
+"""docs/bad_inputs.md, row by row: every class of bad input and what the user sees (issue 13).
+
+The rule: bad input gets one clear line naming the file and the problem, exit 2, no traceback, nothing
+half-written, no input byte changed. Tolerated inputs (junk files, 0/1 masks, a prediction case without
+ground truth) run through with exit 0 and do what the table says.
+
+Each entry of CASES builds its input under tmp_path, runs the command in-process
+(``pipeline.__main__.main``) with tmp_path as the working directory, and states the exit code and what
+the one error line says. ``test_doc_table_lists_exactly_these_cases`` keeps the table and CASES in step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import yaml
+from bad_files import make_bad_entry, truncate, write_compressed_tiff
+
+import pipeline.nets  # noqa: F401  (registers the custom layers)
+from pipeline.__main__ import main
+from pipeline.bundle import Bundle
+from pipeline.cascade import PostProcessing
+from pipeline.case import LGG_CHANNELS
+from pipeline.nets import build_resunet
+from pipeline.predict import OUTPUT_MARKER
+from pipeline.task import TaskSpec
+from pipeline.training import save_model
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "bad_inputs.md"
+SIZE = 64  # px: stored slices, model input, kaggle_3m TIFFs
+SLICES = 4
+PATIENTS = ("TCGA_CS_4941_19960909", "TCGA_DU_5849_19950405", "TCGA_HT_7602_19951103")
+RESCAN = "TCGA_CS_4941_20000101"  # a second scan of the first patient (split rows)
+A, B = PATIENTS[0], PATIENTS[1]
+BRATS = ("BraTS2021_00000", "BraTS2021_00002")
+BRATS_SHAPE = (40, 40, 12)
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def lgg_case(parent: Path, name: str, masks: bool = True, top: int = 255) -> Path:
+    """A kaggle_3m case folder: SLICES RGB uint8 TIFFs at SIZE px with 0/``top`` masks, tumour in slices 2-3;
+    every case's images differ (ingest warns about one image under two case ids)."""
+    folder = parent / name
+    folder.mkdir(parents=True)
+    for n in range(1, SLICES + 1):
+        image = np.zeros((SIZE, SIZE, 3), np.uint8)
+        image[8:56, 10:54] = (60 + n, 90, 40 + sum(name.encode()) % 100)
+        mask = np.zeros((SIZE, SIZE), np.uint8)
+        if n in (2, 3):
+            mask[20:30, 20:34] = top
+            image[20:30, 20:34, 1] = 200
+        tifffile.imwrite(folder / f"{name}_{n}.tif", image, photometric="rgb")
+        if masks:
+            tifffile.imwrite(folder / f"{name}_{n}_mask.tif", mask)
+    return folder
+
+
+def kaggle_root(tmp: Path, cases: tuple[str, ...] = PATIENTS, top: int = 255) -> Path:
+    root = tmp / "kaggle_3m"
+    root.mkdir()
+    for name in cases:
+        lgg_case(root, name, top=top)
+    return root
+
+
+def brats_case(parent: Path, name: str) -> Path:
+    folder = parent / name
+    folder.mkdir(parents=True)
+    brain = np.zeros(BRATS_SHAPE, np.int16)
+    brain[6:-6, 5:-5, 1:-1] = 1
+    for k, sequence in enumerate(("flair", "t1", "t1ce", "t2"), start=1):
+        nib.save(nib.Nifti1Image(brain * 100 * k, np.eye(4)), folder / f"{name}_{sequence}.nii.gz")
+    seg = np.zeros(BRATS_SHAPE, np.uint8)
+    seg[14:20, 12:18, 4:8] = 2
+    nib.save(nib.Nifti1Image(seg, np.eye(4)), folder / f"{name}_seg.nii.gz")
+    return folder
+
+
+def brats_root(tmp: Path) -> Path:
+    root = tmp / "BraTS2021_Training_Data"
+    for name in BRATS:
+        brats_case(root, name)
+    return root
+
+
+def decathlon_root(tmp: Path) -> Path:
+    root = tmp / "Task01_BrainTumour"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    (root / "dataset.json").write_text(json.dumps({
+        "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
+        "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"}}))
+    brain = np.zeros(BRATS_SHAPE, np.int16)
+    brain[6:-6, 5:-5, 1:-1] = 1
+    for name in ("BRATS_001", "BRATS_002"):
+        image = np.stack([brain * 100 * k for k in range(1, 5)], axis=-1)
+        nib.save(nib.Nifti1Image(image, np.eye(4)), root / "imagesTr" / f"{name}.nii.gz")
+        label = np.zeros(BRATS_SHAPE, np.uint8)
+        label[14:20, 12:18, 4:8] = 1
+        nib.save(nib.Nifti1Image(label, np.eye(4)), root / "labelsTr" / f"{name}.nii.gz")
+    return root
+
+
+def write_params(tmp: Path, data: dict | None = None, **sections: dict) -> Path:
+    """tmp/params.yaml: the project's params.yaml with data.* and other sections updated."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"].update({"image_size": SIZE, **(data or {})})
+    for section, values in sections.items():
+        params[section].update(values)
+    path = tmp / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def junk(folder: Path, like: str) -> None:
+    """What macOS leaves next to copied data: .DS_Store, a ._* AppleDouble file, a __MACOSX/ copy."""
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (folder / f"._{like}").write_bytes(b"\0\5\26\7")
+    (folder / "__MACOSX" / like).mkdir(parents=True)
+    (folder / "__MACOSX" / like / f"._{like}_1.tif").write_bytes(b"\0\5\26\7")
+
+
+# ------------------------------------------------------------------------------------------ cases
+
+
+@dataclass
+class Run:
+    """What a case runs: ``python -m pipeline ARGV`` in tmp_path; ``names``: what the error line names
+    (``error: <names>: ...``); ``inputs``: trees that must stay byte-identical; ``allowed``: paths under
+    tmp_path a failing run may still write (a complete run index listing the failure)."""
+
+    argv: list[str]
+    names: str = ""
+    inputs: list[Path] = field(default_factory=list)
+    allowed: tuple[str, ...] = ()
+    out: Path | None = None  # predict: the -o folder
+
+
+@dataclass(frozen=True)
+class Case:
+    stage: str  # ingest | split | params | predict: the section of the table
+    build: Callable[..., Run]  # (tmp_path, models) -> Run
+    exit: int
+    message: str = ""  # regex: the one error line (exit 2)
+    check: Callable[..., None] | None = None  # (tmp_path, run, caplog) -> None: what else the row says
+
+
+def ingest(tmp: Path, root: Path, names: Path | str, **data) -> Run:
+    params = write_params(tmp, {"source": data.pop("source", "lgg"), "root": str(root), **data})
+    return Run(["ingest", "--params", str(params)], str(names), [root])
+
+
+def broken_slice(how: str) -> Callable[..., Run]:
+    def build(tmp: Path, models: Path) -> Run:
+        root = kaggle_root(tmp)
+        path = root / B / f"{B}_2.tif"
+        if how in ("deflate", "lzw", "packbits"):
+            image = np.zeros((SIZE, SIZE, 3), np.uint8)
+            image[8:56, 10:54] = (62, 90, 70)
+            write_compressed_tiff(path, image, how)
+            truncate(path, 0.6)
+        else:
+            make_bad_entry(path, how)
+        return ingest(tmp, root, path)
+    return build
+
+
+def lgg_damage(damage: str) -> Callable[..., Run]:
+    def build(tmp: Path, models: Path) -> Run:
+        root = kaggle_root(tmp)
+        image, mask = root / B / f"{B}_3.tif", root / B / f"{B}_3_mask.tif"
+        if damage == "no_mask":
+            mask.unlink()
+            named = image
+        elif damage == "no_image":
+            image.unlink()
+            named = mask
+        elif damage == "mask_values":
+            bad = np.zeros((SIZE, SIZE), np.uint8)
+            bad[20:30, 20:34] = 128
+            bad[40:44, 40:44] = 255
+            tifffile.imwrite(mask, bad)
+            named = mask
+        elif damage == "one_channel":
+            tifffile.imwrite(image, np.full((SIZE, SIZE), 80, np.uint8))
+            named = image
+        elif damage == "other_case":
+            named = root / B / f"{A}_{SLICES + 1}.tif"
+            shutil.copy(root / A / f"{A}_1.tif", named)
+        else:
+            raise ValueError(damage)
+        return ingest(tmp, root, named)
+    return build
+
+
+def unrecognised_root(tmp: Path, models: Path) -> Run:
+    root = tmp / "downloads"
+    (root / "scans").mkdir(parents=True)
+    (root / "notes.txt").write_text("MRI from the scanner\n")
+    return ingest(tmp, root, root)
+
+
+def missing_root(tmp: Path, models: Path) -> Run:
+    root = tmp / "kaggle_3m"
+    return Run(ingest(tmp, root, root).argv, str(root))
+
+
+def brats_damage(damage: str) -> Callable[..., Run]:
+    def build(tmp: Path, models: Path) -> Run:
+        root = brats_root(tmp)
+        case = root / BRATS[1]
+        seg = case / f"{BRATS[1]}_seg.nii.gz"
+        if damage == "missing_modality":
+            (case / f"{BRATS[1]}_t1ce.nii.gz").unlink()
+            named = case
+        elif damage == "truncated":
+            named = case / f"{BRATS[1]}_flair.nii.gz"
+            truncate(named, 0.5)
+        elif damage == "orientation":
+            flip = np.diag([-1.0, 1.0, 1.0, 1.0])  # same shape and origin, the x axis running the other way
+            nib.save(nib.Nifti1Image(np.asarray(nib.load(seg).dataobj), flip), seg)
+            named = seg
+        elif damage == "unknown_label":
+            labels = np.asarray(nib.load(seg).dataobj).copy()
+            labels[15, 13, 5] = 3
+            nib.save(nib.Nifti1Image(labels, np.eye(4)), seg)
+            named = seg
+        else:
+            raise ValueError(damage)
+        return ingest(tmp, root, named, source="brats2021")
+    return build
+
+
+def decathlon_without_label(tmp: Path, models: Path) -> Run:
+    root = decathlon_root(tmp)
+    (root / "labelsTr" / "BRATS_002.nii.gz").unlink()
+    return ingest(tmp, root, root / "imagesTr" / "BRATS_002.nii.gz", source="decathlon")
+
+
+def skip_truncated(tmp: Path, models: Path) -> Run:
+    run = broken_slice("deflate")(tmp, models)
+    write_params(tmp, {"source": "lgg", "root": str(tmp / "kaggle_3m"), "on_error": "skip"})
+    return run
+
+
+def skipped_is_listed(tmp: Path, run: Run, caplog: pytest.LogCaptureFixture) -> None:
+    case = tmp / "kaggle_3m" / B
+    assert any(w.startswith(f"skipping {case}: {run.names}: not a readable TIFF (") for w in pipeline_warnings(caplog))
+    skipped = pd.read_csv(tmp / "data" / "slices" / "skipped.csv")
+    assert len(skipped) == 1 and skipped.path[0] == str(tmp / "kaggle_3m" / B), skipped
+    assert skipped.reason[0].startswith(f"{run.names}: not a readable TIFF (truncated or corrupt"), skipped.reason[0]
+    manifest = pd.read_csv(tmp / "data" / "slices" / "manifest.csv")
+    assert sorted(manifest.patient_id.unique()) == [A, PATIENTS[2]]
+
+
+def with_junk(tmp: Path, models: Path) -> Run:
+    root = kaggle_root(tmp)
+    junk(root, A)
+    for name in PATIENTS:
+        junk(root / name, f"{name}_1.tif")
+    return ingest(tmp, root, "")
+
+
+def pipeline_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("pipeline")]
+
+
+def all_slices_stored(tmp: Path, run: Run, caplog: pytest.LogCaptureFixture) -> None:
+    assert not pipeline_warnings(caplog), pipeline_warnings(caplog)
+    manifest = pd.read_csv(tmp / "data" / "slices" / "manifest.csv")
+    assert sorted(manifest.patient_id.unique()) == sorted(PATIENTS) and len(manifest) == len(PATIENTS) * SLICES
+    assert manifest.has_tumour.sum() == 2 * len(PATIENTS)
+    assert not (tmp / "data" / "slices" / "skipped.csv").exists() or pd.read_csv(
+        tmp / "data" / "slices" / "skipped.csv").empty
+
+
+def zero_one_masks(tmp: Path, models: Path) -> Run:
+    return ingest(tmp, kaggle_root(tmp, top=1), "")
+
+
+def same_as_0_255(tmp: Path, run: Run, caplog: pytest.LogCaptureFixture) -> None:
+    all_slices_stored(tmp, run, caplog)
+    manifest = pd.read_csv(tmp / "data" / "slices" / "manifest.csv")
+    assert (manifest[manifest.has_tumour].tumour_pixels == 10 * 14).all()  # the 0/1 squares, as 0/255 would give
+
+
+# --- split
+
+
+def split_case(damage: str) -> Callable[..., Run]:
+    """A slice store (4 scans of 3 patients) and a good data/split.csv from it, then a bad split.file."""
+
+    def build(tmp: Path, models: Path) -> Run:
+        root = kaggle_root(tmp, (*PATIENTS, RESCAN))
+        write_params(tmp, {"source": "lgg", "root": str(root)})
+        assert main(["ingest"]) == 0 and main(["split"]) == 0
+        rows = {A: "train", RESCAN: "train", B: "val", PATIENTS[2]: "test"}
+        if damage == "unknown":
+            rows["TCGA_ZZ_9999_20000101"] = "test"
+        elif damage == "missing":
+            del rows[PATIENTS[2]]
+        elif damage == "apart":
+            rows[RESCAN] = "test"
+        path = tmp / "my_split.csv"
+        if damage != "absent":
+            pd.DataFrame({"patient_id": list(rows), "split": list(rows.values())}).to_csv(path, index=False)
+        params = write_params(tmp, {"source": "lgg", "root": str(root)}, split={"file": str(path)})
+        return Run(["split", "--params", str(params)], str(path), [root, tmp / "data" / "slices"])
+
+    return build
+
+
+# --- params
+
+
+def bad_params(text: str | None = None, **sections: dict) -> Callable[..., Run]:
+    """A good kaggle_3m root and a params file with one bad value: ingest must not start."""
+
+    def build(tmp: Path, models: Path) -> Run:
+        root = kaggle_root(tmp)
+        data = sections.get("data", {})
+        others = {name: values for name, values in sections.items() if name != "data"}
+        path = write_params(tmp, {"source": "lgg", "root": str(root), **data}, **others)
+        if text is not None:
+            path.write_text(path.read_text().replace("data:\n", text, 1))
+        key = next((f": {s}.{k}" for s, values in sections.items() for k in values), "")
+        return Run(["ingest", "--params", str(path)], f"{path}{key}", [root])  # the file, then the key
+
+    return build
+
+
+def unknown_key(tmp: Path, models: Path) -> Run:
+    run = bad_params()(tmp, models)
+    path = Path(run.argv[-1])
+    params = yaml.safe_load(path.read_text())
+    params["train"]["learning_rate"] = 1e-4  # train.lr is the key
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    run.names = f"{path}: train.learning_rate"
+    return run
+
+
+# --- predict
+
+
+def predict(tmp: Path, models: Path, source: Path, out: Path, names: Path | str = "", **kw) -> Run:
+    return Run(["predict", str(source), "-o", str(out), "--models", str(models)], str(names),
+               [source if source.exists() else tmp / "scans", models], out=out, **kw)
+
+
+def scans(tmp: Path, masks: bool = True) -> Path:
+    folder = tmp / "scans"
+    lgg_case(folder, A, masks=masks)
+    return folder
+
+
+def output_overlap(where: str) -> Callable[..., Run]:
+    def build(tmp: Path, models: Path) -> Run:
+        source = scans(tmp)
+        out = {"equal": source, "inside": source / "predictions", "contains": tmp, "file": tmp / "predictions"}[where]
+        if where == "file":
+            out.write_text("my notes\n")
+        return predict(tmp, models, source, out, out)
+    return build
+
+
+def foreign_case_folder(tmp: Path, models: Path) -> Run:
+    source = scans(tmp)
+    mine = tmp / "predictions" / A
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("my own work, not a prediction\n")
+    return predict(tmp, models, source / A, tmp / "predictions", mine, allowed=("predictions/predictions.json",))
+
+
+def failure_listed(tmp: Path, run: Run, caplog: pytest.LogCaptureFixture) -> None:
+    """The one file a failed case leaves: the run index, listing the failure (the folder itself is untouched)."""
+    index = json.loads((run.out / "predictions.json").read_text())
+    assert [(c["status"], c["error"]) for c in index["cases"]] == [("failed", str(run.names) + ": " + (
+        f"exists and was not written by predict (no {OUTPUT_MARKER} marker); refusing to replace it: move it away "
+        "or choose another output folder"))], index
+
+
+def no_bundle(tmp: Path, models: Path) -> Run:
+    copy = shutil.copytree(models, tmp / "models")
+    (copy / "cascade.json").unlink()
+    run = predict(tmp, copy, scans(tmp), tmp / "predictions", copy / "cascade.json")
+    return run
+
+
+def bad_mask(tmp: Path, models: Path) -> Run:
+    source = scans(tmp)
+    tifffile.imwrite(source / A / f"{A}_2_mask.tif", np.full((SIZE, SIZE), 9, np.uint8))
+    return predict(tmp, models, source, tmp / "predictions", source / A / f"{A}_2_mask.tif")
+
+
+def no_masks(tmp: Path, models: Path) -> Run:
+    return predict(tmp, models, scans(tmp, masks=False), tmp / "predictions")
+
+
+def predicted_unlabelled(warning: str | None) -> Callable[..., None]:
+    def check(tmp: Path, run: Run, caplog: pytest.LogCaptureFixture) -> None:
+        summary = json.loads((run.out / A / "summary.json").read_text())
+        assert summary["status"] == "ok" and summary["validation"] is None
+        assert len(summary["slices"]) == SLICES and (run.out / A / OUTPUT_MARKER).is_file()
+        index = json.loads((run.out / "predictions.json").read_text())
+        assert index["validation"] is None, index
+        warnings = pipeline_warnings(caplog)
+        if warning is None:
+            assert not warnings, warnings
+        else:
+            assert len(warnings) == 1 and re.search(warning, warnings[0]), warnings
+            assert warnings[0].startswith(f"{run.names}: "), warnings
+    return check
+
+
+def missing_input(tmp: Path, models: Path) -> Run:
+    source = tmp / "scans" / "TCGA_CS_4941_1996"
+    (tmp / "scans").mkdir()
+    return predict(tmp, models, source, tmp / "predictions", source)
+
+
+CASES: dict[str, Case] = {
+    # --- ingest: kaggle_3m
+    "tiff_truncated_deflate": Case("ingest", broken_slice("deflate"), 2, r"not a readable TIFF \(truncated or corrupt"),
+    "tiff_truncated_lzw": Case("ingest", broken_slice("lzw"), 2, r"not a readable TIFF \(truncated or corrupt"),
+    "tiff_truncated_packbits": Case("ingest", broken_slice("packbits"), 2, r"not a readable TIFF \(corrupted strip "),
+    "image_without_mask": Case("ingest", lgg_damage("no_mask"), 2, r"image without mask \(no \S+_3_mask\.tif\)$"),
+    "mask_without_image": Case("ingest", lgg_damage("no_image"), 2, r"mask without image \(no matching"),
+    "mask_values": Case("ingest", lgg_damage("mask_values"), 2, r"mask values must be 0/255 or 0/1, got \[0, 128, 255\]$"),
+    "one_channel_image": Case("ingest", lgg_damage("one_channel"), 2, r"expected 3 channels .* \(1 channels\)$"),
+    "slice_of_another_case": Case("ingest", lgg_damage("other_case"), 2,
+                                  rf"belongs to another case \({A}\), not to its folder {B}"),
+    "dangling_symlink": Case("ingest", broken_slice("dangling_link"), 2, r"dangling link \(points to \S+, which does not exist\)$"),
+    "symlink_loop": Case("ingest", broken_slice("symlink_loop"), 2, r"symlink loop"),
+    "folder_as_slice": Case("ingest", broken_slice("folder"), 2, r"is a folder, not a file$"),
+    "zero_byte_file": Case("ingest", broken_slice("empty"), 2, r"empty file \(0 bytes\)$"),
+    "unrecognised_root": Case("ingest", unrecognised_root, 2, r"no kaggle_3m case folders \(TCGA_\*\) found$"),
+    "missing_root": Case("ingest", missing_root, 2, r"no such folder$"),
+    # --- ingest: BraTS 2021 and Decathlon
+    "brats_missing_modality": Case("ingest", brats_damage("missing_modality"), 2,
+                                   r"missing sequence t1gd: no <case>_t1ce \(or t1gd\)\.nii\.gz file$"),
+    "brats_truncated_nifti": Case("ingest", brats_damage("truncated"), 2, r"not a readable NIfTI file \("),
+    "brats_label_orientation": Case("ingest", brats_damage("orientation"), 2,
+                                    r"geometry differs from \S+_t1\.nii\.gz: orientation LAS vs RAS \(the files of one case "
+                                    r"must share one voxel grid; resample one onto the other\)$"),
+    "brats_unknown_label": Case("ingest", brats_damage("unknown_label"), 2,
+                                r"unexpected label values \[3\] \(declared: \[0, 1, 2, 4\]\)$"),
+    "decathlon_image_without_label": Case("ingest", decathlon_without_label, 2,
+                                          r"image without label \(no labelsTr/ file of this name\)$"),
+    # --- ingest: tolerated
+    "on_error_skip": Case("ingest", skip_truncated, 0, check=skipped_is_listed),
+    "hidden_files": Case("ingest", with_junk, 0, check=all_slices_stored),
+    "masks_0_1": Case("ingest", zero_one_masks, 0, check=same_as_0_255),
+    # --- split
+    "split_file_missing": Case("split", split_case("absent"), 2, r"no such split file \(params\.yaml split\.file\)$"),
+    "split_file_unknown_patient": Case("split", split_case("unknown"), 2,
+                                       r"1 patient\(s\) not in the slice store: \['TCGA_ZZ_9999_20000101'\]"),
+    "split_file_missing_patient": Case("split", split_case("missing"), 2,
+                                       rf"1 patient\(s\) of the slice store not listed: \['{PATIENTS[2]}'\]"),
+    "split_file_scans_apart": Case("split", split_case("apart"), 2,
+                                   r"scans of one patient TCGA_CS_4941 are in different splits"),
+    # --- params
+    "params_ig_steps_0": Case("params", bad_params(evaluate={"ig_steps": 0}), 2, r"0 is outside \[2, 10000\]$"),
+    "params_bootstrap_negative": Case("params", bad_params(evaluate={"bootstrap": -5}), 2,
+                                      r"-5 is outside \[0, 1000000\]$"),
+    "params_image_size_4096": Case("params", bad_params(data={"image_size": 4096}), 2,
+                                   r"4096 is too large \(at most 1024"),
+    "params_unknown_key": Case("params", unknown_key, 2, r"unknown key \(known: .*\blr\b"),
+    "params_bad_yaml": Case("params", bad_params(text="data:\n  root: [unclosed\n"), 2, r"not valid YAML \(expected ',' or '\]'.* at line 3, column 9\)$"),
+    # --- predict
+    "predict_output_is_input": Case("predict", output_overlap("equal"), 2, r"output folder is the input "),
+    "predict_output_inside_input": Case("predict", output_overlap("inside"), 2, r"output folder lies inside the input "),
+    "predict_output_contains_input": Case("predict", output_overlap("contains"), 2,
+                                          r"output folder contains the input "),
+    "predict_output_is_a_file": Case("predict", output_overlap("file"), 2, r"the output path exists and is not a folder"),
+    "predict_foreign_case_folder": Case("predict", foreign_case_folder, 2,
+                                        r"exists and was not written by predict \(no \.pipeline-predict marker\)",
+                                        check=failure_listed),
+    "predict_no_bundle": Case("predict", no_bundle, 2, r"missing: `evaluate` writes it"),
+    "predict_missing_input": Case("predict", missing_input, 2, r"no such file or folder$"),
+    "predict_bad_mask": Case("predict", bad_mask, 0, check=predicted_unlabelled(r"read without reference masks")),
+    "predict_without_masks": Case("predict", no_masks, 0, check=predicted_unlabelled(None)),
+}
+
+
+# ------------------------------------------------------------------------------------------ models
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model bundle of tiny untrained models at 64 px (LGG channel order), gate threshold 0."""
+    folder = tmp_path_factory.mktemp("bad_input_models") / "models"
+    keras.utils.set_random_seed(0)
+    image = keras.Input((SIZE, SIZE, 3), name="image")
+    x = keras.layers.Rescaling(1 / 255)(image)
+    x = keras.layers.Conv2D(4, 3, strides=4, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    classifier = keras.Model(image, keras.layers.Dense(1, activation="sigmoid", name="tumour_probability")(x))
+    sidecar = {"input_size": SIZE, "channels": list(LGG_CHANNELS)}
+    save_model(classifier, folder / "classifier.keras", {"kind": "classifier", **sidecar})
+    save_model(build_resunet(SIZE, (16, 32)), folder / "segmenter.keras",
+               {"kind": "segmenter", **sidecar, "threshold": 0.5})
+    Bundle(TaskSpec(SIZE, LGG_CHANNELS, {"mode": "as_stored", "clip_percentiles": None}), 0.0, "youden", 0.5,
+           PostProcessing()).write(folder)
+    return folder
+
+
+# ------------------------------------------------------------------------------------------ tests
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every entry under ``root`` -> sha256 of a file, "dir", or "link -> target" (links not followed)."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        key = str(path.relative_to(root))
+        if path.is_symlink():
+            found[key] = f"link -> {path.readlink()}"
+        elif path.is_dir():
+            found[key] = "dir"
+        else:
+            found[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+@pytest.mark.timeout(120, method="thread")
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                   caplog: pytest.LogCaptureFixture, request: pytest.FixtureRequest) -> None:
+    case = CASES[name]
+    monkeypatch.chdir(tmp_path)
+    models = request.getfixturevalue("models") if case.stage == "predict" else None
+    run = case.build(tmp_path, models)
+    capsys.readouterr()
+    caplog.clear()
+    inputs = {root: tree(root) if root.is_dir() else None for root in run.inputs}
+    before = tree(tmp_path)
+
+    code = main(run.argv)
+
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr and not [r for r in caplog.records if r.exc_info], stderr
+    assert code == case.exit, stderr
+    for root, digest in inputs.items():
+        assert (tree(root) if root.is_dir() else None) == digest, f"an input byte changed under {root}"
+    if case.exit == 2:
+        lines = stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {run.names}: "), stderr
+        assert re.search(case.message, lines[0]), lines[0]
+        after = tree(tmp_path)
+        changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+        changed -= {k for k in changed if k not in before and after[k] == "dir"  # an empty parent (data/) is
+                    and not any(v != "dir" for j, v in after.items() if j.startswith(f"{k}/"))}  # no output
+        assert changed <= set(run.allowed), f"written or changed: {sorted(changed)}"
+    else:
+        assert not stderr, stderr
+    if case.check is not None:
+        case.check(tmp_path, run, caplog)
+
+
+def doc_ids(text: str) -> list[str]:
+    """The ids in the first column of the table rows of docs/bad_inputs.md."""
+    return re.findall(r"^\|\s*`([a-z0-9_]+)`\s*\|", text, flags=re.MULTILINE)
+
+
+def test_doc_table_lists_exactly_these_cases() -> None:
+    ids = doc_ids(DOC.read_text())
+    assert len(ids) == len(set(ids)), "an id appears twice in docs/bad_inputs.md"
+    assert sorted(ids) == sorted(CASES), (sorted(set(ids) - set(CASES)), sorted(set(CASES) - set(ids)))
