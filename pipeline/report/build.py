@@ -457,7 +457,7 @@ def _params_table(params: Params) -> list[dict[str, Any]]:
     def show(value: Any) -> str:
         if isinstance(value, (list, tuple)):
             return "[" + ", ".join(map(str, value)) + "]"
-        return str(value)
+        return "null" if value is None else str(value)  # as params.yaml writes it
 
     return [{"section": section, "rows": [(key, show(value)) for key, value in values.items()]}
             for section, values in params.as_dict().items()]
