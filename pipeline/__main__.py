@@ -16,7 +16,7 @@ import logging
 import sys
 
 import pipeline.quiet  # noqa: F401  (before any library: no start-up noise on the console)
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, one_line
 
 STAGES = ("demo", "ingest", "split", "train_classifier", "train_segmenter", "evaluate", "report")
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         stage = importlib.import_module(f"pipeline.stages.{args.stage}")
         stage.run(params)
     except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
     return 0
 

@@ -20,3 +20,8 @@ class InputError(PipelineError):
 
 class ParamsError(PipelineError):
     """A missing, unknown or invalid key in params.yaml."""
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line for the console: line breaks and other control characters escaped."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)

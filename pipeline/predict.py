@@ -34,6 +34,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ from tqdm import tqdm
 from pipeline.bundle import CLASSIFIER_FILE, SEGMENTER_FILE, read_bundle
 from pipeline.cascade import Cascade, PostProcessing, combine
 from pipeline.case import Case
-from pipeline.errors import InputError, PipelineError
+from pipeline.errors import InputError, PipelineError, one_line
 from pipeline.explain import overlay_png
 from pipeline.params import DataParams
 from pipeline.paths import MODELS_DIR
@@ -222,9 +223,10 @@ class Predictor:
         {"status": "failed", "input", "error"} for a case that could not be read or predicted.
         Raises InputError only when ``path`` itself is unusable (missing, unrecognised, no cases).
         """
-        items = find_inputs(Path(path))
+        path = Path(os.path.abspath(path))  # "." and ".." name their folder, so case ids are folder names
+        items = find_inputs(path)
         out_dir = Path(out_dir)
-        check_output_dir(out_dir, [Path(path), *(item.path for item in items)])
+        check_output_dir(out_dir, [path, *(item.path for item in items)])
         results: list[dict[str, Any]] = []
         written: dict[str, str] = {}
         show_bar = len(items) > 1
@@ -236,13 +238,15 @@ class Predictor:
                     if case.patient_id in written:
                         raise InputError(item.path, f"case id {case.patient_id} was already predicted from "
                                                     f"{written[case.patient_id]}")
+                    folder = case_folder(out_dir, case.patient_id, item.path)
                     prediction = self.predict_case(case)
-                    summary = self.write_case(prediction, out_dir / case.patient_id, item)
+                    summary = self.write_case(prediction, folder, item)
                     written[case.patient_id] = str(item.path)
                     results.append(summary)
-                except PipelineError as e:
-                    log.error("failed: %s", e)
-                    results.append({"status": "failed", "input": str(item.path), "error": str(e)})
+                except (PipelineError, OSError) as e:
+                    error = str(e) if isinstance(e, PipelineError) else f"{e.filename or out_dir}: cannot write ({e.strerror or e})"
+                    log.error("failed: %s", one_line(error))
+                    results.append({"status": "failed", "input": str(item.path), "error": one_line(error)})
                 bar.update()
             bar.close()
         return results
@@ -263,9 +267,7 @@ class Predictor:
         case = p.case
         layout = (registry.for_kind(item.layout) if item is not None else None) or registry.for_source(case.source)
         kind = item.layout if item is not None else layout.case_kinds[0]
-        sources = [Path(item.path)] if item is not None else [Path(f) for f in case.meta.get("files", {}).values()]
-        check_no_overlap(folder, sources + ([Path(case.meta["path"])] if case.meta.get("path") else []),
-                         "case output folder")
+        check_no_overlap(folder, files_read(case, item), "case output folder")
         check_replaceable(folder)
         with atomic_dir(folder) as tmp:
             (tmp / OUTPUT_MARKER).write_text(json.dumps({"written_by": "python -m pipeline predict"}) + "\n")
@@ -318,12 +320,44 @@ class Predictor:
 OUTPUT_MARKER = ".pipeline-predict"
 
 
+RUN_INDEX = "predictions.json"
+
+
 def check_output_dir(out_dir: Path, inputs: list[Path]) -> None:
-    """Refuse, before anything is written, an output folder that is an existing file, or that is,
-    contains or lies inside any input (``check_no_overlap``): InputError naming the folder."""
+    """Refuse an output folder that is an existing file, a dangling link, or that is, contains or lies
+    inside any input (``check_no_overlap``); then create it. InputError naming the folder."""
+    if out_dir.is_symlink() and not out_dir.exists():
+        raise InputError(out_dir, "the output path is a dangling link; give a folder for -o")
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(out_dir, "the output path exists and is not a folder; give a folder for -o")
     check_no_overlap(out_dir, inputs)
+    if (out_dir / RUN_INDEX).is_dir():
+        raise InputError(out_dir / RUN_INDEX, "is a folder; predict writes its run index under this name")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(out_dir, f"cannot create the output folder ({e.strerror or e})") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise InputError(out_dir, "the output folder is not writable")
+
+
+def case_folder(out_dir: Path, case_id: str, source: Path) -> Path:
+    """out_dir/<case id>, or InputError naming ``source`` when the case id cannot name a folder of its own."""
+    if case_id in ("", ".", "..", RUN_INDEX) or "/" in case_id or "\0" in case_id or len(case_id.encode()) > 200:
+        raise InputError(source, f"case id {case_id!r} cannot name an output folder; rename the case")
+    return out_dir / case_id
+
+
+def files_read(case: Case, item: InputItem | None) -> list[Path]:
+    """Every path the case was read from: the input item, the case's folder or file and the files it names,
+    and the entries of those folders (so an input file linked into the output is caught too)."""
+    paths = [Path(item.path)] if item is not None else []
+    if case.meta.get("path"):
+        paths.append(Path(case.meta["path"]))
+    paths += [Path(f) for f in case.meta.get("files", {}).values()]
+    for folder in [p for p in paths if p.is_dir()]:
+        paths += list(folder.iterdir())
+    return paths
 
 
 def check_replaceable(folder: Path) -> None:

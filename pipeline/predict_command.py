@@ -13,9 +13,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, one_line
 from pipeline.paths import MODELS_DIR
-from pipeline.predict import Predictor, write_run_index
+from pipeline.predict import RUN_INDEX, Predictor, write_run_index
 from pipeline.validation import describe_cohort
 
 log = logging.getLogger("pipeline")
@@ -46,9 +46,14 @@ def main(argv: list[str], setup_logging: Callable[[bool], None]) -> int:
         predictor = Predictor.from_dir(args.models, threshold=args.threshold, batch_size=args.batch_size)
         results = predictor.predict_path(args.input, args.output)
     except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
-    index = write_run_index(results, args.output / "predictions.json")
+    try:
+        index = write_run_index(results, args.output / RUN_INDEX)
+    except OSError as e:
+        print(f"error: {one_line(f'{args.output / RUN_INDEX}: cannot write the run index ({e.strerror or e})')}",
+              file=sys.stderr)
+        return 2
     if index["validation"] is not None:
         log.info("external validation: %s", describe_cohort(index["validation"]))
     failed = [r for r in results if r["status"] != "ok"]

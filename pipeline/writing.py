@@ -64,18 +64,26 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yield a fresh temporary folder next to `target`; on success it replaces `target` whole."""
+    """Yield a fresh temporary folder next to `target`; on success it replaces `target` whole.
+
+    Only paths this call created are ever removed: the temporary folder, and the old `target` after it
+    was renamed to a fresh, uniquely named sibling (never a fixed name a user's folder could have).
+    """
     target = Path(target)
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise InputError(target, "is a link or a file, not a folder this program wrote; refusing to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    stem = target.name[:64]  # temporary names stay far below the 255-byte file-name limit
+    tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.tmp-", dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+    old = None
     try:
         yield tmp
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            target.rename(old)
+        if target.exists() or target.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{stem}.old-", dir=target.parent))
+            os.replace(target, old)  # rename(2) onto the fresh empty folder
         tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

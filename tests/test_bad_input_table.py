@@ -11,6 +11,7 @@ the one error line says. ``test_doc_table_lists_exactly_these_cases`` keeps the 
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import re
@@ -235,6 +236,15 @@ def brats_damage(damage: str) -> Callable[..., Run]:
             flip = np.diag([-1.0, 1.0, 1.0, 1.0])  # same shape and origin, the x axis running the other way
             nib.save(nib.Nifti1Image(np.asarray(nib.load(seg).dataobj), flip), seg)
             named = seg
+        elif damage in ("complex", "huge_header"):
+            named = case / f"{BRATS[1]}_t1.nii.gz"
+            t1 = nib.load(named)
+            if damage == "complex":
+                nib.save(nib.Nifti1Image(np.asarray(t1.dataobj).astype(np.complex64), t1.affine), named)
+            else:  # a corrupt header: 30000^3 voxels claimed, the data of 40x40x12
+                raw = bytearray(nib.Nifti1Image(np.asarray(t1.dataobj), t1.affine).to_bytes())
+                raw[42:48] = np.full(3, 30000, "<i2").tobytes()  # dim[1:4] (dim: int16[8] at byte 40)
+                named.write_bytes(gzip.compress(bytes(raw)))
         elif damage == "unknown_label":
             labels = np.asarray(nib.load(seg).dataobj).copy()
             labels[15, 13, 5] = 3
@@ -244,6 +254,30 @@ def brats_damage(damage: str) -> Callable[..., Run]:
             raise ValueError(damage)
         return ingest(tmp, root, named, source="brats2021")
     return build
+
+
+def case_linked_into_store(tmp: Path, models: Path) -> Run:
+    """A case folder of the root that is a link into data/slices/, which ingest is about to replace."""
+    kept = lgg_case(tmp / "data" / "slices", A)  # e.g. data kept next to a previous store
+    root = kaggle_root(tmp, (B, PATIENTS[2]))
+    (root / A).symlink_to(kept, target_is_directory=True)
+    return ingest(tmp, root, "data/slices")
+
+
+def root_named_like_an_old_store(tmp: Path, models: Path) -> Run:
+    """data.root is data/.slices.old, the name a replaced store used to be parked under (and deleted)."""
+    (tmp / "data" / "slices").mkdir(parents=True)
+    (tmp / "data" / "slices" / "manifest.csv").write_text("a previous store\n")
+    root = tmp / "data" / ".slices.old"
+    for name in PATIENTS:
+        lgg_case(root, name)
+    return ingest(tmp, root, root)
+
+
+def root_kept(tmp: Path, run: Run, caplog: pytest.LogCaptureFixture) -> None:
+    assert len(list((tmp / "data" / ".slices.old").rglob("*.tif"))) == 2 * SLICES * len(PATIENTS)
+    assert (tmp / "data" / "slices" / "manifest.csv").read_text().startswith("patient_id")  # the new store
+    assert not [p for p in (tmp / "data").iterdir() if p.name not in ("slices", ".slices.old")]
 
 
 def decathlon_without_label(tmp: Path, models: Path) -> Run:
@@ -427,6 +461,24 @@ def predicted_unlabelled(warning: str | None) -> Callable[..., None]:
     return check
 
 
+def dangling_output(tmp: Path, models: Path) -> Run:
+    out = tmp / "predictions"
+    out.symlink_to(tmp / "nowhere")
+    return predict(tmp, models, scans(tmp), out, out)
+
+
+def input_linked_into_output(tmp: Path, models: Path) -> Run:
+    """A mask of the input is a link to a file of an earlier prediction folder (say, a pseudo-label): the
+    new prediction would replace that folder and so change the input."""
+    source = scans(tmp)
+    out = tmp / "predictions"
+    assert main(["predict", str(source / A), "-o", str(out), "--models", str(models)]) == 0
+    mask = source / A / f"{A}_2_mask.tif"
+    mask.unlink()
+    mask.symlink_to(out / A / f"{A}_2_mask.tif")
+    return predict(tmp, models, source / A, out, out / A, allowed=("predictions/predictions.json",))
+
+
 def missing_input(tmp: Path, models: Path) -> Run:
     source = tmp / "scans" / "TCGA_CS_4941_1996"
     (tmp / "scans").mkdir()
@@ -459,6 +511,11 @@ CASES: dict[str, Case] = {
                                     r"must share one voxel grid; resample one onto the other\)$"),
     "brats_unknown_label": Case("ingest", brats_damage("unknown_label"), 2,
                                 r"unexpected label values \[3\] \(declared: \[0, 1, 2, 4\]\)$"),
+    "nifti_complex": Case("ingest", brats_damage("complex"), 2, r"voxel type complex64 is not a real number"),
+    "nifti_huge_header": Case("ingest", brats_damage("huge_header"), 2,
+                              r"header claims shape \(30000, 30000, 30000\) .*: not a brain MRI volume$"),
+    "case_linked_into_store": Case("ingest", case_linked_into_store, 2, r"the slice store contains the input "),
+    "root_named_like_an_old_store": Case("ingest", root_named_like_an_old_store, 0, check=root_kept),
     "decathlon_image_without_label": Case("ingest", decathlon_without_label, 2,
                                           r"image without label \(no labelsTr/ file of this name\)$"),
     # --- ingest: tolerated
@@ -491,6 +548,9 @@ CASES: dict[str, Case] = {
                                         r"exists and was not written by predict \(no \.pipeline-predict marker\)",
                                         check=failure_listed),
     "predict_no_bundle": Case("predict", no_bundle, 2, r"missing: `evaluate` writes it"),
+    "predict_output_dangling_link": Case("predict", dangling_output, 2, r"the output path is a dangling link"),
+    "predict_input_linked_into_output": Case("predict", input_linked_into_output, 2,
+                                             r"case output folder contains the input \S+_2_mask\.tif"),
     "predict_missing_input": Case("predict", missing_input, 2, r"no such file or folder$"),
     "predict_bad_mask": Case("predict", bad_mask, 0, check=predicted_unlabelled(r"read without reference masks")),
     "predict_without_masks": Case("predict", no_masks, 0, check=predicted_unlabelled(None)),

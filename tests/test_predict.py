@@ -503,3 +503,33 @@ def test_external_validation_on_the_shared_real_scans(layout: str, predictor: Pr
         pred = np.asarray(nib.load(tmp_path / path.name / f"{path.name}_mask.nii.gz").dataobj) > 0
         assert scores["truth_volume"] == pytest.approx(truth.sum() / 1000, rel=0.1)  # ml at 1 mm voxels
     assert scores["dice"] == pytest.approx(dice(truth, pred), abs=0.1)
+
+
+def test_predict_on_dot_names_the_case_by_its_folder(models: Path, inputs: dict[str, Path], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`predict .` from inside a case folder: the case id is the folder's name (it used to be "", so the
+    'case folder' was -o itself, and a second run wiped every other case and file in it)."""
+    case = shutil.copytree(inputs["brats"], tmp_path / "in" / inputs["brats"].name)
+    out = tmp_path / "out"
+    (out / "TCGA_other").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    monkeypatch.chdir(case)
+    for _ in range(2):
+        assert main(["predict", ".", "-o", str(out), "--models", str(models)]) == 0
+    assert (out / case.name / OUTPUT_MARKER).is_file() and not (out / OUTPUT_MARKER).exists()
+    assert (out / "notes.txt").read_text() == "mine" and (out / "TCGA_other").is_dir()
+
+
+def test_decathlon_labels_are_scored_by_predict(predictor: Predictor, inputs: dict[str, Path], tmp_path: Path) -> None:
+    """A Decathlon task folder with labelsTr/: external validation reads the label map of each image."""
+    root = tmp_path / "Task01_BrainTumour"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    shutil.copy(inputs["decathlon"], root / "imagesTr" / "BRATS_001.nii.gz")
+    truth = nib.load(inputs["decathlon_truth"])
+    labels = np.asarray(truth.dataobj).copy()
+    labels[labels == 4] = 3  # BraTS 4 (enhancing) is Decathlon 3
+    nib.save(nib.Nifti1Image(labels, truth.affine), root / "labelsTr" / "BRATS_001.nii.gz")
+    [result] = predictor.predict_path(root, tmp_path / "out")
+    assert result["status"] == "ok" and result["validation"] is not None
+    assert result["validation"]["dice"] >= MIN_DICE["decathlon"] - 0.1

@@ -313,13 +313,21 @@ def _raise(path: Path, problem: str) -> Case:
 
 def read_decathlon(path: Path, data: DataParams, *, labels: str) -> Case:
     """One Decathlon 4D image -> Case, its dataset.json found two folders up. labels "required": with its
-    ``labelsTr/`` file of the same name (InputError when there is none); "optional": the image alone."""
+    ``labelsTr/`` file of the same name (InputError when there is none); "optional": with that file when it
+    is there and valid (scored by predict), else the image alone, with a warning for a bad label map."""
     check_labels_mode(labels)
     path = Path(path)
     check_file(path)  # a dangling link or a FIFO named like a scan: say so (a FIFO would block)
-    if labels == "optional":
-        return read_decathlon_case(path, data)
     label = path.parent.parent / "labelsTr" / path.name
+    if labels == "optional":
+        if path.parent.name == "imagesTr" and label.is_file():
+            try:
+                return read_decathlon_case(path, data, label)
+            except InputError as e:
+                if e.path != label:
+                    raise
+                log.warning("%s; %s is read without its label map", e, nifti_stem(path))
+        return read_decathlon_case(path, data)
     if not label.exists():
         raise InputError(path, "image without label (no labelsTr/ file of this name)")
     return read_decathlon_case(path, data, label)

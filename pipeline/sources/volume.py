@@ -31,6 +31,7 @@ Geometry dict (JSON-serialisable, stored in the slice store's patients.json)::
 
 from __future__ import annotations
 
+import logging
 import re
 import zlib
 from collections.abc import Mapping, Sequence
@@ -50,6 +51,10 @@ from pipeline.errors import InputError
 from pipeline.params import DataParams
 from pipeline.sources.files import check_file
 from pipeline.sources.layout import WrittenMask
+
+# nibabel prints its warnings (e.g. "pixdim[1,2,3] should be non-zero") on stderr through a handler of its
+# own; without it they reach the pipeline's log once, as warnings naming nibabel.
+logging.getLogger("nibabel.global").handlers.clear()
 
 # Pad/crop (not resize) when the slice and the target size differ by at most this factor.
 PAD_CROP_MAX_RATIO = 1.25
@@ -114,6 +119,10 @@ class CanonicalVolume:
     spacing_mm: tuple[float, float, float]  # voxel size along canonical X, Y, Z
 
 
+# A brain MRI volume is tens of MB; a header claiming more than this is corrupt (or not a scan).
+MAX_VOLUME_BYTES = 4 * 2**30
+
+
 def load_canonical(path: Path, ndim: int) -> CanonicalVolume:
     """Read a NIfTI whose data has ``ndim`` dimensions (3 or 4) and reorient it to canonical RAS+.
 
@@ -127,11 +136,20 @@ def load_canonical(path: Path, ndim: int) -> CanonicalVolume:
             shape = image.shape
         if len(shape) != ndim:
             raise InputError(path, f"expected a {ndim}D image, got shape {tuple(shape)}")
+        dtype = image.get_data_dtype()
+        if dtype.kind not in "iuf" or dtype.fields is not None:
+            raise InputError(path, f"voxel type {dtype} is not a real number (complex, RGB and structured "
+                                   "NIfTIs are not scans this pipeline reads)")
+        n_bytes = int(np.prod(shape, dtype=np.float64)) * max(dtype.itemsize, 4)
+        if n_bytes > MAX_VOLUME_BYTES:
+            raise InputError(path, f"header claims shape {tuple(shape)} ({n_bytes / 2**30:.1f} GiB in memory; "
+                                   f"at most {MAX_VOLUME_BYTES / 2**30:.0f} GiB): not a brain MRI volume")
         canonical = nib.as_closest_canonical(image)
         data = np.asarray(canonical.dataobj)
     except InputError:
         raise
-    except (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, ValueError) as e:
+    except (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, ValueError, TypeError,
+            MemoryError) as e:
         raise InputError(path, f"not a readable NIfTI file ({type(e).__name__}: {e})") from None
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         raise InputError(path, "contains NaN or infinite values")

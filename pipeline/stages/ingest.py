@@ -8,7 +8,7 @@ import time
 from pipeline.params import Params
 from pipeline.paths import SLICES_DIR
 from pipeline.slices import write_store
-from pipeline.sources import read_cases
+from pipeline.sources import list_case_paths, read_cases
 from pipeline.writing import check_no_overlap
 
 log = logging.getLogger(__name__)
@@ -19,7 +19,10 @@ WRITES = (SLICES_DIR,)
 
 
 def run(params: Params) -> None:
-    check_no_overlap(SLICES_DIR, [params.data.root], "the slice store")  # never write over the data it reads
+    # Never write over the data it reads: the root, each case (links resolved) and what a case folder holds.
+    cases = list_case_paths(params.data)
+    inside = [entry for case in cases if case.is_dir() for entry in case.iterdir()]
+    check_no_overlap(SLICES_DIR, [params.data.root, *cases, *inside], "the slice store")
     start = time.perf_counter()
     manifest = write_store(read_cases(params.data), SLICES_DIR)
     seconds = time.perf_counter() - start
