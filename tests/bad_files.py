@@ -79,3 +79,13 @@ def make_bad_entry(path: Path, kind: str) -> None:
         path.write_bytes(b"")
     else:
         raise ValueError(kind)
+
+
+def junk(folder: Path, like: str) -> None:
+    """What macOS and Windows leave next to copied data: .DS_Store, a ._* AppleDouble file named like
+    ``like``, and a __MACOSX/ copy of its layout (a slice TIFF and a NIfTI)."""
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (folder / f"._{like}").write_bytes(b"\0\5\26\7")
+    (folder / "__MACOSX" / like).mkdir(parents=True)
+    (folder / "__MACOSX" / like / f"._{like}_1.tif").write_bytes(b"\0\5\26\7")
+    (folder / "__MACOSX" / like / f"._{like}_flair.nii.gz").write_bytes(b"\0\5\26\7")

@@ -27,7 +27,7 @@ import pandas as pd
 import pytest
 import tifffile
 import yaml
-from bad_files import make_bad_entry, truncate, write_compressed_tiff
+from bad_files import junk, make_bad_entry, truncate, write_compressed_tiff
 
 import pipeline.nets  # noqa: F401  (registers the custom layers)
 from pipeline.__main__ import main
@@ -126,14 +126,6 @@ def write_params(tmp: Path, data: dict | None = None, **sections: dict) -> Path:
     path = tmp / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
-
-
-def junk(folder: Path, like: str) -> None:
-    """What macOS leaves next to copied data: .DS_Store, a ._* AppleDouble file, a __MACOSX/ copy."""
-    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
-    (folder / f"._{like}").write_bytes(b"\0\5\26\7")
-    (folder / "__MACOSX" / like).mkdir(parents=True)
-    (folder / "__MACOSX" / like / f"._{like}_1.tif").write_bytes(b"\0\5\26\7")
 
 
 # ------------------------------------------------------------------------------------------ cases

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import tifffile
-from bad_files import BAD_ENTRIES, make_bad_entry, truncate, write_compressed_tiff
+from bad_files import BAD_ENTRIES, junk, make_bad_entry, truncate, write_compressed_tiff
 
 from pipeline.case import LGG_CHANNELS
 from pipeline.errors import InputError
@@ -45,15 +45,6 @@ def brats_case(parent: Path, name: str = BRATS) -> Path:
     seg[10:14, 8:12, 4:7] = 2
     nib.save(nib.Nifti1Image(seg, np.eye(4)), folder / f"{name}_seg.nii.gz")
     return folder
-
-
-def junk(folder: Path, like: str) -> None:
-    """.DS_Store, a ._* AppleDouble file named like ``like``, and a __MACOSX/ copy of its layout."""
-    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
-    (folder / f"._{like}").write_bytes(b"\0\5\26\7")
-    (folder / "__MACOSX" / like).mkdir(parents=True)
-    (folder / "__MACOSX" / like / f"._{like}_1.tif").write_bytes(b"\0\5\26\7")
-    (folder / "__MACOSX" / like / f"._{like}_flair.nii.gz").write_bytes(b"\0\5\26\7")
 
 
 @pytest.fixture
