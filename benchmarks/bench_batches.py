@@ -15,7 +15,7 @@ augment and serial: slices per wall second (median over
 calls) and per CPU second of the process (``*_per_cpu_s``: what a core gives when it is yours,
 meaningful when other jobs share the machine). serial: ``SliceBatches[i]`` in a loop (read + augment +
 targets) on the calling thread. enqueued: through Keras' PyDataset adapter with --workers /
---multiprocessing / --queue (default: pipeline.batches' defaults), as ``fit`` runs it; with one
+--multiprocessing / --queue (default: pipeline.models.batches' defaults), as ``fit`` runs it; with one
 worker and no multiprocessing that is a plain generator on the calling thread.
 
 With --model resnet50|resunet: the issue's headline, training throughput with the real input
@@ -58,8 +58,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import keras  # noqa: E402
 from bench_store import build_store  # noqa: E402
 
-from pipeline.augment import AUGMENT_THREADS, augment_batch  # noqa: E402
-from pipeline.batches import (  # noqa: E402
+from pipeline.models.augment import AUGMENT_THREADS, augment_batch  # noqa: E402
+from pipeline.models.batches import (  # noqa: E402
     DEFAULT_MAX_QUEUE_SIZE,
     DEFAULT_USE_MULTIPROCESSING,
     DEFAULT_WORKERS,
@@ -184,16 +184,16 @@ def build_model(name: str, size: int) -> tuple[keras.Model, str, str]:
     """(model, target, where the model came from): the project's nets, or a stand-in of the same kind."""
     if name == "resnet50":
         try:
-            from pipeline.nets.classifier import build_classifier
+            from pipeline.models.nets.classifier import build_classifier
         except ImportError:
             return _standin_resnet50(size), "label", "stand-in keras.applications.ResNet50 + head"
         built = build_classifier(size, "resnet50", weights="none")
-        return (built[0] if isinstance(built, tuple) else built), "label", "pipeline.nets.classifier"
+        return (built[0] if isinstance(built, tuple) else built), "label", "pipeline.models.nets.classifier"
     try:
-        from pipeline.nets.resunet import build_resunet
+        from pipeline.models.nets.resunet import build_resunet
     except ImportError:
         return _standin_resunet(size), "mask", "stand-in ResUNet 16-32-64-128-256"
-    return build_resunet(size), "mask", "pipeline.nets.resunet"
+    return build_resunet(size), "mask", "pipeline.models.nets.resunet"
 
 
 def _standin_resnet50(size: int) -> keras.Model:

@@ -6,7 +6,7 @@ One JSON line per measurement:
      "cpu_s_per_slice": ..., ...}
     {"benchmark": "integrated_gradients", "size": 256, "steps": 32, "slices_per_s": ..., ...}
 
-gradcam: ``pipeline.explain.grad_cam`` on --slices random slices in batches of --batch-size (the
+gradcam: ``pipeline.evaluation.explain.grad_cam`` on --slices random slices in batches of --batch-size (the
 gradient runs from the output back to the last conv block only; target >= 5 slices/s at 256 px on
 a 2-core CPU); inference: ``predict_on_batch`` on the same batches, for scale. With --full-tape,
 also the whole-graph tape variant (``mode="full"``) for comparison. integrated_gradients:
@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import keras  # noqa: E402
 
-from pipeline import gradients  # noqa: E402
-from pipeline.explain import grad_cam, integrated_gradients  # noqa: E402
+from pipeline.evaluation import gradients  # noqa: E402
+from pipeline.evaluation.explain import grad_cam, integrated_gradients  # noqa: E402
 
 log = logging.getLogger("bench_gradcam")
 
@@ -42,9 +42,9 @@ log = logging.getLogger("bench_gradcam")
 def classifier(size: int) -> tuple[keras.Model, str, str]:
     """(model, Grad-CAM layer, which builder): the project's classifier if importable, else a stand-in."""
     try:
-        from pipeline.nets.classifier import build_classifier
+        from pipeline.models.nets.classifier import build_classifier
     except ImportError as e:
-        log.warning("pipeline.nets.classifier not importable (%s); using a stand-in ResNet50", e)
+        log.warning("pipeline.models.nets.classifier not importable (%s); using a stand-in ResNet50", e)
     else:
         model, info = build_classifier(size, backbone="resnet50", weights="none")
         return model, info["last_conv_layer"], "build_classifier"

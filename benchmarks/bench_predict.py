@@ -35,14 +35,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.bundle import Bundle  # noqa: E402
-from pipeline.cascade import Cascade, PostProcessing  # noqa: E402
-from pipeline.case import LGG_CHANNELS  # noqa: E402
-from pipeline.demo_data import write_brats2021  # noqa: E402
-from pipeline.nets import build_classifier, build_resunet  # noqa: E402
+from pipeline.data.case import LGG_CHANNELS  # noqa: E402
+from pipeline.data.demo import write_brats2021  # noqa: E402
+from pipeline.data.task import TaskSpec  # noqa: E402
+from pipeline.evaluation.bundle import Bundle  # noqa: E402
+from pipeline.evaluation.cascade import Cascade  # noqa: E402
+from pipeline.evaluation.postprocess import PostProcessing  # noqa: E402
+from pipeline.models.nets import build_classifier, build_resunet  # noqa: E402
+from pipeline.models.training import save_model  # noqa: E402
 from pipeline.predict import Predictor  # noqa: E402
-from pipeline.task import TaskSpec  # noqa: E402
-from pipeline.training import save_model  # noqa: E402
 
 log = logging.getLogger("bench_predict")
 

@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.case import Case
+from pipeline.data.case import Case
+from pipeline.data.sources import read_brats2021_case, read_decathlon_case
+from pipeline.data.sources.brats import decathlon_pairs
 from pipeline.params import DataParams
-from pipeline.sources import read_brats2021_case, read_decathlon_case
-from pipeline.sources.brats import decathlon_pairs
 
 SHARED_BRATS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brats"
 log = logging.getLogger("bench_read_brats")

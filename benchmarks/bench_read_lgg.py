@@ -4,7 +4,7 @@
 
 Reads every case (image + mask TIFFs, checked and stacked) and prints one JSON line:
 {"benchmark": "read_lgg", "slices": N, "seconds": t, "slices_per_s": x} (best of --repeat runs).
---store also writes the slice store (pipeline.slices.write_store) to a temporary folder and
+--store also writes the slice store (pipeline.data.slices.write_store) to a temporary folder and
 reports that as "ingest_lgg". Default root: ../shared/data/lgg/kaggle_3m next to the repository.
 """
 
@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline.data.slices import write_store
+from pipeline.data.sources import read_cases
 from pipeline.params import DataParams
-from pipeline.slices import write_store
-from pipeline.sources import read_cases
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lgg" / "kaggle_3m"
 log = logging.getLogger("bench_read_lgg")

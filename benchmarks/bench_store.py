@@ -26,8 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.case import LGG_CHANNELS, Case  # noqa: E402
-from pipeline.slices import SliceStore, write_store  # noqa: E402
+from pipeline.data.case import LGG_CHANNELS, Case  # noqa: E402
+from pipeline.data.slices import SliceStore, write_store  # noqa: E402
 
 log = logging.getLogger("bench_store")
 

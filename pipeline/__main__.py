@@ -4,7 +4,7 @@ Every DVC stage calls exactly this. A PipelineError (bad input, bad params) is p
 line and the exit code is 2; nothing half-written is left behind by the stages.
 
 ``python -m pipeline predict INPUT -o OUTDIR`` runs the trained cascade on new scans (see
-``pipeline.predict_command`` and ``pipeline.predict``); exit code 0 when every case succeeded, 1 when some failed, 2 when all failed
+``pipeline.predict.command`` and ``pipeline.predict``); exit code 0 when every case succeeded, 1 when some failed, 2 when all failed
 or the command itself is unusable (bad arguments, missing models, unrecognised input).
 """
 
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "predict":
         # Imported by name, like the stages: the stages do not depend on the predict command's code.
-        return importlib.import_module("pipeline.predict_command").main(argv[1:], _setup_logging)
+        return importlib.import_module("pipeline.predict.command").main(argv[1:], _setup_logging)
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0],
                                      epilog="Prediction on new scans: python -m pipeline predict INPUT -o OUTDIR "
                                             "(python -m pipeline predict --help)")

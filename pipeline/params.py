@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.case import SEQUENCES
+from pipeline.data.case import SEQUENCES
 from pipeline.errors import ParamsError
 
 SOURCES = ("demo", "lgg", "brats2021", "decathlon")

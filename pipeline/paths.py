@@ -12,6 +12,6 @@ REPORTS_DIR = Path("reports")
 TRAIN_CLASSIFIER_DIR = REPORTS_DIR / "train_classifier"
 TRAIN_SEGMENTER_DIR = REPORTS_DIR / "train_segmenter"
 EVAL_DIR = REPORTS_DIR / "eval"
-METRICS_JSON = REPORTS_DIR / "metrics.json"  # the headline (DVC metrics), see pipeline/outputs_schema.py
+METRICS_JSON = REPORTS_DIR / "metrics.json"  # the headline (DVC metrics), see pipeline/evaluation/schema.py
 METRICS_FULL_JSON = EVAL_DIR / "metrics_full.json"  # every metric of evaluate
 REPORT_HTML = REPORTS_DIR / "index.html"

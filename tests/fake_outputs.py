@@ -11,7 +11,7 @@
 
 The numbers are random but plausible and consistent with each other (the metrics in metrics_full.json
 are computed from the fake slice and patient tables); both metrics files are written through
-``pipeline.outputs_schema``, so they have exactly the keys evaluate writes. Everything is seeded: the same arguments
+``pipeline.evaluation.schema``, so they have exactly the keys evaluate writes. Everything is seeded: the same arguments
 give the same files. Example::
 
     run = write_fake_outputs(tmp_path, n_patients=20, seed=1)
@@ -33,9 +33,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pipeline import outputs_schema
+from pipeline.data.slices import file_stem
+from pipeline.evaluation import schema
 from pipeline.params import Params, params_from_dict
-from pipeline.slices import file_stem
 
 REPO = Path(__file__).resolve().parents[1]
 GROUPS = ("TP", "FP", "FN", "TN")
@@ -157,9 +157,9 @@ def write_fake_outputs(root: str | Path, *, n_patients: int = 30, slices_per_pat
         "val_specificity": metrics["val"]["classifier"]["specificity"]}, indent=2))
     (eval_dir / "gallery.json").write_text(json.dumps(gallery, indent=2))
     (eval_dir / "cases.json").write_text(json.dumps(cases, indent=2))
-    outputs_schema.check(metrics, name="the fake metrics")
+    schema.check(metrics, name="the fake metrics")
     (eval_dir / "metrics_full.json").write_text(json.dumps(_nulls(metrics), indent=2))
-    (reports_dir / "metrics.json").write_text(json.dumps(_nulls(outputs_schema.headline(metrics)), indent=2))
+    (reports_dir / "metrics.json").write_text(json.dumps(_nulls(schema.headline(metrics)), indent=2))
 
     epochs = params.train.epochs
     clf_summary = _write_dvclive(rng, reports_dir / "train_classifier", epochs, "auc", ("loss", "auc", "accuracy"),

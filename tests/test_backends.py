@@ -55,14 +55,14 @@ WORKER = textwrap.dedent('''
     import keras
     import numpy as np
 
-    from pipeline.cascade import Cascade
-    from pipeline.losses import get_loss
-    from pipeline.nets.classifier import build_classifier
-    from pipeline.nets.layers import BackbonePreprocess
-    from pipeline.nets.resunet import build_resunet
+    from pipeline.evaluation.cascade import Cascade
+    from pipeline.models.losses import get_loss
+    from pipeline.models.nets.classifier import build_classifier
+    from pipeline.models.nets.layers import BackbonePreprocess
+    from pipeline.models.nets.resunet import build_resunet
     from pipeline.params import TrainParams
-    from pipeline.seg_metrics import DiceAt, IoUAt
-    from pipeline.training import save_model, setup
+    from pipeline.models.seg_metrics import DiceAt, IoUAt
+    from pipeline.models.training import save_model, setup
 
     SIZE = 32
 
@@ -131,7 +131,7 @@ WORKER = textwrap.dedent('''
     def mixed():
         """One epoch of a tiny classifier and a ResUNet under train.mixed_precision, compiled as the stages
         compile them: what runs in float16 and what in float32."""
-        import pipeline.losses as losses
+        import pipeline.models.losses as losses
 
         setup(TrainParams(lr=1e-3, epochs=1, batch_size=4, seed=0, mixed_precision=True))
         classifier, segmenter = compile_like_the_stages(tiny_classifier(), build_resunet(SIZE, (16, 32), 1))

@@ -29,15 +29,15 @@ import tifffile
 import yaml
 from bad_files import junk, make_bad_entry, truncate, write_compressed_tiff
 
-import pipeline.nets  # noqa: F401  (registers the custom layers)
+import pipeline.models.nets  # noqa: F401  (registers the custom layers)
 from pipeline.__main__ import main
-from pipeline.bundle import Bundle
-from pipeline.cascade import PostProcessing
-from pipeline.case import LGG_CHANNELS
-from pipeline.nets import build_resunet
+from pipeline.data.case import LGG_CHANNELS
+from pipeline.data.task import TaskSpec
+from pipeline.evaluation.bundle import Bundle
+from pipeline.evaluation.postprocess import PostProcessing
+from pipeline.models.nets import build_resunet
+from pipeline.models.training import save_model
 from pipeline.predict import OUTPUT_MARKER
-from pipeline.task import TaskSpec
-from pipeline.training import save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "bad_inputs.md"

@@ -11,17 +11,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.augment import (
+from pipeline.data.case import LGG_CHANNELS, Case
+from pipeline.data.slices import SliceStore, write_store
+from pipeline.models.augment import (
     apply_geometric,
     apply_intensity,
     augment_batch,
     default_threads,
     random_affine_params,
 )
-from pipeline.batches import SliceBatches, class_weights_from, in_memory
-from pipeline.case import LGG_CHANNELS, Case
+from pipeline.models.batches import SliceBatches, class_weights_from, in_memory
 from pipeline.params import AugmentParams
-from pipeline.slices import SliceStore, write_store
 
 AUG = AugmentParams(enabled=True, flip=True, rotate_deg=10.0, shift=0.05, zoom=0.1, brightness=0.1, contrast=0.1)
 STRONG_GEOMETRY = AugmentParams(enabled=True, flip=True, rotate_deg=30.0, shift=0.1, zoom=0.2,
@@ -126,7 +126,7 @@ def test_fused_augmentation_equals_geometric_then_intensity():
 
 @pytest.mark.parametrize("threads", [2, 3, 8])
 def test_augmentation_does_not_depend_on_thread_count(threads, monkeypatch):
-    monkeypatch.setattr("pipeline.augment.MIN_VALUES_FOR_THREADS", 0)  # thread even these small slices
+    monkeypatch.setattr("pipeline.models.augment.MIN_VALUES_FOR_THREADS", 0)  # thread even these small slices
     images = np.random.default_rng(11).integers(0, 256, (7, 40, 40, 3), dtype=np.uint8)
     masks = blob_masks(np.random.default_rng(12), 7, 40)
     x1, m1 = augment_batch(images, masks, np.random.default_rng(13), AUG, threads=1)

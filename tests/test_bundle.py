@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.bundle import Bundle, read_bundle
-from pipeline.cascade import PostProcessing
+from pipeline.data.task import TARGET_REGIONS, TaskSpec, target_mask
 from pipeline.errors import InputError
-from pipeline.task import TARGET_REGIONS, TaskSpec, target_mask
+from pipeline.evaluation.bundle import Bundle, read_bundle
+from pipeline.evaluation.postprocess import PostProcessing
 
 TASK = TaskSpec(128, ("t1", "flair", "t1gd"), {"mode": "per_volume", "clip_percentiles": [0.5, 99.5]})
 

@@ -13,7 +13,7 @@ import pytest
 import tifffile
 from scipy import ndimage
 
-from pipeline import demo_data as demo
+from pipeline.data import demo
 from pipeline.params import DataParams, DemoParams
 
 CASE_NAME = re.compile(r"^TCGA_[A-Z]{2}_[A-Z0-9]{4}_\d{8}$")
@@ -236,9 +236,9 @@ def _data_params(source: str, root: Path, size: int) -> DataParams:
 
 
 def test_kaggle_3m_reads_back_through_the_lgg_reader(small: tuple[Path, list[str]]) -> None:
-    sources = pytest.importorskip("pipeline.sources")
+    sources = pytest.importorskip("pipeline.data.sources")
     if not hasattr(sources, "read_cases"):
-        pytest.skip("pipeline.sources.read_cases not there yet")
+        pytest.skip("pipeline.data.sources.read_cases not there yet")
     root, names = small
     cases = list(sources.read_cases(_data_params("demo", root, SIZE)))
     assert [c.patient_id for c in cases] == sorted(names)
@@ -253,9 +253,9 @@ def test_kaggle_3m_reads_back_through_the_lgg_reader(small: tuple[Path, list[str
 
 
 def test_brats2021_reads_back_through_the_brats_reader(brats: tuple[Path, list[str]]) -> None:
-    brats_reader = pytest.importorskip("pipeline.sources.brats")
+    brats_reader = pytest.importorskip("pipeline.data.sources.brats")
     if not hasattr(brats_reader, "read_brats2021_case"):
-        pytest.skip("pipeline.sources.brats.read_brats2021_case not there yet")
+        pytest.skip("pipeline.data.sources.brats.read_brats2021_case not there yet")
     root, names = brats
     for name in names:
         case = brats_reader.read_brats2021_case(root / name, _data_params("brats2021", root, 48))

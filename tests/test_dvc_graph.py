@@ -99,10 +99,10 @@ def test_dvc_yaml_has_every_stage():
 def test_the_import_walk_finds_what_a_stage_runs():
     """A check on the checker: the evaluate stage reaches the nets through training and cascade."""
     modules = stage_modules("evaluate")
-    assert {"pipeline.nets.resunet", "pipeline.params", "pipeline.__main__", "pipeline.stages"} <= set(modules)
+    assert {"pipeline.models.nets.resunet", "pipeline.params", "pipeline.__main__", "pipeline.stages"} <= set(modules)
     assert "pipeline.predict" not in modules, "predict_main's imports are not run by a stage"
-    assert "pipeline.demo_data" not in stage_modules("ingest"), "editing the demo generator must not re-ingest"
-    assert "pipeline.demo_data" in stage_modules("demo")
+    assert "pipeline.data.demo" not in stage_modules("ingest"), "editing the demo generator must not re-ingest"
+    assert "pipeline.data.demo" in stage_modules("demo")
 
 
 @pytest.mark.parametrize("stage", STAGES)

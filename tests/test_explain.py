@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from keras import layers
 
-from pipeline import gradients
-from pipeline.explain import (
+from pipeline.evaluation import gradients
+from pipeline.evaluation.explain import (
     grad_cam,
     integrated_gradients,
     integrated_gradients_raw,
@@ -205,7 +205,7 @@ def test_falls_back_to_a_full_tape_when_keras_cannot_cut(monkeypatch, caplog) ->
 
     monkeypatch.setattr(gradients, "_split_at", refuse)
     gradients.clear_cache(model)
-    with caplog.at_level("WARNING", logger="pipeline.gradients"):
+    with caplog.at_level("WARNING", logger="pipeline.evaluation.gradients"):
         _, grads, _ = gradients.output_and_layer_grad(model, "mid", x)
     assert "whole-graph tape" in caplog.text
     np.testing.assert_allclose(grads, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
@@ -286,7 +286,7 @@ def test_triptych_png(tmp_path) -> None:
 
 def test_grad_cam_on_the_project_classifier() -> None:
     """The ResNet50 classifier cuts at its last conv block into a pure chain head (GAP -> Dropout -> Dense)."""
-    classifier = pytest.importorskip("pipeline.nets.classifier")
+    classifier = pytest.importorskip("pipeline.models.nets.classifier")
     model, info = classifier.build_classifier(64, backbone="resnet50", weights="none")
     cut = gradients._cut_model(model, model.get_layer(info["last_conv_layer"]).output)
     assert cut.n_carried == 0
@@ -298,7 +298,7 @@ def test_grad_cam_on_the_project_classifier() -> None:
 
 def test_peak_points_are_cell_centres_not_upsampled_corners():
     """A 2x2 map upsampled bilinearly is flat up to the image corner; the peak is the cell centre."""
-    from pipeline.explain import peak_points, upsample_maps
+    from pipeline.evaluation.explain import peak_points, upsample_maps
 
     cells = np.array([[[0.0, 0.2], [1.0, 0.1]]], np.float32)  # hottest cell: row 1, col 0
     up = upsample_maps(cells, 64, 64)

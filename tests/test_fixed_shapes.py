@@ -17,9 +17,9 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.batches import fixed_batches, pad_rows
-from pipeline.cascade import Cascade, predict_in_batches
-from pipeline.explain import grad_cam_cells, integrated_gradients_raw
+from pipeline.evaluation.cascade import Cascade, predict_in_batches
+from pipeline.evaluation.explain import grad_cam_cells, integrated_gradients_raw
+from pipeline.models.batches import fixed_batches, pad_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,8 +54,8 @@ JAX_WORKER = textwrap.dedent('''
     import jax
     import keras
 
-    from pipeline.cascade import Cascade
-    from pipeline.explain import grad_cam_cells, integrated_gradients_raw
+    from pipeline.evaluation.cascade import Cascade
+    from pipeline.evaluation.explain import grad_cam_cells, integrated_gradients_raw
     from test_fixed_shapes import tiny_models, volume
 
     compiles = []

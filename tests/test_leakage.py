@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.evaluation import choose_threshold
+from pipeline.evaluation.scoring import choose_threshold
 
 
 def scored_slices(seed: int = 0) -> pd.DataFrame:
@@ -61,11 +61,11 @@ def test_training_stages_never_read_test_patients(tmp_path, monkeypatch, split_f
     split stage, seeded or from a split.file."""
     import keras
 
-    from pipeline.demo_data import write_kaggle_3m
+    from pipeline.data.demo import write_kaggle_3m
+    from pipeline.data.slices import SliceStore, write_store
+    from pipeline.data.sources import read_cases
+    from pipeline.data.split import read_split
     from pipeline.params import load_params
-    from pipeline.slices import SliceStore, write_store
-    from pipeline.sources import read_cases
-    from pipeline.split import read_split
     from pipeline.stages import split as split_stage
     from pipeline.stages import train_classifier, train_segmenter
 

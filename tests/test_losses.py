@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import losses as L
-from pipeline.seg_metrics import DiceAt, IoUAt
+from pipeline.models import losses as L
+from pipeline.models.seg_metrics import DiceAt, IoUAt
 
 EYE = np.eye(2)
 LABEL_A = np.array([[1, 1], [0, 0]])

@@ -12,7 +12,8 @@ from scipy import ndimage
 from scipy.spatial.distance import cdist
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from pipeline import metrics as m
+from pipeline.evaluation import metrics as m
+from pipeline.evaluation import postprocess
 
 PRED = np.eye(2)
 LABEL_A = np.array([[1, 1], [0, 0]])
@@ -312,7 +313,7 @@ def test_select_threshold_ties_go_to_the_highest_threshold() -> None:
 
 
 def test_select_threshold_one_class_falls_back(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level("WARNING", logger="pipeline.metrics"):
+    with caplog.at_level("WARNING", logger="pipeline.evaluation.metrics"):
         assert m.select_threshold(np.zeros(5), np.linspace(0, 1, 5), "youden") == 0.5
         assert m.select_threshold(np.ones(5), np.linspace(0, 1, 5), "sensitivity:0.95", fallback=0.3) == 0.3
     assert "fallback" in caplog.text
@@ -363,18 +364,18 @@ def test_keep_largest_component_3d() -> None:
     mask[0:3, 1:4, 1:4] = True  # 27 voxels across three slices: one 3D component
     mask[3, 7:9, 7:9] = True  # 4 voxels
     mask[0, 8, 0] = True  # 1 voxel
-    kept = m.keep_largest_component(mask)
+    kept = postprocess.keep_largest_component(mask)
     assert kept.sum() == 27 and kept[0:3, 1:4, 1:4].all()
     assert mask.sum() == 32  # input untouched
-    assert not m.keep_largest_component(np.zeros((3, 4, 4))).any()
+    assert not postprocess.keep_largest_component(np.zeros((3, 4, 4))).any()
 
 
 def test_keep_largest_component_connectivity() -> None:
     mask = np.zeros((5, 5), bool)
     mask[0, 0] = mask[1, 1] = mask[2, 2] = True  # diagonal chain
     mask[4, 3:5] = True
-    assert m.keep_largest_component(mask).sum() == 3  # full connectivity joins the diagonal
-    assert m.keep_largest_component(mask, connectivity=1).sum() == 2
+    assert postprocess.keep_largest_component(mask).sum() == 3  # full connectivity joins the diagonal
+    assert postprocess.keep_largest_component(mask, connectivity=1).sum() == 2
 
 
 def test_remove_small_components() -> None:
@@ -383,11 +384,11 @@ def test_remove_small_components() -> None:
     mask[1, 0:2, 0:2] = True  # touches the first through the slices: one component of 13
     mask[2, 6:8, 6:8] = True  # 4
     mask[0, 7, 0] = True  # 1
-    cleaned = m.remove_small_components(mask, min_px=5)
+    cleaned = postprocess.remove_small_components(mask, min_px=5)
     assert cleaned.sum() == 13 and not cleaned[2].any()
-    assert m.remove_small_components(mask, min_px=4).sum() == 17
-    assert m.remove_small_components(mask, min_px=0).sum() == 18
-    two_d = m.remove_small_components(mask[0], min_px=2)
+    assert postprocess.remove_small_components(mask, min_px=4).sum() == 17
+    assert postprocess.remove_small_components(mask, min_px=0).sum() == 18
+    two_d = postprocess.remove_small_components(mask[0], min_px=2)
     assert two_d.sum() == 9 and two_d.ndim == 2
 
 
@@ -409,7 +410,7 @@ def test_pointing_game() -> None:
 
 
 def test_pointing_game_at_with_tolerance_and_chance():
-    from pipeline.metrics import pointing_game_at, pointing_tolerance_px
+    from pipeline.evaluation.metrics import pointing_game_at, pointing_tolerance_px
 
     assert pointing_tolerance_px(32) == pytest.approx(15.0)
     masks = np.zeros((3, 64, 64), bool)
@@ -432,7 +433,7 @@ def test_patient_dice_threshold_maximises_the_cascade_dice_of_validation_patient
     0.6 is best (0.867). Patient b (tumour-free) scores 1 only while its 0.2 slice stays out."""
     import pandas as pd
 
-    from pipeline.evaluation import patient_dice_threshold
+    from pipeline.evaluation.scoring import patient_dice_threshold
 
     slices = pd.DataFrame({
         "patient_id": ["a", "a", "a", "b"],

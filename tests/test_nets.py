@@ -11,19 +11,19 @@ import keras
 import numpy as np
 import pytest
 
-import pipeline.nets  # noqa: F401  (registers the custom objects)
+import pipeline.models.nets  # noqa: F401  (registers the custom objects)
 from pipeline.errors import InputError
-from pipeline.losses import get_loss
-from pipeline.nets.classifier import (
+from pipeline.models.losses import get_loss
+from pipeline.models.nets.classifier import (
     BACKBONES,
     backbone_stages,
     build_classifier,
     set_trainable_stages,
     zero_init_residual_branches,
 )
-from pipeline.nets.layers import BackbonePreprocess, PerImageStandardization
-from pipeline.nets.resunet import build_resunet, residual_unit
-from pipeline.seg_metrics import DiceAt, IoUAt
+from pipeline.models.nets.layers import BackbonePreprocess, PerImageStandardization
+from pipeline.models.nets.resunet import build_resunet, residual_unit
+from pipeline.models.seg_metrics import DiceAt, IoUAt
 
 SIZE = 32
 SMALL = (4, 8, 16)
@@ -150,7 +150,7 @@ def test_other_backbones_build_with_their_last_conv_layer(backbone) -> None:
 
 
 def test_imagenet_download_failure_falls_back_to_random_init(no_download, caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="pipeline.nets.classifier"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.models.nets.classifier"):
         model, info = build_classifier(SIZE, "resnet50", weights="imagenet")
     assert no_download == ["resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"]
     assert info["pretrained"] is False

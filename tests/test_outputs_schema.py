@@ -1,4 +1,4 @@
-"""One outputs schema (pipeline/outputs_schema.py): evaluate's code, the docs, the test fixtures and the
+"""One outputs schema (pipeline/evaluation/schema.py): evaluate's code, the docs, the test fixtures and the
 report all agree with it."""
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ import pandas as pd
 import pytest
 from fake_outputs import fake_params, write_fake_outputs
 
-from pipeline import outputs_docs
-from pipeline import outputs_schema as schema
-from pipeline.cascade import PostProcessing
-from pipeline.evaluation import Scored, evaluate_split
-from pipeline.gallery import explain_test_slices
+from pipeline.evaluation import schema, schema_docs
+from pipeline.evaluation.gallery import explain_test_slices
+from pipeline.evaluation.postprocess import PostProcessing
+from pipeline.evaluation.scoring import Scored, evaluate_split
 from pipeline.report.build import load_inputs, report_context
 
 
@@ -37,8 +36,8 @@ def fake_run(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_docs_metrics_section_is_generated_from_the_schema():
-    section = outputs_docs.docs_section(outputs_docs.DOCS.read_text(encoding="utf-8"))
-    assert section == outputs_docs.markdown(), "docs/outputs.md is stale: run `python -m pipeline.outputs_docs`"
+    section = schema_docs.docs_section(schema_docs.DOCS.read_text(encoding="utf-8"))
+    assert section == schema_docs.markdown(), "docs/outputs.md is stale: run `python -m pipeline.evaluation.schema_docs`"
 
 
 @pytest.mark.parametrize("nan_metrics", [False, True])

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.outputs_schema import HEADLINE
+from pipeline.evaluation.schema import HEADLINE
 
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ["pipeline", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]

@@ -15,10 +15,10 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import metrics as m
-from pipeline.demo_data import write_kaggle_3m
-from pipeline.explain import grad_cam_cells, peak_points
-from pipeline.sources.lgg import read_lgg_case
+from pipeline.data.demo import write_kaggle_3m
+from pipeline.data.sources.lgg import read_lgg_case
+from pipeline.evaluation import metrics as m
+from pipeline.evaluation.explain import grad_cam_cells, peak_points
 
 
 def small_cnn(size: int) -> keras.Model:

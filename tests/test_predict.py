@@ -20,21 +20,21 @@ import numpy as np
 import pytest
 import tifffile
 
-import pipeline.nets  # noqa: F401  (registers the custom layers)
+import pipeline.models.nets  # noqa: F401  (registers the custom layers)
 from pipeline.__main__ import main
-from pipeline.bundle import Bundle
-from pipeline.cascade import PostProcessing
-from pipeline.case import LGG_CHANNELS
-from pipeline.demo_data import _patient_plan, write_brats2021, write_kaggle_3m
+from pipeline.data.case import LGG_CHANNELS
+from pipeline.data.demo import _patient_plan, write_brats2021, write_kaggle_3m
+from pipeline.data.sources import read_brats2021_case, read_lgg_case
+from pipeline.data.task import TaskSpec
 from pipeline.errors import InputError
-from pipeline.losses import get_loss
-from pipeline.metrics import dice
-from pipeline.nets import build_resunet
+from pipeline.evaluation.bundle import Bundle
+from pipeline.evaluation.metrics import dice
+from pipeline.evaluation.postprocess import PostProcessing
+from pipeline.models.losses import get_loss
+from pipeline.models.nets import build_resunet
+from pipeline.models.training import save_model, set_batchnorm_momentum
 from pipeline.params import DataParams
 from pipeline.predict import OUTPUT_MARKER, Predictor, find_inputs, write_run_index
-from pipeline.sources import read_brats2021_case, read_lgg_case
-from pipeline.task import TaskSpec
-from pipeline.training import save_model, set_batchnorm_momentum
 
 SIZE = 64  # model input size (px)
 # Dice of the written masks against the demo truth, measured over 9 training runs (seeds 0-2, 3 or 5

@@ -12,7 +12,7 @@ import pytest
 import tifffile
 from bad_files import BAD_ENTRIES, junk, make_bad_entry, truncate, write_compressed_tiff
 
-from pipeline.case import LGG_CHANNELS
+from pipeline.data.case import LGG_CHANNELS
 from pipeline.errors import InputError
 from pipeline.params import DataParams
 from pipeline.predict import InputItem, Predictor, find_inputs

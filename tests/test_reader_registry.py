@@ -1,5 +1,5 @@
 """One reader registry (issue 14): every layout is declared once and listed in
-``pipeline.sources.registry``; ingest, ``detect_layout`` and predict only ever ask the registry.
+``pipeline.data.sources.registry``; ingest, ``detect_layout`` and predict only ever ask the registry.
 
 The proof: a toy layout that lives in this file only (a folder of ``slice_<n>.npy`` files per case)
 is registered, and ingest's ``read_cases`` and predict's ``find_inputs`` + read + write pick it up
@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.cascade import Cascade
-from pipeline.case import Case
+from pipeline.data.case import Case
+from pipeline.data.sources import detect_layout, list_case_paths, read_cases, registry
+from pipeline.data.sources.layout import CaseReader, Layout, WrittenMask
 from pipeline.errors import InputError
+from pipeline.evaluation.cascade import Cascade
 from pipeline.params import SOURCES, DataParams
 from pipeline.predict import Predictor, find_inputs
-from pipeline.sources import detect_layout, list_case_paths, read_cases, registry
-from pipeline.sources.layout import CaseReader, Layout, WrittenMask
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -209,7 +209,7 @@ def test_layouts_are_enumerated_in_the_registry_only() -> None:
         for layout, module in declared_in.items():
             if rel != module:
                 assert not strings & set(layout.kinds), f"{rel} names {layout.name} kinds {strings & set(layout.kinds)}"
-        if rel != "pipeline/sources/registry.py":
+        if rel != "pipeline/data/sources/registry.py":
             imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
                         for alias in node.names}
             assert not imported & layout_names, f"{rel} imports layouts {imported & layout_names}"

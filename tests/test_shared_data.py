@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.data.sources import read_brats2021_case, read_cases, read_decathlon_case
 from pipeline.params import DataParams
-from pipeline.sources import read_brats2021_case, read_cases, read_decathlon_case
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LGG_ROOT = SHARED_DATA / "lgg" / "kaggle_3m"

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.case import LGG_CHANNELS, Case
+from pipeline.data.case import LGG_CHANNELS, Case
+from pipeline.data.slices import MANIFEST_COLUMNS, Skipped, SliceStore, write_store
 from pipeline.errors import InputError
-from pipeline.slices import MANIFEST_COLUMNS, Skipped, SliceStore, write_store
 
 N_SLICES, SIZE = 5, 32
 

@@ -14,9 +14,7 @@ import numpy as np
 import pytest
 from bad_files import BAD_ENTRIES, make_bad_entry
 
-from pipeline.errors import InputError
-from pipeline.params import DataParams
-from pipeline.sources import (
+from pipeline.data.sources import (
     Skipped,
     detect_layout,
     normalise_volume,
@@ -25,7 +23,9 @@ from pipeline.sources import (
     read_decathlon_case,
     to_scan_space,
 )
-from pipeline.sources.volume import canonical_sequence, fit_plan
+from pipeline.data.sources.volume import canonical_sequence, fit_plan
+from pipeline.errors import InputError
+from pipeline.params import DataParams
 
 SHAPE = (30, 28, 12)  # small scan, X x Y x Z voxels
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # BraTS' own orientation: not canonical RAS
@@ -333,13 +333,13 @@ def test_geometry_within_tolerance_is_accepted(tmp_path: Path) -> None:
 
 
 def test_same_image_under_two_case_ids_is_named_at_ingest(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from pipeline.slices import write_store
+    from pipeline.data.slices import write_store
 
     root = tmp_path / "root"
     write_brats_case(root, name="BraTS2021_00001", seed=0)
     write_brats_case(root, name="BraTS2021_00002", seed=1)
     write_brats_case(root, name="BraTS2021_00003", seed=0)  # the scan of 00001 again
-    with caplog.at_level("WARNING", logger="pipeline.slices"):
+    with caplog.at_level("WARNING", logger="pipeline.data.slices"):
         write_store(read_cases(params(root=root)), tmp_path / "slices")
     warnings_ = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings_) == 1

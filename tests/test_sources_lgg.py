@@ -11,10 +11,10 @@ import pytest
 import tifffile
 from bad_files import BAD_ENTRIES, COMPRESSIONS, make_bad_entry, truncate, write_compressed_tiff
 
-from pipeline.case import LGG_CHANNELS
+from pipeline.data.case import LGG_CHANNELS
+from pipeline.data.sources import Skipped, detect_layout, list_case_paths, read_cases, read_lgg_case, read_lgg_slice
 from pipeline.errors import InputError
 from pipeline.params import DataParams
-from pipeline.sources import Skipped, detect_layout, list_case_paths, read_cases, read_lgg_case, read_lgg_slice
 
 SIZE = 32
 CASE = "TCGA_CS_4941_19960909"
@@ -383,7 +383,7 @@ def test_bad_mask_gives_an_unlabelled_case_when_labels_are_optional(root: Path, 
     named = _break_mask(root / CASE, how)
     with pytest.raises(InputError):
         read_lgg_case(root / CASE)  # ingest: still an error
-    caplog.set_level("WARNING", logger="pipeline.sources.lgg")
+    caplog.set_level("WARNING", logger="pipeline.data.sources.lgg")
     case = read_lgg_case(root / CASE, on_bad_labels="warn")
     np.testing.assert_array_equal(case.image, expected.image)
     assert case.meta["has_labels"] is False and not case.labels.any()

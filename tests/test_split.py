@@ -6,9 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.params import SplitParams
-from pipeline.split import (
+from pipeline.data.split import (
     assign_splits,
     check_patients_together,
     patient_table,
@@ -16,6 +14,8 @@ from pipeline.split import (
     read_split_file,
     split_manifest,
 )
+from pipeline.errors import InputError
+from pipeline.params import SplitParams
 
 
 def fake_manifest(n_patients: int = 40, seed: int = 0) -> tuple[pd.DataFrame, dict]:
@@ -214,9 +214,9 @@ def test_split_stage_uses_split_file_and_keeps_the_old_split_on_a_bad_one(tmp_pa
     from dataclasses import replace
     from pathlib import Path
 
-    from pipeline.case import LGG_CHANNELS, Case
+    from pipeline.data.case import LGG_CHANNELS, Case
+    from pipeline.data.slices import write_store
     from pipeline.params import load_params
-    from pipeline.slices import write_store
     from pipeline.stages import split as split_stage
 
     monkeypatch.chdir(tmp_path)
@@ -239,6 +239,6 @@ def test_split_stage_uses_split_file_and_keeps_the_old_split_on_a_bad_one(tmp_pa
 def test_split_file_without_test_patients_warns(tmp_path, rescanned, caplog):
     cases, split = rescanned
     path = write_split_file(tmp_path / "splits.csv", split.replace({"split": {"test": "train"}}))
-    with caplog.at_level("WARNING", logger="pipeline.split"):
+    with caplog.at_level("WARNING", logger="pipeline.data.split"):
         assert "test" not in set(read_split_file(path, cases).split)
     assert any("no patient in test" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_curve
 
-from pipeline.cascade import gate
-from pipeline.metrics import classification_summary, predicted_positive, select_threshold
+from pipeline.evaluation.cascade import gate
+from pipeline.evaluation.metrics import classification_summary, predicted_positive, select_threshold
 
 
 def sklearn_predicted_positives(y: np.ndarray, scores: np.ndarray, threshold: float) -> int:

@@ -19,11 +19,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.demo_data import write_kaggle_3m
+from pipeline.data.demo import write_kaggle_3m
+from pipeline.data.slices import SliceStore, write_store
+from pipeline.data.sources import read_cases
+from pipeline.data.split import assign_splits, patient_table
 from pipeline.params import Params, load_params
-from pipeline.slices import SliceStore, write_store
-from pipeline.sources import read_cases
-from pipeline.split import assign_splits, patient_table
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from pipeline.demo_data import write_demo
+from pipeline.data.demo import write_demo
 from pipeline.params import Params
 from pipeline.paths import DEMO_DIR
 

@@ -9,12 +9,16 @@ import time
 
 import pandas as pd
 
-from pipeline.bundle import CASCADE_FILE, Bundle, task_from_sidecars
-from pipeline.cascade import Cascade, PostProcessing
+from pipeline.data.slices import SliceStore
+from pipeline.data.split import read_split
 from pipeline.errors import ParamsError
-from pipeline.evaluation import EVAL_SPLITS, choose_threshold, evaluate_split, plot_tables, score_patients
-from pipeline.gallery import explain_test_slices, patient_triptychs
-from pipeline.outputs_schema import check, headline
+from pipeline.evaluation.bundle import CASCADE_FILE, Bundle, task_from_sidecars
+from pipeline.evaluation.cascade import Cascade
+from pipeline.evaluation.gallery import explain_test_slices, patient_triptychs
+from pipeline.evaluation.postprocess import PostProcessing
+from pipeline.evaluation.schema import check, headline
+from pipeline.evaluation.scoring import EVAL_SPLITS, choose_threshold, evaluate_split, plot_tables, score_patients
+from pipeline.models.training import load_sidecar
 from pipeline.params import Params
 from pipeline.paths import (
     CLASSIFIER,
@@ -26,9 +30,6 @@ from pipeline.paths import (
     SLICES_DIR,
     SPLIT_CSV,
 )
-from pipeline.slices import SliceStore
-from pipeline.split import read_split
-from pipeline.training import load_sidecar
 from pipeline.writing import atomic_dir, atomic_path
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def run(params: Params) -> None:
         bundle = Bundle(task_from_sidecars(MODELS_DIR), threshold, str(e.threshold), cascade.seg_threshold, post)
         check(metrics, name="evaluate's metrics")
         (out / METRICS_FULL_JSON.relative_to(EVAL_DIR)).write_text(json.dumps(_finite(metrics), indent=2))
-    bundle.write(MODELS_DIR)  # models/ now holds all that predict needs (pipeline.bundle)
+    bundle.write(MODELS_DIR)  # models/ now holds all that predict needs (pipeline.evaluation.bundle)
     with atomic_path(METRICS_JSON) as tmp:
         tmp.write_text(json.dumps(_finite(headline(metrics)), indent=2))
     t = metrics["test"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import time
 
+from pipeline.data.slices import write_store
+from pipeline.data.sources import list_case_paths, read_cases
 from pipeline.params import Params
 from pipeline.paths import SLICES_DIR
-from pipeline.slices import write_store
-from pipeline.sources import list_case_paths, read_cases
 from pipeline.writing import check_no_overlap
 
 log = logging.getLogger(__name__)

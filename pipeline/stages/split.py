@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 
+from pipeline.data.slices import SliceStore
+from pipeline.data.split import assign_splits, patient_table, read_split_file, split_manifest
 from pipeline.params import Params
 from pipeline.paths import SLICES_DIR, SPLIT_CSV
-from pipeline.slices import SliceStore
-from pipeline.split import assign_splits, patient_table, read_split_file, split_manifest
 from pipeline.writing import atomic_path
 
 log = logging.getLogger(__name__)

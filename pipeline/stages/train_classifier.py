@@ -6,12 +6,10 @@ import logging
 
 import keras
 
-from pipeline.batches import SliceBatches, class_weights_from
-from pipeline.nets.classifier import build_classifier, set_trainable_stages, zero_init_residual_branches
-from pipeline.params import Params
-from pipeline.paths import CLASSIFIER, SLICES_DIR, SPLIT_CSV, TRAIN_CLASSIFIER_DIR
-from pipeline.slices import SliceStore
-from pipeline.training import (
+from pipeline.data.slices import SliceStore
+from pipeline.models.batches import SliceBatches, class_weights_from
+from pipeline.models.nets.classifier import build_classifier, set_trainable_stages, zero_init_residual_branches
+from pipeline.models.training import (
     TrainingRun,
     save_model,
     set_batchnorm_momentum,
@@ -20,6 +18,8 @@ from pipeline.training import (
     store_intensity,
     training_rows,
 )
+from pipeline.params import Params
+from pipeline.paths import CLASSIFIER, SLICES_DIR, SPLIT_CSV, TRAIN_CLASSIFIER_DIR
 
 log = logging.getLogger(__name__)
 

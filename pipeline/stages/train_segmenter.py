@@ -8,14 +8,12 @@ import keras
 import numpy as np
 import pandas as pd
 
-from pipeline.batches import SliceBatches
-from pipeline.losses import get_loss
-from pipeline.nets.resunet import build_resunet
-from pipeline.params import Params
-from pipeline.paths import SEGMENTER, SLICES_DIR, SPLIT_CSV, TRAIN_SEGMENTER_DIR
-from pipeline.seg_metrics import DiceAt, IoUAt
-from pipeline.slices import SliceStore
-from pipeline.training import (
+from pipeline.data.slices import SliceStore
+from pipeline.models.batches import SliceBatches
+from pipeline.models.losses import get_loss
+from pipeline.models.nets.resunet import build_resunet
+from pipeline.models.seg_metrics import DiceAt, IoUAt
+from pipeline.models.training import (
     TrainingRun,
     save_model,
     set_batchnorm_momentum,
@@ -24,6 +22,8 @@ from pipeline.training import (
     store_intensity,
     training_rows,
 )
+from pipeline.params import Params
+from pipeline.paths import SEGMENTER, SLICES_DIR, SPLIT_CSV, TRAIN_SEGMENTER_DIR
 
 log = logging.getLogger(__name__)
 

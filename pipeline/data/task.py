@@ -1,0 +1,69 @@
+"""The task the models solve, written once: which label values make the target region, and what input
+the models take (image size, channels, intensity scaling).
+
+``target_mask(labels)`` is the one place a label map becomes the binary target: the slice store's
+``has_tumour``, training batches, evaluation, the gallery, ``Case.mask`` and prediction all call it.
+Today there is one region, "tumour" = every non-zero label (LGG FLAIR abnormality; BraTS whole
+tumour). More regions (BraTS tumour core, enhancing tumour) are more entries of ``TARGET_REGIONS``.
+
+``TaskSpec`` is the input half, saved in the model bundle (``models/cascade.json``) so prediction
+needs nothing but that folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+# Region name -> the label values it is made of (None: every non-zero label).
+TARGET_REGIONS: dict[str, tuple[int, ...] | None] = {"tumour": None}
+TARGET = "tumour"  # the region the classifier detects and the segmenter delineates
+# Volumes' intensity clipping for models whose bundle records none (trained on as-stored kaggle_3m TIFFs).
+DEFAULT_CLIP_PERCENTILES = (0.5, 99.5)
+
+
+def target_mask(labels: np.ndarray, region: str = TARGET) -> np.ndarray:
+    """uint8 label map [...] -> bool [...]: the pixels of ``region`` (see TARGET_REGIONS)."""
+    values = TARGET_REGIONS[region]
+    labels = np.asarray(labels)
+    return labels > 0 if values is None else np.isin(labels, values)
+
+
+def regions_json() -> dict[str, list[int] | None]:
+    """TARGET_REGIONS as saved in a bundle (lists, null for "every non-zero label")."""
+    return {name: list(values) if values is not None else None for name, values in TARGET_REGIONS.items()}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What the models take and find.
+
+    image_size: S, slices are uint8 [S, S, 3]; channels: the sequences in the 3 input channels;
+    intensity: {"mode": "as_stored" | "per_volume", "clip_percentiles": [low, high] or None}, how
+    the readers scale intensities to uint8; target: the region the models find (TARGET_REGIONS).
+    """
+
+    image_size: int
+    channels: tuple[str, ...]
+    intensity: dict[str, Any]
+    target: str = TARGET
+
+    def to_json(self) -> dict[str, Any]:
+        return {"image_size": self.image_size, "channels": list(self.channels), "intensity": self.intensity,
+                "target": self.target, "regions": regions_json()}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> TaskSpec:
+        """The spec saved by ``to_json``; ValueError when it does not fit this code (channels, regions)."""
+        from pipeline.data.case import SEQUENCES  # here: case.py imports this module for Case.mask
+
+        channels = tuple(raw["channels"])
+        if len(channels) != 3 or any(c not in SEQUENCES for c in channels):
+            raise ValueError(f"needs 3 channels from {SEQUENCES}; got {list(channels)}")
+        if raw.get("regions", regions_json()) != regions_json():
+            raise ValueError(f"target regions {raw['regions']} differ from this code's {regions_json()}")
+        intensity = {"mode": raw["intensity"].get("mode", "as_stored"),
+                     "clip_percentiles": raw["intensity"].get("clip_percentiles")}
+        return cls(int(raw["image_size"]), channels, intensity, raw.get("target", TARGET))

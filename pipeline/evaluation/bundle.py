@@ -1,0 +1,109 @@
+"""The model bundle: a models/ folder that describes itself, so prediction reads nothing else.
+
+    models/classifier.keras + classifier.json   the gate (training writes the sidecar)
+    models/segmenter.keras  + segmenter.json    the delineation
+    models/cascade.json                          written by ``evaluate``: the task spec (image size,
+                                                 channels, intensity scaling, target region), the gate
+                                                 threshold chosen on validation patients, the
+                                                 segmenter's pixel threshold and the post-processing
+
+Copy the folder anywhere and ``Predictor.from_dir(folder)`` predicts exactly as the workspace did,
+whatever params.yaml or reports/ say there.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.data.task import TaskSpec
+from pipeline.errors import InputError
+from pipeline.evaluation.postprocess import PostProcessing
+from pipeline.models.training import load_sidecar
+from pipeline.writing import atomic_path
+
+CLASSIFIER_FILE = "classifier.keras"
+SEGMENTER_FILE = "segmenter.keras"
+CASCADE_FILE = "cascade.json"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """What ``models/cascade.json`` holds. threshold: the gate on the classifier's probability, in [0, 1];
+    seg_threshold: the segmenter's per-pixel probability threshold."""
+
+    task: TaskSpec
+    threshold: float
+    threshold_rule: str
+    seg_threshold: float
+    post: PostProcessing
+
+    def to_json(self) -> dict[str, Any]:
+        return {"task": self.task.to_json(),
+                "gate": {"threshold": self.threshold, "rule": self.threshold_rule, "chosen_on": "val"},
+                "seg_threshold": self.seg_threshold, "postprocessing": asdict(self.post),
+                "models": {"classifier": CLASSIFIER_FILE, "segmenter": SEGMENTER_FILE}}
+
+    def write(self, folder: str | Path) -> Path:
+        """Write ``folder/cascade.json`` atomically; returns its path."""
+        path = Path(folder) / CASCADE_FILE
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        return path
+
+
+def read_bundle(folder: str | Path) -> Bundle:
+    """Read ``folder/cascade.json`` and check the two models' sidecars agree with its task spec.
+    InputError naming the file for anything missing or inconsistent."""
+    folder = Path(folder)
+    path = folder / CASCADE_FILE
+    for model in (folder / CLASSIFIER_FILE, folder / SEGMENTER_FILE):
+        if not model.is_file():
+            raise InputError(model, "model file not found; a model folder holds classifier.keras, segmenter.keras "
+                                    "and cascade.json (`dvc repro` writes them)")
+    try:
+        raw = json.loads(path.read_text())
+        bundle = Bundle(TaskSpec.from_json(raw["task"]), float(raw["gate"]["threshold"]), str(raw["gate"]["rule"]),
+                        float(raw["seg_threshold"]), PostProcessing(**raw["postprocessing"]))
+    except FileNotFoundError:
+        raise InputError(path, "missing: `evaluate` writes it (the gate threshold and task spec of these "
+                               "models); run `dvc repro`") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(path, f"not a valid model bundle file ({type(e).__name__}: {e})") from None
+    if not 0.0 <= bundle.threshold <= 1.0:
+        raise InputError(path, f"gate threshold {bundle.threshold} is outside [0, 1]")
+    task_from_sidecars(folder, expected=bundle.task)
+    return bundle
+
+
+def task_from_sidecars(folder: str | Path, expected: TaskSpec | None = None) -> TaskSpec:
+    """The task spec the two models' sidecars agree on (input_size, channels, intensity); InputError
+    naming the sidecar that disagrees with the other, or with ``expected``. Sidecars written before
+    the intensity record read as {"mode": "as_stored"}."""
+    specs = []
+    for name in (CLASSIFIER_FILE, SEGMENTER_FILE):
+        sidecar = load_sidecar(Path(folder) / name)
+        where = (Path(folder) / name).with_suffix(".json")
+        size = sidecar.get("input_size")
+        try:
+            if not isinstance(size, int):
+                raise ValueError(f"input_size must be a whole number of pixels, got {size!r}")
+            spec = TaskSpec.from_json({"image_size": size, "channels": sidecar.get("channels") or [],
+                                       "intensity": sidecar.get("intensity") or {"mode": "as_stored"}})
+        except (ValueError, TypeError) as e:
+            raise InputError(where, str(e)) from None
+        specs.append((spec, where))
+    (classifier, classifier_json), (segmenter, segmenter_json) = specs
+    if segmenter != classifier:
+        raise InputError(segmenter_json, f"segmenter takes {_describe(segmenter)} but the classifier "
+                                         f"{_describe(classifier)}")
+    if expected is not None and classifier != expected:
+        raise InputError(classifier_json, f"models take {_describe(classifier)} but {CASCADE_FILE} says "
+                                          f"{_describe(expected)}")
+    return classifier
+
+
+def _describe(spec: TaskSpec) -> str:
+    return f"{spec.image_size} px {','.join(spec.channels)} ({spec.intensity.get('mode')} intensities)"

@@ -1,0 +1,99 @@
+"""Classifier-gated segmentation: the one code path that evaluation and inference share.
+
+The classifier scores every slice; slices scoring at or above the threshold go to the segmenter;
+the others get an empty mask. Optional per-patient post-processing then cleans the 3D mask.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from pipeline.errors import InputError
+from pipeline.evaluation.metrics import predicted_positive
+from pipeline.evaluation.postprocess import PostProcessing
+from pipeline.models.batches import fixed_batches
+
+log = logging.getLogger(__name__)
+
+
+def gate(probabilities: np.ndarray, threshold: float) -> np.ndarray:
+    """Slices sent to the segmenter: bool [D] = probability >= threshold, compared as the metrics compare
+    (``pipeline.evaluation.metrics.predicted_positive``: float64, the threshold never rounded to float32)."""
+    return predicted_positive(probabilities, threshold)
+
+
+def combine(seg_probabilities: np.ndarray, gated: np.ndarray, seg_threshold: float = 0.5,
+            post: PostProcessing | None = None) -> np.ndarray:
+    """The cascade's mask of one patient.
+
+    seg_probabilities: float [D, H, W] segmenter output (only gated slices need be filled in).
+    gated: bool [D]. Returns bool [D, H, W]: empty on slices the classifier rejected.
+    """
+    mask = (seg_probabilities >= seg_threshold) & np.asarray(gated, bool)[:, None, None]
+    return post.apply(mask) if post is not None else mask
+
+
+def predict_in_batches(model: keras.Model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Run `model` on uint8 [N, H, W, 3] images in float32 batches; returns the stacked outputs [N, ...].
+
+    Every call to the model gets a full [batch_size, H, W, 3] batch (the last one zero-padded, the padding
+    dropped from the output), so after the first batch no volume length triggers a new compilation.
+    ``predict_on_batch`` rather than ``model(x)``: under JAX it runs Keras' one jitted predict step
+    (cached per input shape), where a plain call dispatches op by op.
+    """
+    outputs = [np.asarray(model.predict_on_batch(batch))[:n] for batch, n in fixed_batches(images, batch_size)]
+    if not outputs:
+        shape = tuple(d for d in model.output.shape[1:])
+        return np.zeros((0, *shape), np.float32)
+    return np.concatenate(outputs).astype(np.float32)
+
+
+@dataclass
+class Cascade:
+    """A loaded classifier + segmenter pair with its operating point."""
+
+    classifier: keras.Model
+    segmenter: keras.Model
+    threshold: float
+    seg_threshold: float = 0.5
+    post: PostProcessing = PostProcessing()
+    batch_size: int = 16
+
+    @classmethod
+    def load(cls, classifier_path: str | Path, segmenter_path: str | Path, threshold: float, **kwargs) -> Cascade:
+        """Load both models (safe_mode) with the gate ``threshold``; ``kwargs`` set the other fields."""
+        import pipeline.models.nets  # noqa: F401  (registers the custom layers, losses and metrics)
+
+        models = []
+        for path in (classifier_path, segmenter_path):
+            if not Path(path).exists():
+                raise InputError(path, "model file not found; train it with `dvc repro` first")
+            models.append(keras.saving.load_model(path, compile=False, safe_mode=True))
+        return cls(models[0], models[1], float(threshold), **kwargs)
+
+    def classify(self, images: np.ndarray) -> np.ndarray:
+        """Tumour probability per slice: float32 [N] for uint8 [N, H, W, 3]."""
+        return predict_in_batches(self.classifier, images, self.batch_size).reshape(len(images))
+
+    def segment(self, images: np.ndarray) -> np.ndarray:
+        """Tumour probability per pixel: float32 [N, H, W] (first output channel)."""
+        return predict_in_batches(self.segmenter, images, self.batch_size)[..., 0]
+
+    def predict_volume(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the cascade on one patient's slices uint8 [D, H, W, 3].
+
+        Returns probabilities float32 [D], gated bool [D], seg_probabilities float32 [D, H, W]
+        (zero where not gated) and mask bool [D, H, W] after post-processing.
+        """
+        probabilities = self.classify(images)
+        gated = gate(probabilities, self.threshold)
+        seg = np.zeros(images.shape[:3], np.float32)
+        if gated.any():
+            seg[gated] = self.segment(np.asarray(images)[gated])
+        mask = combine(seg, gated, self.seg_threshold, self.post)
+        return {"probabilities": probabilities, "gated": gated, "seg_probabilities": seg, "mask": mask}

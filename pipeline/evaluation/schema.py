@@ -1,0 +1,169 @@
+"""The keys of evaluate's metrics files, defined once, each with a one-line description.
+
+- ``METRICS``: ``reports/eval/metrics_full.json``, everything `evaluate` measures, nested;
+- ``HEADLINE``: ``reports/metrics.json``, the DVC metrics file (``dvc exp show``, ``dvc metrics diff``):
+  a few test-split figures, flat, each a path into METRICS.
+
+`evaluate` checks what it writes against these (``check``), the report reads the full file, the test
+fixtures write through ``check`` too, and docs/outputs.md's metrics section is generated from here
+(``pipeline.evaluation.schema_docs``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Group:
+    """A JSON object: its description and its keys (a leaf's value is its description)."""
+
+    doc: str
+    keys: dict[str, str | Group] = field(default_factory=dict)
+
+
+_RATES = {
+    "auc": "area under the ROC curve (null with one class only)",
+    "accuracy": "fraction classified correctly at the threshold",
+    "sensitivity": "recall, TP / (TP + FN)",
+    "specificity": "TN / (TN + FP)",
+    "ppv": "precision, TP / (TP + FP)",
+    "npv": "TN / (TN + FN)",
+    "f1": "2TP / (2TP + FP + FN)",
+    "prevalence": "fraction positive",
+    "brier": "mean squared error of the probability",
+    "threshold": "the operating point applied (= threshold.value)",
+    "n": "slices scored (patients, at patient level)",
+    "n_positive": "of them with tumour",
+    "tp": "true positives",
+    "fp": "false positives",
+    "fn": "false negatives",
+    "tn": "true negatives",
+}
+CLASSIFIER_SLICES = Group("slice-level classifier metrics at the threshold", {
+    **_RATES,
+    "auc_ci_low": "95% patient-bootstrap CI of the AUC, lower end",
+    "auc_ci_high": "95% patient-bootstrap CI of the AUC, upper end",
+    "average_precision": "area under the precision-recall curve",
+})
+CLASSIFIER_PATIENTS = Group("patient-level classifier metrics: a patient is positive when any slice is, its score is "
+                            "its maximum slice probability", dict(_RATES))
+SEGMENTER = Group("the segmenter alone, on the tumour slices", {
+    "dice_slice_mean": "mean Dice over tumour slices",
+    "dice_slice_median": "median Dice over tumour slices",
+    "iou_slice_mean": "mean IoU over tumour slices",
+    "n_slices": "tumour slices scored",
+})
+VOLUME = Group("3-D masks per patient: Dice over patients with tumour, false positives in tumour-free ones", {
+    **{f"dice_patient_{s}": f"per-patient Dice, {name}" for s, name in (
+        ("mean", "mean"), ("median", "median"), ("std", "standard deviation"), ("p5", "5th percentile"),
+        ("p25", "25th percentile"), ("p75", "75th percentile"), ("p95", "95th percentile"))},
+    "hd95_mean": "95th-percentile Hausdorff distance, mean over patients where it is defined",
+    "hd95_median": "95th-percentile Hausdorff distance, median over patients where it is defined",
+    "hd95_unit": '"mm" when the voxel size is known, else "px"',
+    "hd95_n_empty_pred": "patients with tumour and an empty predicted mask",
+    "hd95_n_nan": "patients with tumour whose HD95 is undefined (left out of hd95_mean and hd95_median)",
+    "n_patients": "patients with tumour",
+    "n_tumour_free_patients": "patients without tumour",
+    "fp_slices_tumour_free": "slices with predicted tumour in the tumour-free patients",
+    "fp_volume_tumour_free": "predicted tumour volume in the tumour-free patients, in volume_unit",
+    "volume_unit": '"mm3" when the voxel size is known, else "px" (voxels)',
+})
+EXPLAIN = Group("Grad-CAM pointing game over the tumour test slices", {
+    "pointing_game": "fraction of slices whose Grad-CAM peak lies within the tolerance of the tumour",
+    "pointing_game_n": "slices played",
+    "pointing_game_chance": "the score of a random Grad-CAM cell",
+    "pointing_game_tolerance_px": "the tolerance, half a Grad-CAM cell (px)",
+    "gradcam_grid": "[rows, cols] of the Grad-CAM map",
+})
+SPLIT = Group("metrics of the validation patients", {
+    "classifier": CLASSIFIER_SLICES,
+    "classifier_patient": CLASSIFIER_PATIENTS,
+    "segmenter": SEGMENTER,
+    "cascade": Group(f"the classifier-gated segmenter: {VOLUME.doc}", VOLUME.keys),
+    "segmenter_all_slices": Group(f"the segmenter on every slice, no gate: {VOLUME.doc}", VOLUME.keys),
+})
+METRICS = Group("every metric of `evaluate`; a value is null where it is undefined (NaN)", {
+    "classifier": Group("the classifier evaluated", {
+        "pretrained": "whether it started from ImageNet weights",
+        "backbone": "its backbone (classifier.backbone)",
+    }),
+    "threshold": Group("the classifier gate", {
+        "rule": "evaluate.threshold, the rule that chose it",
+        "value": "the threshold on the slice probability",
+        "chosen_on": '"val": chosen on the validation patients only',
+    }),
+    "postprocessing": Group("post-processing of the predicted masks", {
+        "min_component_px": "evaluate.min_component_px",
+        "keep_largest_component": "evaluate.keep_largest_component",
+    }),
+    "val": SPLIT,
+    "test": Group("metrics of the test patients", {
+        **SPLIT.keys, "explain": EXPLAIN}),
+})
+
+# Headline key -> its path in METRICS. Short keys: `dvc exp show` must fit a 160-column terminal.
+HEADLINE = {
+    "auc": "test.classifier.auc",
+    "sensitivity": "test.classifier.sensitivity",
+    "specificity": "test.classifier.specificity",
+    "dice_mean": "test.cascade.dice_patient_mean",
+    "dice_median": "test.cascade.dice_patient_median",
+    "hd95_median": "test.cascade.hd95_median",
+}
+
+
+class SchemaError(ValueError):
+    """Metrics whose keys differ from the schema."""
+
+
+def leaf_paths(schema: Group, prefix: str = "") -> list[str]:
+    """Dotted paths of every leaf of `schema`, in definition order."""
+    out = []
+    for key, spec in schema.keys.items():
+        path = f"{prefix}{key}"
+        out += leaf_paths(spec, f"{path}.") if isinstance(spec, Group) else [path]
+    return out
+
+
+def value_paths(metrics: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted paths of every leaf of a metrics dict (a list value is a leaf)."""
+    out = []
+    for key, value in metrics.items():
+        path = f"{prefix}{key}"
+        out += value_paths(value, f"{path}.") if isinstance(value, Mapping) else [path]
+    return out
+
+
+def check(metrics: Mapping[str, Any], schema: Group = METRICS, name: str = "metrics") -> None:
+    """Raise SchemaError unless `metrics` has exactly the keys of `schema` (values are not checked)."""
+    have, want = value_paths(metrics), leaf_paths(schema)
+    missing = [p for p in want if p not in set(have)]
+    unexpected = [p for p in have if p not in set(want)]
+    if missing or unexpected:
+        raise SchemaError(f"{name} do not match pipeline/evaluation/schema.py: missing {missing or 'none'}, "
+                          f"not in the schema {unexpected or 'none'}")
+
+
+def lookup(metrics: Mapping[str, Any], path: str) -> Any:
+    """The value at a dotted path."""
+    value: Any = metrics
+    for key in path.split("."):
+        value = value[key]
+    return value
+
+
+def headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The headline figures of full metrics (checked against METRICS first)."""
+    check(metrics)
+    return {key: lookup(metrics, path) for key, path in HEADLINE.items()}
+
+
+def describe(path: str, schema: Group = METRICS) -> str:
+    """The description of a dotted path of `schema`."""
+    spec: str | Group = schema
+    for key in path.split("."):
+        spec = spec.keys[key]  # type: ignore[union-attr]
+    return spec.doc if isinstance(spec, Group) else spec

@@ -1,0 +1,242 @@
+"""Cascade evaluation on the validation and test patients.
+
+Order of work, which is what keeps it honest:
+1. score every val/test slice with the classifier and the segmenter (one patient at a time);
+2. choose the threshold on the **validation** rows only (`choose_threshold`);
+3. apply it unchanged to both splits and compute slice-, patient- and volume-level metrics.
+Train patients are never read here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from pipeline.data.slices import SliceStore
+from pipeline.data.split import split_manifest
+from pipeline.data.task import target_mask
+from pipeline.errors import InputError
+from pipeline.evaluation import metrics as m
+from pipeline.evaluation.cascade import Cascade, combine, gate
+from pipeline.evaluation.postprocess import PostProcessing
+
+log = logging.getLogger(__name__)
+
+EVAL_SPLITS = ("val", "test")
+
+
+@dataclass
+class Scored:
+    """Model outputs for the val/test slices, before any threshold is chosen."""
+
+    slices: pd.DataFrame  # manifest rows + split + probability
+    seg_masks: dict[str, np.ndarray]  # patient -> bool [D, H, W], segmenter on every slice at its threshold
+    truth: dict[str, np.ndarray]  # patient -> bool [D, H, W]
+
+
+def score_patients(store: SliceStore, split: pd.DataFrame, cascade: Cascade) -> Scored:
+    """Run the classifier and the segmenter on every slice of the val and test patients."""
+    rows = split_manifest(store.manifest, split)
+    rows = rows[rows.split.isin(EVAL_SPLITS)].sort_values(["patient_id", "slice_index"]).reset_index(drop=True)
+    if rows.empty:
+        raise InputError("data/split.csv", "no validation or test patients to evaluate")
+    probabilities = np.zeros(len(rows), np.float32)
+    seg_pixels = np.zeros(len(rows), np.int64)
+    overlap_pixels = np.zeros(len(rows), np.int64)
+    seg_masks: dict[str, np.ndarray] = {}
+    truth: dict[str, np.ndarray] = {}
+    for pid, index in tqdm(rows.groupby("patient_id", sort=False).groups.items(), desc="scoring patients",
+                           unit="patient", leave=False):
+        images = store.images(pid)
+        probabilities[index] = cascade.classify(images)
+        seg_masks[pid] = cascade.segment(images) >= cascade.seg_threshold
+        truth[pid] = target_mask(store.labels(pid))
+        seg_pixels[index] = seg_masks[pid].sum(axis=(1, 2))
+        overlap_pixels[index] = (seg_masks[pid] & truth[pid]).sum(axis=(1, 2))
+    rows["probability"] = probabilities
+    rows["seg_pixels"] = seg_pixels  # segmenter pixels per slice (before the gate)
+    rows["seg_overlap_pixels"] = overlap_pixels  # of which on the reference tumour
+    return Scored(rows, seg_masks, truth)
+
+
+def choose_threshold(slices: pd.DataFrame, rule: str | float) -> float:
+    """The operating point, chosen from the validation rows of `slices` only.
+
+    rule "patient_dice" (``patient_dice_threshold``) needs the columns tumour_pixels, seg_pixels and
+    seg_overlap_pixels; every other rule is ``metrics.select_threshold`` on the slice labels.
+    """
+    val = slices[slices.split == "val"]
+    if val.empty:
+        raise InputError("data/split.csv", "no validation patients: the threshold cannot be chosen")
+    if rule == "patient_dice":
+        return patient_dice_threshold(val)
+    return float(m.select_threshold(val.has_tumour.to_numpy(int), val.probability.to_numpy(), rule))
+
+
+def patient_dice_threshold(slices: pd.DataFrame) -> float:
+    """The gate threshold that maximises the cascade's mean per-patient 3-D Dice over ``slices``' patients.
+
+    slices: one row per slice with patient_id, probability, tumour_pixels (reference), seg_pixels and
+    seg_overlap_pixels (the segmenter's mask before the gate, and its overlap with the reference). A
+    slice passes the gate when probability >= threshold (``metrics.predicted_positive``); the cascade's
+    Dice of a patient is then 2 sum(overlap) / (sum(seg) + sum(reference)) over the gated slices, 1.0 for
+    a tumour-free patient with an empty mask (0 for any false positive). Post-processing is not applied.
+    Candidates are the distinct probabilities and 1.0 above them; ties go to the highest threshold.
+    """
+    probability = slices.probability.to_numpy(np.float32)
+    candidates = np.unique(np.r_[probability, np.float32(1.0) + 1e-6].astype(np.float64))[::-1]
+    patients = slices.patient_id.to_numpy()
+    seg = slices.seg_pixels.to_numpy(np.float64)
+    overlap = slices.seg_overlap_pixels.to_numpy(np.float64)
+    truth_px = slices.tumour_pixels.to_numpy(np.float64)
+    _, patient_index = np.unique(patients, return_inverse=True)
+    n_patients = patient_index.max() + 1
+    truth_total = np.bincount(patient_index, truth_px, n_patients)
+    best, best_score = float(candidates[0]), -1.0
+    for threshold in candidates:
+        gated = m.predicted_positive(probability, threshold)
+        inter = np.bincount(patient_index, overlap * gated, n_patients)
+        pred = np.bincount(patient_index, seg * gated, n_patients)
+        denominator = pred + truth_total
+        dice = np.where(denominator > 0, 2 * inter / np.maximum(denominator, 1), 1.0)
+        score = float(dice.mean())
+        if score > best_score + 1e-12:
+            best, best_score = float(threshold), score
+    log.info("patient_dice threshold %.4f: validation mean per-patient Dice %.4f (before post-processing)",
+             best, best_score)
+    return best
+
+
+def patient_spacing(store: SliceStore, pid: str) -> tuple[tuple[float, float, float] | None, str]:
+    """Voxel spacing in mm in the order of the [D, H, W] arrays (slice, row, col), and the unit.
+
+    The store keeps (row, col, slice); None (unit "px") when the spacing is unknown (LGG TIFFs).
+    """
+    spacing = store.patients[pid].get("spacing_mm")
+    if not spacing:
+        return None, "px"
+    row, col, slc = spacing
+    return (slc, row, col), "mm"
+
+
+def evaluate_split(scored: Scored, store: SliceStore, split_name: str, threshold: float,
+                   post: PostProcessing, n_bootstrap: int, seed: int) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
+    """Metrics of one split at a fixed threshold: (metrics dict, slice table, patient table)."""
+    slices = scored.slices[scored.slices.split == split_name].copy()
+    y = slices.has_tumour.to_numpy(int)
+    p = slices.probability.to_numpy()
+    slices["predicted_positive"] = gate(p, threshold)
+
+    slice_rows, patient_rows = [], []
+    for pid, group in slices.groupby("patient_id", sort=True):
+        truth, seg = scored.truth[pid], scored.seg_masks[pid]
+        cascade_mask = combine(seg.astype(np.float32), group.predicted_positive.to_numpy(), 0.5, post)
+        segmenter_all = post.apply(seg) if post.enabled else seg
+        spacing, unit = patient_spacing(store, pid)
+        voxel = float(np.prod(spacing)) if spacing else 1.0
+        has_tumour = bool(truth.any())
+        hd = m.hd95(truth, cascade_mask, spacing=spacing)
+        fp_slices = int((cascade_mask.reshape(len(truth), -1).any(1) & ~truth.reshape(len(truth), -1).any(1)).sum())
+        patient_rows.append({
+            "patient_id": pid, "split": split_name, "n_slices": len(group), "n_positive": int(group.has_tumour.sum()),
+            "has_tumour": has_tumour, "max_probability": float(group.probability.max()),
+            "predicted_positive": bool(group.predicted_positive.any()),
+            "dice_cascade": m.dice(truth, cascade_mask), "dice_segmenter_all": m.dice(truth, segmenter_all),
+            "iou_cascade": m.iou(truth, cascade_mask), "hd95_cascade": hd, "hd95_unit": unit,
+            "empty_pred": not cascade_mask.any(), "empty_truth": not has_tumour,
+            "empty_pred_cascade": not cascade_mask.any(), "empty_pred_segmenter_all": not segmenter_all.any(),
+            "fp_slices": fp_slices, "fp_volume": float((cascade_mask & ~truth).sum() * voxel) if not has_tumour else 0.0,
+            "fp_slices_segmenter_all": int(segmenter_all.reshape(len(truth), -1).any(1).sum()) if not has_tumour else 0,
+            "fp_volume_segmenter_all": float(segmenter_all.sum() * voxel) if not has_tumour else 0.0,
+            "volume_unit": "mm3" if spacing else "px", "truth_volume": float(truth.sum() * voxel),
+            "pred_volume": float(cascade_mask.sum() * voxel),
+            "hd95_segmenter_all": m.hd95(truth, segmenter_all, spacing=spacing),
+        })
+        for (_, row), t, s, c in zip(group.iterrows(), truth, seg, cascade_mask):
+            slice_rows.append({
+                "pred_pixels_cascade": int(c.sum()), "pred_pixels_segmenter": int(s.sum()),
+                "dice_segmenter": m.dice(t, s) if row.has_tumour else math.nan,
+                "iou_segmenter": m.iou(t, s) if row.has_tumour else math.nan,
+                "dice_cascade": m.dice(t, c),
+            })
+    slices = pd.concat([slices.reset_index(drop=True), pd.DataFrame(slice_rows)], axis=1)
+    patients = pd.DataFrame(patient_rows)
+
+    groups = slices.patient_id.to_numpy()
+    clf = m.classification_summary(y, p, threshold)
+    clf["auc"] = m.roc_auc(y, p)
+    clf["auc_ci_low"], clf["auc_ci_high"] = m.bootstrap_auc_ci(y, p, groups, n_resamples=n_bootstrap, seed=seed)
+    clf["average_precision"] = m.pr_curve_points(y, p)["average_precision"] if y.any() else math.nan
+    py = patients.has_tumour.to_numpy(int)
+    pp = patients.max_probability.to_numpy()
+    clf_patient = m.classification_summary(py, pp, threshold)
+    clf_patient["auc"] = m.roc_auc(py, pp)
+
+    positive = slices[slices.has_tumour]
+    seg_summary = {
+        "dice_slice_mean": _nanmean(positive.dice_segmenter), "dice_slice_median": _nanmedian(positive.dice_segmenter),
+        "iou_slice_mean": _nanmean(positive.iou_segmenter), "n_slices": len(positive),
+    }
+    tumour_patients = patients[patients.has_tumour]
+    free_patients = patients[~patients.has_tumour]
+    results = {
+        "classifier": clf,
+        "classifier_patient": clf_patient,
+        "segmenter": seg_summary,
+        "cascade": _volume_summary(tumour_patients, free_patients, "cascade"),
+        "segmenter_all_slices": _volume_summary(tumour_patients, free_patients, "segmenter_all"),
+    }
+    return results, slices, patients
+
+
+def _volume_summary(tumour: pd.DataFrame, free: pd.DataFrame, which: str) -> dict[str, Any]:
+    """Per-patient Dice percentiles (patients with tumour), HD95 and false positives (tumour-free)."""
+    dice = m.summarise(tumour[f"dice_{which}"].to_numpy(float))
+    hd = m.summarise(tumour[f"hd95_{which}"].to_numpy(float))
+    out = {f"dice_patient_{k}": v for k, v in dice.items() if k in ("mean", "median", "p5", "p25", "p75", "p95", "std")}
+    out.update({
+        "hd95_mean": hd["mean"], "hd95_median": hd["median"],
+        "hd95_unit": tumour.hd95_unit.iloc[0] if len(tumour) else "px",
+        "hd95_n_empty_pred": int(tumour[f"empty_pred_{which}"].sum()),
+        "hd95_n_nan": hd["n_nan"], "n_patients": len(tumour), "n_tumour_free_patients": len(free),
+    })
+    suffix = "" if which == "cascade" else f"_{which}"
+    out["fp_slices_tumour_free"] = int(free[f"fp_slices{suffix}"].sum())
+    out["fp_volume_tumour_free"] = float(free[f"fp_volume{suffix}"].sum())
+    out["volume_unit"] = (tumour.volume_unit.iloc[0] if len(tumour) else free.volume_unit.iloc[0]) if len(
+        tumour) + len(free) else "px"
+    return out
+
+
+def _nanmean(values: pd.Series) -> float:
+    v = values.to_numpy(float)
+    return float(np.nanmean(v)) if np.isfinite(v).any() else math.nan
+
+
+def _nanmedian(values: pd.Series) -> float:
+    v = values.to_numpy(float)
+    return float(np.nanmedian(v)) if np.isfinite(v).any() else math.nan
+
+
+def plot_tables(slices: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """DVC plot data of one split: roc, pr, calibration (curves) and confusion (a row per slice)."""
+    y = slices.has_tumour.to_numpy(int)
+    p = slices.probability.to_numpy()
+    tables: dict[str, pd.DataFrame] = {}
+    if 0 < y.sum() < len(y):
+        roc = m.roc_curve_points(y, p)
+        tables["roc"] = pd.DataFrame({"fpr": roc["fpr"], "tpr": roc["tpr"], "threshold": roc["thresholds"]})
+        pr = m.pr_curve_points(y, p)
+        tables["pr"] = pd.DataFrame({"recall": pr["recall"], "precision": pr["precision"]})
+    cal = m.calibration_curve_points(y, p)
+    tables["calibration"] = pd.DataFrame({"mean_predicted": cal["mean_predicted"],
+                                          "fraction_positive": cal["fraction_positive"], "count": cal["count"]})
+    names = np.array(["no tumour", "tumour"])
+    tables["confusion"] = pd.DataFrame({"actual": names[y], "predicted": names[slices.predicted_positive.to_numpy(int)]})
+    return tables

@@ -1,0 +1,97 @@
+"""External validation: score predictions on labelled new scans against their ground truth.
+
+``predict`` calls ``score_case`` for every case whose input carries labels (kaggle_3m ``_mask.tif``,
+BraTS 2021 ``_seg``, Decathlon ``labelsTr``) and ``cohort_summary`` over the run, so one command
+answers "how do these models do on a new cohort". Scores are computed at the models' resolution
+(the slices the cascade saw), with the same metric functions and conventions as ``evaluate``:
+3-D Dice per case, HD95 (MONAI convention; mm when the voxel size is known, else px), and volume
+error (predicted minus true tumour volume).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from pipeline.data.case import Case
+from pipeline.evaluation import metrics as m
+
+# Statistics of per-case values reported for the cohort (``metrics.summarise`` keys).
+COHORT_STATS = ("mean", "std", "median", "p5", "p25", "p75", "p95", "n")
+
+
+def score_case(case: Case, pred_mask: np.ndarray) -> dict[str, Any] | None:
+    """Scores of one case's predicted mask bool [D, S, S] against ``case.mask``; None when unlabelled.
+
+    Returns dice (3-D; 1.0 when both are empty), hd95 (NaN when exactly one is empty), hd95_unit
+    ("mm" or "px"), truth_volume and pred_volume and volume_error (pred - truth) in volume_unit
+    ("ml" with a voxel size, else "px"), volume_error_relative (error / truth; NaN without tumour),
+    has_tumour and tumour_detected (any predicted voxel).
+    """
+    if not case.meta.get("has_labels"):
+        return None
+    truth, pred = case.mask, np.asarray(pred_mask, bool)
+    spacing = _array_spacing(case.spacing_mm)
+    voxel = float(np.prod(spacing)) / 1000.0 if spacing is not None else 1.0  # ml per voxel, or 1 px
+    truth_volume, pred_volume = float(truth.sum()) * voxel, float(pred.sum()) * voxel
+    both_empty = not truth.any() and not pred.any()
+    return {
+        "dice": 1.0 if both_empty else m.dice(truth, pred),
+        "hd95": m.hd95(truth, pred, spacing=spacing),
+        "hd95_unit": "mm" if spacing is not None else "px",
+        "truth_volume": truth_volume,
+        "pred_volume": pred_volume,
+        "volume_error": pred_volume - truth_volume,
+        "volume_error_relative": (pred_volume - truth_volume) / truth_volume if truth_volume else math.nan,
+        "volume_unit": "ml" if spacing is not None else "px",
+        "has_tumour": bool(truth.any()),
+        "tumour_detected": bool(pred.any()),
+    }
+
+
+def cohort_summary(scores: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The cohort's distribution of per-case scores (``score_case`` outputs; None entries are unlabelled
+    cases and are left out). Dice, HD95 and relative volume error are summarised over the cases with
+    tumour; tumour-free cases count their false alarms. None when no case was labelled."""
+    labelled = [s for s in scores if s is not None]
+    if not labelled:
+        return None
+    tumour = [s for s in labelled if s["has_tumour"]]
+    free = [s for s in labelled if not s["has_tumour"]]
+
+    def stats(key: str) -> dict[str, float]:
+        summary = m.summarise([s[key] for s in tumour])
+        return {k: summary[k] for k in COHORT_STATS}
+
+    return {
+        "n_labelled": len(labelled),
+        "n_with_tumour": len(tumour),
+        "n_tumour_free": len(free),
+        "dice": stats("dice"),
+        "hd95": {**stats("hd95"), "unit": tumour[0]["hd95_unit"] if tumour else None,
+                 "n_undefined": sum(1 for s in tumour if not math.isfinite(s["hd95"]))},
+        "volume_error_relative": stats("volume_error_relative"),
+        "missed_tumours": sum(1 for s in tumour if not s["tumour_detected"]),
+        "false_alarms_tumour_free": sum(1 for s in free if s["tumour_detected"]),
+    }
+
+
+def _array_spacing(spacing_mm: Sequence[float] | None) -> tuple[float, float, float] | None:
+    """A Case's (row, col, slice) voxel size -> the (slice, row, col) order of its [D, H, W] arrays."""
+    if not spacing_mm:
+        return None
+    row, col, slc = spacing_mm
+    return (slc, row, col)
+
+
+def describe_cohort(summary: dict[str, Any]) -> str:
+    """One line for the console: a ``cohort_summary`` in words."""
+    dice, hd = summary["dice"], summary["hd95"]
+    return (f"{summary['n_labelled']} labelled case(s), {summary['n_with_tumour']} with tumour: Dice mean "
+            f"{dice['mean']:.3f}, median {dice['median']:.3f}, p5 {dice['p5']:.3f}; HD95 median {hd['median']:.1f} "
+            f"{hd['unit'] or ''}; relative volume error median {summary['volume_error_relative']['median']:+.1%}; "
+            f"{summary['missed_tumours']} missed tumour(s), {summary['false_alarms_tumour_free']} false alarm(s) "
+            f"in {summary['n_tumour_free']} tumour-free case(s)")

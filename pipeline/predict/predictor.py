@@ -1,0 +1,434 @@
+"""Prediction on new scans: the trained cascade on any input the readers understand.
+
+``Predictor`` loads the classifier and segmenter once (``Predictor.from_dir("models")``) and runs the
+same classifier-gated cascade as ``evaluate`` (``pipeline.evaluation.cascade``) on as many cases as you like:
+
+- ``predict_volume(images)``: uint8 [D, S, S, 3] slices -> probabilities, gate and mask arrays;
+- ``predict_case(case)``: a ``Case`` from any reader -> ``Prediction``;
+- ``predict_path(path, out_dir)``: a kaggle_3m TIFF slice or case folder, a BraTS 2021 case folder,
+  a Decathlon 4D NIfTI, or a folder holding several of these (searched up to 3 levels down) -> files
+  under ``out_dir/<case id>/`` and a list of per-case summaries (a case that fails is listed, the
+  others still finish).
+
+Outputs per case (``out_dir/<case id>/``, each folder written atomically):
+
+- volumes: ``<case id>_mask.nii.gz``, uint8 0/1 in the input's own voxel grid (shape, affine and
+  header copied from the input scan, so it overlays in 3D Slicer / ITK-SNAP);
+- kaggle_3m TIFFs: ``<case>_<n>_mask.tif`` per slice, uint8 0/255 at the input slice's own size;
+- ``overlays/slice_<n>.png``: FLAIR with the predicted outline (magenta; the reference mask in green
+  when the input has one), for every slice with predicted tumour;
+- ``summary.json``: see ``Predictor.write_case``; with ground truth in the input, its scores
+  (``pipeline.evaluation.validation``);
+- ``.pipeline-predict``: the marker that lets a later run replace this folder (no other folder is
+  ever replaced, and no output folder may be, contain or lie inside an input).
+
+Everything the cascade needs comes from the model bundle (``pipeline.evaluation.bundle``: image size, channels,
+intensity scaling, gate threshold, post-processing), never from params.yaml. Every slice of a volume is kept
+(``min_brain_fraction`` 0): the mask covers the whole scan. Slices without a single non-zero pixel
+(no brain) are not run through the models: probability 0, empty mask.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.data.case import Case
+from pipeline.data.sources import registry
+from pipeline.data.task import DEFAULT_CLIP_PERCENTILES
+from pipeline.errors import InputError, PipelineError, one_line
+from pipeline.evaluation.bundle import CLASSIFIER_FILE, SEGMENTER_FILE, read_bundle
+from pipeline.evaluation.cascade import Cascade, combine
+from pipeline.evaluation.explain import overlay_png
+from pipeline.evaluation.postprocess import PostProcessing
+from pipeline.evaluation.validation import cohort_summary, score_case
+from pipeline.params import DataParams
+from pipeline.paths import MODELS_DIR
+from pipeline.predict.discovery import InputItem, find_inputs
+from pipeline.writing import atomic_dir, atomic_path, check_no_overlap
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------- results
+
+
+@dataclass
+class Prediction:
+    """The cascade's output for one case, at the models' resolution S (the case's stored slices).
+
+    probabilities: float32 [D] tumour probability per slice (0 for blank slices);
+    gated: bool [D] slices sent to the segmenter (probability >= threshold);
+    mask: bool [D, S, S] predicted tumour after post-processing;
+    blank: bool [D] slices without any non-zero pixel, not run through the models.
+    """
+
+    case: Case
+    probabilities: np.ndarray
+    gated: np.ndarray
+    mask: np.ndarray
+    blank: np.ndarray
+    threshold: float
+
+    @property
+    def case_id(self) -> str:
+        return self.case.patient_id
+
+    @property
+    def tumour_present(self) -> bool:
+        """True when the cascade delineated any tumour pixel."""
+        return bool(self.mask.any())
+
+    @property
+    def max_probability(self) -> float:
+        return float(self.probabilities.max()) if len(self.probabilities) else 0.0
+
+    @property
+    def slices_with_tumour(self) -> list[int]:
+        """Slice numbers (``case.slice_numbers``) whose predicted mask is not empty."""
+        return [int(n) for n in np.asarray(self.case.slice_numbers)[self.mask.any(axis=(1, 2))]]
+
+
+# ------------------------------------------------------------------------------------------- predictor
+
+
+@dataclass
+class Predictor:
+    """A loaded cascade plus what reading new scans for it needs (image size, channels, clipping)."""
+
+    cascade: Cascade
+    data: DataParams  # image_size and channels of the models; clip_percentiles; min_brain_fraction 0
+    model_files: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_dir(cls, models_dir: str | Path = MODELS_DIR, threshold: float | None = None, *,
+                 batch_size: int = 16) -> Predictor:
+        """Load a model bundle (``pipeline.evaluation.bundle``): both models, the task spec, the gate threshold and
+        post-processing, all from ``models_dir`` and nothing else. ``threshold`` overrides the bundle's
+        gate. InputError naming the file for a missing or inconsistent bundle."""
+        models_dir = Path(models_dir)
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise PipelineError(f"threshold {threshold} is outside [0, 1]")
+        bundle = read_bundle(models_dir)
+        task = bundle.task
+        clip = tuple(task.intensity.get("clip_percentiles") or DEFAULT_CLIP_PERCENTILES)
+        data = DataParams(source="brats2021", root="", image_size=task.image_size, channels=task.channels,
+                          clip_percentiles=clip, min_brain_fraction=0.0, on_error="fail",
+                          intensity=task.intensity.get("mode", "as_stored"))
+        data.validate()
+        classifier, segmenter = models_dir / CLASSIFIER_FILE, models_dir / SEGMENTER_FILE
+        cascade = Cascade.load(classifier, segmenter, threshold=bundle.threshold if threshold is None else threshold,
+                               seg_threshold=bundle.seg_threshold, post=bundle.post, batch_size=batch_size)
+        size = task.image_size
+        for path, model in ((classifier, cascade.classifier), (segmenter, cascade.segmenter)):
+            if tuple(model.input_shape[1:4]) != (size, size, 3):
+                raise InputError(path, f"model input {tuple(model.input_shape[1:])} does not match its bundle's "
+                                       f"image size {size} with 3 channels")
+        log.info("loaded %s: %d px, channels %s, %s intensities, threshold %.4f", models_dir, size,
+                 ",".join(task.channels), data.intensity, cascade.threshold)
+        return cls(cascade, data, {"classifier": str(classifier), "segmenter": str(segmenter)})
+
+    @property
+    def image_size(self) -> int:
+        return self.data.image_size
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return self.data.channels
+
+    @property
+    def threshold(self) -> float:
+        return self.cascade.threshold
+
+    # --- arrays and cases ------------------------------------------------------------------------
+
+    def predict_volume(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the cascade on one case's slices uint8 [D, S, S, 3] (channels in ``self.channels`` order).
+
+        Returns probabilities float32 [D], gated bool [D], seg_probabilities float32 [D, S, S] (0 where
+        not gated), mask bool [D, S, S] after post-processing, and blank bool [D] (slices with no
+        non-zero pixel: not run through the models, probability 0).
+        """
+        images = np.asarray(images)
+        size = self.image_size
+        if images.ndim != 4 or images.shape[1:] != (size, size, 3) or images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 [D, {size}, {size}, 3]; got {images.dtype} {images.shape}")
+        blank = ~images.reshape(len(images), -1).any(axis=1)
+        # The cascade runs on the non-blank slices without post-processing; post-processing (3D) then
+        # sees the whole volume, blank slices included, exactly as Cascade.predict_volume would.
+        plain = dataclasses.replace(self.cascade, post=PostProcessing())
+        found = plain.predict_volume(images[~blank])
+        probabilities = np.zeros(len(images), np.float32)
+        gated = np.zeros(len(images), bool)
+        seg = np.zeros(images.shape[:3], np.float32)
+        probabilities[~blank] = found["probabilities"]
+        gated[~blank] = found["gated"]
+        seg[~blank] = found["seg_probabilities"]
+        mask = combine(seg, gated, self.cascade.seg_threshold, self.cascade.post)
+        return {"probabilities": probabilities, "gated": gated, "seg_probabilities": seg, "mask": mask,
+                "blank": blank}
+
+    def predict_case(self, case: Case) -> Prediction:
+        """The cascade on one Case read at the models' image size with the models' channels."""
+        where = case.meta.get("path", case.patient_id)
+        if tuple(case.channels) != self.channels:
+            raise InputError(where, f"channels {','.join(case.channels)} do not match the models' "
+                                    f"{','.join(self.channels)}")
+        if case.image.shape[1:3] != (self.image_size, self.image_size):
+            raise InputError(where, f"slices are {case.image.shape[1]}x{case.image.shape[2]}; the models take "
+                                    f"{self.image_size}x{self.image_size} (read it with image_size={self.image_size})")
+        out = self.predict_volume(case.image)
+        return Prediction(case, out["probabilities"], out["gated"], out["mask"], out["blank"], self.threshold)
+
+    # --- paths -----------------------------------------------------------------------------------
+
+    def read(self, item: InputItem) -> Case:
+        """Read one input item with the models' image size and channels; InputError naming the file.
+
+        Prediction needs no ground truth: a missing mask or segmentation is no error, and an unusable one
+        (unreadable, wrong shape, unknown values) is logged as a warning and the case read unlabelled.
+        """
+        if item.error is not None:
+            raise item.error
+        layout = registry.for_kind(item.layout)
+        if layout is None or item.layout not in layout.case_kinds:
+            raise InputError(item.path, f"cannot predict on a {item.layout}")
+        return layout.read(item.path, self.data, labels="optional")
+
+    def predict_path(self, path: str | Path, out_dir: str | Path) -> list[dict[str, Any]]:
+        """Predict every case in ``path`` and write each to ``out_dir/<case id>/``.
+
+        Returns one dict per case in input order: the summary.json content ("status": "ok"), or
+        {"status": "failed", "input", "error"} for a case that could not be read or predicted.
+        Raises InputError only when ``path`` itself is unusable (missing, unrecognised, no cases).
+        """
+        path = Path(os.path.abspath(path))  # "." and ".." name their folder, so case ids are folder names
+        items = find_inputs(path)
+        out_dir = Path(out_dir)
+        check_output_dir(out_dir, [path, *(item.path for item in items)])
+        results: list[dict[str, Any]] = []
+        written: dict[str, str] = {}
+        show_bar = len(items) > 1
+        with _logs_above_the_bar(show_bar), ThreadPoolExecutor(1, thread_name_prefix="predict_read") as reader:
+            bar = tqdm(total=len(items), desc="predict", unit="case", disable=not show_bar)
+            for item, pending in zip(items, _prefetch(reader, self.read, items), strict=True):
+                try:
+                    case = pending.result()
+                    if case.patient_id in written:
+                        raise InputError(item.path, f"case id {case.patient_id} was already predicted from "
+                                                    f"{written[case.patient_id]}")
+                    folder = case_folder(out_dir, case.patient_id, item.path)
+                    prediction = self.predict_case(case)
+                    summary = self.write_case(prediction, folder, item)
+                    written[case.patient_id] = str(item.path)
+                    results.append(summary)
+                except (PipelineError, OSError) as e:
+                    error = str(e) if isinstance(e, PipelineError) else f"{e.filename or out_dir}: cannot write ({e.strerror or e})"
+                    log.error("failed: %s", one_line(error))
+                    results.append({"status": "failed", "input": str(item.path), "error": one_line(error)})
+                bar.update()
+            bar.close()
+        return results
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def write_case(self, p: Prediction, folder: Path, item: InputItem | None = None) -> dict[str, Any]:
+        """Write one case's outputs into ``folder`` (replaced atomically) and return its summary. The mask
+        goes out in the input's own format, by its layout (``item``'s, else the one serving ``case.source``).
+
+        summary.json: case_id, input, layout (the input's kind), source, status "ok", tumour_present (any
+        predicted tumour pixel), classifier_positive (max_probability >= threshold), max_probability, threshold,
+        seg_threshold, postprocessing, n_slices, slices_with_tumour (slice numbers), tumour_area_unit
+        ("px" of the input slices), voxel_mm (input voxel size, null for TIFFs), tumour_volume_ml (null
+        without spacing), channels, image_size, model_files, outputs (file names in ``folder``), and
+        slices: [{slice, probability, segmented, blank, tumour_px, tumour_mm2}] per slice.
+        """
+        case = p.case
+        layout = (registry.for_kind(item.layout) if item is not None else None) or registry.for_source(case.source)
+        kind = item.layout if item is not None else layout.case_kinds[0]
+        check_no_overlap(folder, files_read(case, item), "case output folder")
+        check_replaceable(folder)
+        with atomic_dir(folder) as tmp:
+            (tmp / OUTPUT_MARKER).write_text(json.dumps({"written_by": "python -m pipeline predict"}) + "\n")
+            written = layout.write_prediction(case, p.mask, tmp)  # the mask in the input's own format
+            area_px, pixel_mm2, voxel_mm = written.tumour_px, written.pixel_mm2, written.voxel_mm
+            overlays = _write_overlays(p, tmp / "overlays")
+            tumour_slices = p.slices_with_tumour
+            summary = {
+                "case_id": p.case_id,
+                "input": str(item.path) if item is not None else case.meta.get("path"),
+                "layout": kind,
+                "source": case.source,
+                "status": "ok",
+                "tumour_present": p.tumour_present,
+                "classifier_positive": bool(p.max_probability >= p.threshold),
+                "max_probability": p.max_probability,
+                "threshold": p.threshold,
+                "seg_threshold": self.cascade.seg_threshold,
+                "postprocessing": dataclasses.asdict(self.cascade.post),
+                "n_slices": len(case.slice_numbers),
+                "slices_with_tumour": tumour_slices,
+                "tumour_area_unit": "px",
+                "voxel_mm": voxel_mm,
+                "tumour_volume_ml": (float(area_px.sum() * np.prod(voxel_mm) / 1000.0) if voxel_mm is not None
+                                     else None),
+                "validation": score_case(case, p.mask),
+                "channels": list(self.channels),
+                "image_size": self.image_size,
+                "model_files": self.model_files,
+                "outputs": {**written.outputs, "overlays": [f"overlays/{name}" for name in overlays]},
+                "slices": [
+                    {"slice": int(n), "probability": float(prob), "segmented": bool(g), "blank": bool(b),
+                     "tumour_px": int(px), "tumour_mm2": float(px * pixel_mm2) if pixel_mm2 is not None else None}
+                    for n, prob, g, b, px in zip(case.slice_numbers, p.probabilities, p.gated, p.blank, area_px,
+                                                 strict=True)
+                ],
+            }
+            (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+        volume = f", {summary['tumour_volume_ml']:.2f} ml" if summary["tumour_volume_ml"] is not None else ""
+        log.info("%s: %s (max p %.3f, threshold %.3f), %d of %d slices with tumour%s -> %s", p.case_id,
+                 "TUMOUR" if p.tumour_present else "no tumour", p.max_probability, p.threshold,
+                 len(tumour_slices), len(case.slice_numbers), volume, folder)
+        return summary
+
+
+# ------------------------------------------------------------------------------------------- outputs
+
+# Every case folder predict writes holds this file; predict replaces an existing case folder only
+# when it finds it there (a folder predict did not write is never deleted).
+OUTPUT_MARKER = ".pipeline-predict"
+
+
+RUN_INDEX = "predictions.json"
+
+
+def check_output_dir(out_dir: Path, inputs: list[Path]) -> None:
+    """Refuse an output folder that is an existing file, a dangling link, or that is, contains or lies
+    inside any input (``check_no_overlap``); then create it. InputError naming the folder."""
+    if out_dir.is_symlink() and not out_dir.exists():
+        raise InputError(out_dir, "the output path is a dangling link; give a folder for -o")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(out_dir, "the output path exists and is not a folder; give a folder for -o")
+    check_no_overlap(out_dir, inputs)
+    if (out_dir / RUN_INDEX).is_dir():
+        raise InputError(out_dir / RUN_INDEX, "is a folder; predict writes its run index under this name")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(out_dir, f"cannot create the output folder ({e.strerror or e})") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise InputError(out_dir, "the output folder is not writable")
+
+
+def case_folder(out_dir: Path, case_id: str, source: Path) -> Path:
+    """out_dir/<case id>, or InputError naming ``source`` when the case id cannot name a folder of its own."""
+    if case_id in ("", ".", "..", RUN_INDEX) or "/" in case_id or "\0" in case_id or len(case_id.encode()) > 200:
+        raise InputError(source, f"case id {case_id!r} cannot name an output folder; rename the case")
+    return out_dir / case_id
+
+
+def files_read(case: Case, item: InputItem | None) -> list[Path]:
+    """Every path the case was read from: the input item, the case's folder or file and the files it names,
+    and the entries of those folders (so an input file linked into the output is caught too)."""
+    paths = [Path(item.path)] if item is not None else []
+    if case.meta.get("path"):
+        paths.append(Path(case.meta["path"]))
+    paths += [Path(f) for f in case.meta.get("files", {}).values()]
+    for folder in [p for p in paths if p.is_dir()]:
+        paths += list(folder.iterdir())
+    return paths
+
+
+def check_replaceable(folder: Path) -> None:
+    """InputError unless ``folder`` is absent or a case folder predict itself wrote (OUTPUT_MARKER)."""
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise InputError(folder, "exists and is not a folder predict wrote; refusing to replace it")
+    if folder.is_dir() and not (folder / OUTPUT_MARKER).is_file():
+        raise InputError(folder, f"exists and was not written by predict (no {OUTPUT_MARKER} marker); refusing "
+                                 "to replace it: move it away or choose another output folder")
+
+
+# ------------------------------------------------------------------------------------------- progress
+
+
+class _AboveTheBar:
+    """A text stream that writes through ``tqdm.write``, so log lines do not break a progress bar."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        tqdm.write(text, file=self.stream, end="")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+@contextlib.contextmanager
+def _logs_above_the_bar(enabled: bool) -> Iterator[None]:
+    """Route the root logger's console handlers through tqdm.write while a progress bar is shown."""
+    handlers = [h for h in logging.getLogger().handlers if type(h) is logging.StreamHandler] if enabled else []
+    streams = [h.setStream(_AboveTheBar(h.stream)) for h in handlers]
+    try:
+        yield
+    finally:
+        for handler, stream in zip(handlers, streams, strict=True):
+            handler.setStream(stream)
+
+
+def _prefetch(pool: ThreadPoolExecutor, read: Any, items: list[InputItem]) -> Iterator[Future]:
+    """Futures of read(item) in order, the next one submitted before the current one is handed out."""
+    pending = pool.submit(read, items[0]) if items else None
+    for i in range(len(items)):
+        current = pending
+        pending = pool.submit(read, items[i + 1]) if i + 1 < len(items) else None
+        yield current
+
+
+# ------------------------------------------------------------------------------------------- overlays
+
+
+def _write_overlays(p: Prediction, folder: Path) -> list[str]:
+    """FLAIR + predicted outline (and the reference mask when the input has one) per slice with tumour."""
+    channels = list(p.case.channels)
+    flair = channels.index("flair") if "flair" in channels else len(channels) // 2
+    truth = p.case.mask if p.case.meta.get("has_labels") else None
+    names = []
+    for k in np.flatnonzero(p.mask.any(axis=(1, 2))):
+        n = int(p.case.slice_numbers[k])
+        name = f"slice_{n:03d}.png"
+        title = f"slice {n}  p={p.probabilities[k]:.2f}"
+        overlay_png(p.case.image[k, ..., flair], None, truth[k] if truth is not None else None, folder / name,
+                    title=title, pred_mask=p.mask[k])
+        names.append(name)
+    return names
+
+
+def write_run_index(results: list[dict[str, Any]], path: Path) -> dict[str, Any]:
+    """The run's index, written atomically and returned: {"n_cases", "n_failed", "cases": each case's
+    summary without its per-slice list, or its failure {"status": "failed", "input", "error"},
+    "validation": the cohort's scores over the labelled cases (``validation.cohort_summary``; null
+    when no input carried ground truth)}."""
+    index = {
+        "n_cases": len(results),
+        "n_failed": sum(1 for r in results if r["status"] != "ok"),
+        "cases": [{k: v for k, v in r.items() if k not in ("slices", "outputs")} for r in results],
+        "validation": cohort_summary([r.get("validation") for r in results if r["status"] == "ok"]),
+    }
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(index, indent=2))
+    return index
+
+
+__all__ = ["OUTPUT_MARKER", "Prediction", "Predictor", "write_run_index"]
