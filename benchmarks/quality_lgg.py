@@ -36,6 +36,7 @@ RECIPE: dict[str, Any] = {
     "data.image_size": 256,
     "data.intensity": "per_volume",
     "segmenter.negative_fraction": 0.5,
+    "evaluate.threshold": "patient_dice",
 }
 
 
