@@ -86,6 +86,9 @@ class SplitParams:
             _in_range(f"split.{name}", getattr(self, name), 0, 1)
         if abs(self.train + self.val + self.test - 1) > 1e-6:
             raise ParamsError(f"split: train + val + test must be 1, got {self.train + self.val + self.test}")
+        for name in ("train", "val", "test"):  # training needs train and val patients, evaluate test patients
+            if getattr(self, name) <= 0:
+                raise ParamsError(f"split.{name}: {getattr(self, name)} must be above 0")
 
 
 @dataclass(frozen=True)
@@ -287,7 +290,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ParamsError(f"{key}: expected a whole number, got {value!r}")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool):
+            raise ParamsError(f"{key}: expected a number, got {value!r}")
+        if not isinstance(value, (int, float)):
             # YAML reads 1e-4 (no dot) as a string; accept it when it parses as a number.
             try:
                 return float(value)

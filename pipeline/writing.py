@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from pipeline.errors import InputError
 
@@ -34,6 +37,24 @@ def check_no_overlap(output: str | Path, inputs: Iterable[str | Path], what: str
                     continue
                 raise InputError(output, f"{what} {relation} {item}; writing there could replace or delete "
                                          "input files: choose a folder outside the inputs")
+
+
+def json_text(value: Any) -> str:
+    """Indented JSON in which NaN and infinities are null (DVC, browsers and strict parsers reject NaN)."""
+    return json.dumps(finite(value), indent=2, allow_nan=False) + "\n"
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every non-finite float (at any depth of dicts and lists) replaced by None."""
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _umask() -> int:
@@ -79,10 +100,16 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     old = None
     try:
         yield tmp
-        if target.exists() or target.is_symlink():
+        if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{stem}.old-", dir=target.parent))
             os.replace(target, old)  # rename(2) onto the fresh empty folder
-        tmp.rename(target)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if old is not None:
+                os.replace(old, target)  # put the old folder back rather than lose both
+                old = None
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:

@@ -41,6 +41,11 @@ def test_bundle_round_trip(tmp_path: Path) -> None:
     (lambda b: b["task"].update(regions={"tumour": [4]}), "target regions"),
     (lambda b: b["task"].update(image_size=256), "models take 128 px"),
     (lambda b: b["task"]["intensity"].update(mode="as_stored"), "per_volume intensities"),
+    (lambda b: b["task"].update(intensity=None), "as_stored intensities"),
+    (lambda b: b["task"]["intensity"].update(mode="zscore"), "intensity mode 'zscore'"),
+    (lambda b: b["task"]["intensity"].update(clip_percentiles=[1, 2, 3]), "clip_percentiles"),
+    (lambda b: b.update(seg_threshold=2), "seg_threshold 2.0 is outside"),
+    (lambda b: b["postprocessing"].update(min_component_px="5"), "postprocessing"),
 ])
 def test_bad_bundle_is_one_line_naming_the_file(change, message: str, tmp_path: Path) -> None:
     folder = _bundle_dir(tmp_path)
@@ -54,6 +59,12 @@ def test_bad_bundle_is_one_line_naming_the_file(change, message: str, tmp_path: 
 
 def test_missing_pieces_are_named(tmp_path: Path) -> None:
     folder = _bundle_dir(tmp_path)
+    (folder / "segmenter.json").write_text("[1, 2")
+    with pytest.raises(InputError, match="segmenter.json: not a readable model sidecar"):
+        read_bundle(folder)
+    (folder / "segmenter.json").write_text("[1, 2]")
+    with pytest.raises(InputError, match="segmenter.json: not a model sidecar"):
+        read_bundle(folder)
     (folder / "cascade.json").write_text("{not json")
     with pytest.raises(InputError, match="cascade.json: not a valid"):
         read_bundle(folder)

@@ -41,11 +41,20 @@ def test_repo_params_load():
     (("evaluate", "min_component_px"), -5, "evaluate.min_component_px"),
     (("data", "image_size"), 4096, "data.image_size: 4096 is too large"),
     (("data", "image_size"), 1056, "data.image_size: 1056 is too large"),
+    (("train", "lr"), True, "train.lr: expected a number, got True"),  # YAML true is no learning rate
+    (("evaluate", "threshold"), True, "evaluate.threshold"),
 ])
 def test_bad_values_name_the_key(path, value, message):
     raw = copy.deepcopy(RAW)
     raw[path[0]][path[1]] = value
     with pytest.raises(ParamsError, match=message):
+        params_from_dict(raw)
+
+
+def test_every_split_needs_patients():
+    raw = copy.deepcopy(RAW)
+    raw["split"].update(train=0.8, val=0.2, test=0.0)
+    with pytest.raises(ParamsError, match="split.test: 0.0 must be above 0"):
         params_from_dict(raw)
 
 

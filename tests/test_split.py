@@ -236,9 +236,8 @@ def test_split_stage_uses_split_file_and_keeps_the_old_split_on_a_bad_one(tmp_pa
     assert Path("data/split.csv").read_bytes() == before
 
 
-def test_split_file_without_test_patients_warns(tmp_path, rescanned, caplog):
+def test_split_file_without_test_patients_is_refused(tmp_path, rescanned):
     cases, split = rescanned
     path = write_split_file(tmp_path / "splits.csv", split.replace({"split": {"test": "train"}}))
-    with caplog.at_level("WARNING", logger="pipeline.data.split"):
-        assert "test" not in set(read_split_file(path, cases).split)
-    assert any("no patient in test" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
+    with pytest.raises(InputError, match="no patient in test: evaluate needs test patients"):
+        read_split_file(path, cases)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import InputError, one_line
-from pipeline.writing import atomic_dir
+from pipeline.writing import atomic_dir, json_text
 
 
 def test_atomic_dir_replaces_the_target_and_leaves_every_sibling(tmp_path: Path) -> None:
@@ -54,3 +54,12 @@ def test_atomic_dir_with_a_long_name(tmp_path: Path) -> None:
 
 def test_one_line_escapes_line_breaks() -> None:
     assert one_line("a\nb\tc d") == "a\\nb\\tc d"
+
+
+def test_json_text_writes_null_for_nan_and_infinity() -> None:
+    import json
+
+    import numpy as np
+
+    text = json_text({"a": float("nan"), "b": [np.float32(np.inf), 1.5], "c": np.int64(3)})
+    assert json.loads(text) == {"a": None, "b": [None, 1.5], "c": 3} and "NaN" not in text

@@ -190,6 +190,6 @@ def read_split_file(path: str | Path, cases: pd.DataFrame) -> pd.DataFrame:
         if not (split.split == name).any():
             raise InputError(path, f"no patient in {name}: training needs train and val patients")
     if not (split.split == "test").any():
-        log.warning("%s: no patient in test; evaluate will have nothing to score", path)
+        raise InputError(path, "no patient in test: evaluate needs test patients to score")
     log.info("split from %s: %s", path, split.split.value_counts().reindex(list(SPLITS), fill_value=0).to_dict())
     return split

@@ -64,6 +64,14 @@ class TaskSpec:
             raise ValueError(f"needs 3 channels from {SEQUENCES}; got {list(channels)}")
         if raw.get("regions", regions_json()) != regions_json():
             raise ValueError(f"target regions {raw['regions']} differ from this code's {regions_json()}")
-        intensity = {"mode": raw["intensity"].get("mode", "as_stored"),
-                     "clip_percentiles": raw["intensity"].get("clip_percentiles")}
-        return cls(int(raw["image_size"]), channels, intensity, raw.get("target", TARGET))
+        given = raw["intensity"] or {}
+        intensity = {"mode": given.get("mode", "as_stored"), "clip_percentiles": given.get("clip_percentiles")}
+        if intensity["mode"] not in ("as_stored", "per_volume"):
+            raise ValueError(f"intensity mode {intensity['mode']!r} is not as_stored or per_volume")
+        clip = intensity["clip_percentiles"]
+        if clip is not None and not (isinstance(clip, list) and len(clip) == 2 and 0 <= clip[0] < clip[1] <= 100):
+            raise ValueError(f"clip_percentiles {clip!r} is not [low, high] with 0 <= low < high <= 100")
+        size = raw["image_size"]
+        if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 32:
+            raise ValueError(f"image_size {size!r} is not a multiple of 32 pixels")
+        return cls(size, channels, intensity, raw.get("target", TARGET))

@@ -70,10 +70,16 @@ def read_bundle(folder: str | Path) -> Bundle:
     except FileNotFoundError:
         raise InputError(path, "missing: `evaluate` writes it (the gate threshold and task spec of these "
                                "models); run `dvc repro`") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise InputError(path, f"not a valid model bundle file ({type(e).__name__}: {e})") from None
-    if not 0.0 <= bundle.threshold <= 1.0:
-        raise InputError(path, f"gate threshold {bundle.threshold} is outside [0, 1]")
+    for name, value in (("gate threshold", bundle.threshold), ("seg_threshold", bundle.seg_threshold)):
+        if not 0.0 <= value <= 1.0:
+            raise InputError(path, f"{name} {value} is outside [0, 1]")
+    post = bundle.post
+    if isinstance(post.min_component_px, bool) or not isinstance(post.min_component_px, int) \
+            or post.min_component_px < 0 or not isinstance(post.keep_largest_component, bool):
+        raise InputError(path, f"postprocessing {asdict(post)} needs a whole min_component_px >= 0 and a "
+                               "true/false keep_largest_component")
     task_from_sidecars(folder, expected=bundle.task)
     return bundle
 

@@ -73,7 +73,10 @@ class Cascade:
         for path in (classifier_path, segmenter_path):
             if not Path(path).exists():
                 raise InputError(path, "model file not found; train it with `dvc repro` first")
-            models.append(keras.saving.load_model(path, compile=False, safe_mode=True))
+            try:
+                models.append(keras.saving.load_model(path, compile=False, safe_mode=True))
+            except (OSError, ValueError, KeyError, TypeError) as e:  # a truncated zip, a foreign file
+                raise InputError(path, f"not a readable .keras model ({type(e).__name__}: {e})") from None
         return cls(models[0], models[1], float(threshold), **kwargs)
 
     def classify(self, images: np.ndarray) -> np.ndarray:

@@ -37,9 +37,8 @@ def score_case(case: Case, pred_mask: np.ndarray) -> dict[str, Any] | None:
     spacing = _array_spacing(case.spacing_mm)
     voxel = float(np.prod(spacing)) / 1000.0 if spacing is not None else 1.0  # ml per voxel, or 1 px
     truth_volume, pred_volume = float(truth.sum()) * voxel, float(pred.sum()) * voxel
-    both_empty = not truth.any() and not pred.any()
     return {
-        "dice": 1.0 if both_empty else m.dice(truth, pred),
+        "dice": m.dice(truth, pred),  # 1.0 when both are empty
         "hd95": m.hd95(truth, pred, spacing=spacing),
         "hd95_unit": "mm" if spacing is not None else "px",
         "truth_volume": truth_volume,
@@ -62,6 +61,8 @@ def cohort_summary(scores: Sequence[dict[str, Any] | None]) -> dict[str, Any] | 
     tumour = [s for s in labelled if s["has_tumour"]]
     free = [s for s in labelled if not s["has_tumour"]]
 
+    units = {s["hd95_unit"] for s in tumour}  # TIFF cases in px, volumes in mm: never averaged together
+
     def stats(key: str) -> dict[str, float]:
         summary = m.summarise([s[key] for s in tumour])
         return {k: summary[k] for k in COHORT_STATS}
@@ -71,7 +72,8 @@ def cohort_summary(scores: Sequence[dict[str, Any] | None]) -> dict[str, Any] | 
         "n_with_tumour": len(tumour),
         "n_tumour_free": len(free),
         "dice": stats("dice"),
-        "hd95": {**stats("hd95"), "unit": tumour[0]["hd95_unit"] if tumour else None,
+        "hd95": {**(stats("hd95") if len(units) == 1 else dict.fromkeys(COHORT_STATS, math.nan)),
+                 "unit": units.pop() if len(units) == 1 else ("mixed: px and mm, not pooled" if units else None),
                  "n_undefined": sum(1 for s in tumour if not math.isfinite(s["hd95"]))},
         "volume_error_relative": stats("volume_error_relative"),
         "missed_tumours": sum(1 for s in tumour if not s["tumour_detected"]),

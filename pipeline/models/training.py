@@ -230,9 +230,14 @@ def save_model(model: keras.Model, path: str | Path, sidecar: dict[str, Any]) ->
 def load_sidecar(model_path: str | Path) -> dict[str, Any]:
     path = Path(model_path).with_suffix(".json")
     try:
-        return json.loads(path.read_text())
+        sidecar = json.loads(path.read_text())
     except FileNotFoundError:
         raise InputError(path, "model sidecar JSON missing (it is written next to the .keras file by training)") from None
+    except (OSError, ValueError) as e:
+        raise InputError(path, f"not a readable model sidecar ({type(e).__name__}: {e})") from None
+    if not isinstance(sidecar, dict):
+        raise InputError(path, "not a model sidecar (expected a JSON object)")
+    return sidecar
 
 
 def store_intensity(store: SliceStore) -> dict[str, Any]:

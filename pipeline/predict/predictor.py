@@ -56,7 +56,7 @@ from pipeline.evaluation.validation import cohort_summary, score_case
 from pipeline.params import DataParams
 from pipeline.paths import MODELS_DIR
 from pipeline.predict.discovery import InputItem, find_inputs
-from pipeline.writing import atomic_dir, atomic_path, check_no_overlap
+from pipeline.writing import atomic_dir, atomic_path, check_no_overlap, json_text
 
 log = logging.getLogger(__name__)
 
@@ -225,13 +225,14 @@ class Predictor:
             for item, pending in zip(items, _prefetch(reader, self.read, items), strict=True):
                 try:
                     case = pending.result()
-                    if case.patient_id in written:
+                    key = case.patient_id.casefold()  # one folder on a case-insensitive file system
+                    if key in written:
                         raise InputError(item.path, f"case id {case.patient_id} was already predicted from "
-                                                    f"{written[case.patient_id]}")
+                                                    f"{written[key]}")
                     folder = case_folder(out_dir, case.patient_id, item.path)
                     prediction = self.predict_case(case)
                     summary = self.write_case(prediction, folder, item)
-                    written[case.patient_id] = str(item.path)
+                    written[key] = str(item.path)
                     results.append(summary)
                 except (PipelineError, OSError) as e:
                     error = str(e) if isinstance(e, PipelineError) else f"{e.filename or out_dir}: cannot write ({e.strerror or e})"
@@ -295,7 +296,7 @@ class Predictor:
                                                  strict=True)
                 ],
             }
-            (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+            (tmp / "summary.json").write_text(json_text(summary))
         volume = f", {summary['tumour_volume_ml']:.2f} ml" if summary["tumour_volume_ml"] is not None else ""
         log.info("%s: %s (max p %.3f, threshold %.3f), %d of %d slices with tumour%s -> %s", p.case_id,
                  "TUMOUR" if p.tumour_present else "no tumour", p.max_probability, p.threshold,
@@ -427,7 +428,7 @@ def write_run_index(results: list[dict[str, Any]], path: Path) -> dict[str, Any]
         "validation": cohort_summary([r.get("validation") for r in results if r["status"] == "ok"]),
     }
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(index, indent=2))
+        tmp.write_text(json_text(index))
     return index
 
 

@@ -93,6 +93,8 @@ def threshold_rule_text(rule: Any) -> str:
         return "Youden's J: the threshold that maximises sensitivity + specificity − 1"
     if rule == "f1":
         return "the threshold that maximises F1 (the harmonic mean of sensitivity and PPV)"
+    if rule == "patient_dice":
+        return "the gate that maximises the cascade's mean per-patient 3-D Dice on the validation patients"
     if rule.startswith("sensitivity:"):
         return f"the highest threshold that keeps sensitivity at or above {pct(rule.split(':', 1)[1], 0)}"
     if as_float(rule) is not None:

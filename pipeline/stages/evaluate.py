@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
 
 import pandas as pd
@@ -30,7 +28,7 @@ from pipeline.paths import (
     SLICES_DIR,
     SPLIT_CSV,
 )
-from pipeline.writing import atomic_dir, atomic_path
+from pipeline.writing import atomic_dir, atomic_path, json_text
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +45,11 @@ def run(params: Params) -> None:
     post = PostProcessing(e.min_component_px, e.keep_largest_component)
     cascade = Cascade.load(CLASSIFIER, SEGMENTER, threshold=0.5, post=post)
     sidecar = load_sidecar(CLASSIFIER)
+
+    layer = sidecar["last_conv_layer"] if e.gradcam_layer == "last" else e.gradcam_layer
+    if not any(one.name == layer for one in cascade.classifier.layers):  # checked before minutes of scoring
+        raise ParamsError(f"evaluate.gradcam_layer: the classifier has no layer {layer!r} (the backbone's "
+                          f"last one is {sidecar['last_conv_layer']!r})")
 
     scored = score_patients(store, split, cascade)
     cascade.threshold = threshold = choose_threshold(scored.slices, e.threshold)
@@ -71,27 +74,23 @@ def run(params: Params) -> None:
         slices.to_csv(out / "slices.csv", index=False)
         patients.to_csv(out / "patients.csv", index=False)
         val = metrics["val"]["classifier"]
-        (out / "threshold.json").write_text(json.dumps({
+        (out / "threshold.json").write_text(json_text({
             "rule": str(e.threshold), "threshold": threshold, "chosen_on": "val",
-            "val_sensitivity": val["sensitivity"], "val_specificity": val["specificity"]}, indent=2))
+            "val_sensitivity": val["sensitivity"], "val_specificity": val["specificity"]}))
 
         test_slices, test_patients = tables["test"]
-        layer = sidecar["last_conv_layer"] if e.gradcam_layer == "last" else e.gradcam_layer
-        if not any(one.name == layer for one in cascade.classifier.layers):
-            raise ParamsError(f"evaluate.gradcam_layer: the classifier has no layer {layer!r} (the backbone's "
-                              f"last one is {sidecar['last_conv_layer']!r})")
         gallery, pointing = explain_test_slices(cascade.classifier, layer, store, test_slices,
                                                 e, out / "images")
         metrics["test"]["explain"] = pointing
-        (out / "gallery.json").write_text(json.dumps(gallery, indent=2))
-        (out / "cases.json").write_text(json.dumps(
-            patient_triptychs(store, test_patients, test_slices, scored.seg_masks, out / "images", post), indent=2))
+        (out / "gallery.json").write_text(json_text(gallery))
+        (out / "cases.json").write_text(json_text(
+            patient_triptychs(store, test_patients, test_slices, scored.seg_masks, out / "images", post)))
         bundle = Bundle(task_from_sidecars(MODELS_DIR), threshold, str(e.threshold), cascade.seg_threshold, post)
         check(metrics, name="evaluate's metrics")
-        (out / METRICS_FULL_JSON.relative_to(EVAL_DIR)).write_text(json.dumps(_finite(metrics), indent=2))
+        (out / METRICS_FULL_JSON.relative_to(EVAL_DIR)).write_text(json_text(metrics))
     bundle.write(MODELS_DIR)  # models/ now holds all that predict needs (pipeline.evaluation.bundle)
     with atomic_path(METRICS_JSON) as tmp:
-        tmp.write_text(json.dumps(_finite(headline(metrics)), indent=2))
+        tmp.write_text(json_text(headline(metrics)))
     t = metrics["test"]
     log.info("test: AUC %.3f [%.3f, %.3f], sensitivity %.3f, specificity %.3f; segmenter slice Dice %.3f; "
              "cascade patient Dice mean %.3f median %.3f; pointing game %.2f (%.0f s)",
@@ -99,16 +98,3 @@ def run(params: Params) -> None:
              t["classifier"]["sensitivity"], t["classifier"]["specificity"], t["segmenter"]["dice_slice_mean"],
              t["cascade"]["dice_patient_mean"], t["cascade"]["dice_patient_median"],
              t["explain"]["pointing_game"], time.perf_counter() - start)
-
-
-def _finite(value):
-    """JSON-safe metrics: NaN/inf become null (DVC and browsers reject NaN literals)."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

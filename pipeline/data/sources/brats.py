@@ -149,6 +149,10 @@ def load_dataset_json(path: Path) -> dict[str, Any]:
     modality = spec.get("modality", spec.get("channel_names")) if isinstance(spec, dict) else None
     if not isinstance(modality, dict) or not modality or not all(str(k).isdigit() for k in modality):
         raise InputError(path, 'no "modality" mapping of channel index -> sequence name')
+    labels = spec.get("labels", DECATHLON_DEFAULT_LABELS)
+    if not isinstance(labels, dict) or not all(
+            (str(k).isdigit() and int(k) < 256) or (isinstance(v, int) and 0 <= v < 256) for k, v in labels.items()):
+        raise InputError(path, '"labels" must map label values 0..255 to names ({"0": "background", ...})')
     return spec
 
 

@@ -366,7 +366,7 @@ def read_lgg_slice(image_path: Path, image_size: int | None = None, *, intensity
                 raise
             _warn_unlabelled(e, image_path.name)
             has_labels = False
-    meta = _case_meta(image_path.parent, None, has_labels=has_labels)
+    meta = _case_meta(image_path.parent, {}, has_labels=has_labels)  # one slice: no data.csv join
     return Case(
         patient_id=image_path.parent.name,
         image=_scaled(_fit(image, image_size, cv2.INTER_AREA)[np.newaxis], intensity, clip_percentiles),

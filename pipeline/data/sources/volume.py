@@ -94,7 +94,7 @@ def nifti_ndim(path: Path) -> int:
         check_file(path)
     try:
         return len(nib.load(path).shape)
-    except (ImageFileError, OSError, EOFError, ValueError) as e:
+    except NIFTI_ERRORS as e:
         raise InputError(path, f"not a readable NIfTI file ({e})") from None
 
 
@@ -119,6 +119,9 @@ class CanonicalVolume:
     spacing_mm: tuple[float, float, float]  # voxel size along canonical X, Y, Z
 
 
+# What nibabel raises for a file that is no readable NIfTI (corrupt header, truncated or bad gzip data, a
+# voxel type numpy cannot compare, a header asking for more memory than there is).
+NIFTI_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, ValueError, TypeError, MemoryError)
 # A brain MRI volume is tens of MB; a header claiming more than this is corrupt (or not a scan).
 MAX_VOLUME_BYTES = 4 * 2**30
 
@@ -148,8 +151,7 @@ def load_canonical(path: Path, ndim: int) -> CanonicalVolume:
         data = np.asarray(canonical.dataobj)
     except InputError:
         raise
-    except (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, ValueError, TypeError,
-            MemoryError) as e:
+    except NIFTI_ERRORS as e:
         raise InputError(path, f"not a readable NIfTI file ({type(e).__name__}: {e})") from None
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         raise InputError(path, "contains NaN or infinite values")
