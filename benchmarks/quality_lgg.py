@@ -9,8 +9,9 @@ in a fresh process in a scratch copy of the pipeline, so the workspace is untouc
     python benchmarks/quality_lgg.py --root R --set train.epochs=40 --keep /tmp/run1
 
 Prints {"benchmark": "quality_lgg", "settings", "patients": {split: n}, "dice_patient_mean",
-"dice_patient_median", "dice_patient_p5", "auc", "auc_ci", "sensitivity", "specificity",
-"pointing_game", "pointing_chance", "stage_seconds": {stage: s}, "total_seconds"} (test split).
+"dice_patient_median", "dice_patient_p5", "hd95_median", "auc", "auc_ci", "sensitivity", "specificity",
+"segmenter_dice_slice", "pointing_game", "pointing_chance", "threshold", "stage_seconds": {stage: s},
+"total_seconds"} (test split).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("ingest", "split", "train_classifier", "train_segmenter", "evaluate", "report")
+STAGES = ("ingest", "split", "train_classifier", "train_segmenter", "evaluate", "report")  # __main__.STAGES less demo
 
 # The real-data recipe: what differs from params.yaml for kaggle_3m scans (measured: README).
 RECIPE: dict[str, Any] = {
