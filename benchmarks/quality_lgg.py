@@ -35,8 +35,6 @@ STAGES = ("ingest", "split", "train_classifier", "train_segmenter", "evaluate", 
 RECIPE: dict[str, Any] = {
     "data.source": "lgg",
     "data.image_size": 256,
-    "data.intensity": "per_volume",
-    "segmenter.negative_fraction": 0.5,
     "evaluate.threshold": "patient_dice",
 }
 
