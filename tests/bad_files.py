@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import cv2
+import nibabel as nib
 import numpy as np
 import tifffile
 
@@ -89,3 +90,19 @@ def junk(folder: Path, like: str) -> None:
     (folder / "__MACOSX" / like).mkdir(parents=True)
     (folder / "__MACOSX" / like / f"._{like}_1.tif").write_bytes(b"\0\5\26\7")
     (folder / "__MACOSX" / like / f"._{like}_flair.nii.gz").write_bytes(b"\0\5\26\7")
+
+
+def write_brats_case(parent: Path, name: str, shape: tuple[int, int, int], margin: tuple[int, int, int],
+                     tumour: tuple[slice, slice, slice]) -> Path:
+    """A BraTS 2021 case folder: four int16 sequences (a box of brain ``margin`` voxels in from each edge,
+    intensity 100 x sequence number) and a _seg with label 2 (edema) in ``tumour``, identity affine."""
+    folder = parent / name
+    folder.mkdir(parents=True)
+    brain = np.zeros(shape, np.int16)
+    brain[tuple(slice(m, -m) for m in margin)] = 1
+    for k, sequence in enumerate(("flair", "t1", "t1ce", "t2"), start=1):
+        nib.save(nib.Nifti1Image(brain * 100 * k, np.eye(4)), folder / f"{name}_{sequence}.nii.gz")
+    seg = np.zeros(shape, np.uint8)
+    seg[tumour] = 2
+    nib.save(nib.Nifti1Image(seg, np.eye(4)), folder / f"{name}_seg.nii.gz")
+    return folder

@@ -27,7 +27,7 @@ import pandas as pd
 import pytest
 import tifffile
 import yaml
-from bad_files import junk, make_bad_entry, truncate, write_compressed_tiff
+from bad_files import junk, make_bad_entry, truncate, write_brats_case, write_compressed_tiff
 
 import pipeline.models.nets  # noqa: F401  (registers the custom layers)
 from pipeline.__main__ import main
@@ -80,16 +80,7 @@ def kaggle_root(tmp: Path, cases: tuple[str, ...] = PATIENTS, top: int = 255) ->
 
 
 def brats_case(parent: Path, name: str) -> Path:
-    folder = parent / name
-    folder.mkdir(parents=True)
-    brain = np.zeros(BRATS_SHAPE, np.int16)
-    brain[6:-6, 5:-5, 1:-1] = 1
-    for k, sequence in enumerate(("flair", "t1", "t1ce", "t2"), start=1):
-        nib.save(nib.Nifti1Image(brain * 100 * k, np.eye(4)), folder / f"{name}_{sequence}.nii.gz")
-    seg = np.zeros(BRATS_SHAPE, np.uint8)
-    seg[14:20, 12:18, 4:8] = 2
-    nib.save(nib.Nifti1Image(seg, np.eye(4)), folder / f"{name}_seg.nii.gz")
-    return folder
+    return write_brats_case(parent, name, BRATS_SHAPE, (6, 5, 1), np.s_[14:20, 12:18, 4:8])
 
 
 def brats_root(tmp: Path) -> Path:

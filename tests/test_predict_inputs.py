@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import tifffile
-from bad_files import BAD_ENTRIES, junk, make_bad_entry, truncate, write_compressed_tiff
+from bad_files import BAD_ENTRIES, junk, make_bad_entry, truncate, write_brats_case, write_compressed_tiff
 
 from pipeline.data.case import LGG_CHANNELS
 from pipeline.errors import InputError
@@ -34,17 +34,7 @@ def lgg_case(parent: Path, name: str = LGG, slices: int = 3) -> Path:
 
 
 def brats_case(parent: Path, name: str = BRATS) -> Path:
-    folder = parent / name
-    folder.mkdir(parents=True)
-    shape = (30, 28, 12)
-    brain = np.zeros(shape, np.int16)
-    brain[4:-4, 3:-3, 2:-2] = 1
-    for k, sequence in enumerate(("flair", "t1", "t1ce", "t2"), start=1):
-        nib.save(nib.Nifti1Image(brain * 100 * k, np.eye(4)), folder / f"{name}_{sequence}.nii.gz")
-    seg = np.zeros(shape, np.uint8)
-    seg[10:14, 8:12, 4:7] = 2
-    nib.save(nib.Nifti1Image(seg, np.eye(4)), folder / f"{name}_seg.nii.gz")
-    return folder
+    return write_brats_case(parent, name, (30, 28, 12), (4, 3, 2), np.s_[10:14, 8:12, 4:7])
 
 
 @pytest.fixture
