@@ -131,8 +131,10 @@ class ClassifierParams:
     finetune_lr_scale: float
     class_balance: str
     patience: int
+    localisation_weight: float = 0.0  # weight of the per-cell "is this tumour?" loss on the last conv map; 0 = off
 
     def validate(self) -> None:
+        _in_range("classifier.localisation_weight", self.localisation_weight, 0, 100)
         _one_of("classifier.backbone", self.backbone, ("resnet50", "resnet50v2", "densenet121", "efficientnetb0"))
         _one_of("classifier.class_balance", self.class_balance, ("weights", "batches", "none"))
         _in_range("classifier.dropout", self.dropout, 0, 0.95)
@@ -167,7 +169,7 @@ class SegmenterParams:
 class EvaluateParams:
     threshold: str | float
     min_component_px: int
-    keep_largest_component: bool
+    keep_largest_component: bool | str  # true | false | "auto" (whichever scores higher on validation)
     bootstrap: int
     gradcam_per_group: int
     ig_steps: int
@@ -188,6 +190,9 @@ class EvaluateParams:
             except ValueError:
                 raise ParamsError(f"evaluate.threshold: {t!r}: the target sensitivity is not a number") from None
         _in_range("evaluate.min_component_px", self.min_component_px, 0, MAX_IMAGE_SIZE ** 2)
+        if isinstance(self.keep_largest_component, str) and self.keep_largest_component != "auto":
+            raise ParamsError(f"evaluate.keep_largest_component: {self.keep_largest_component!r} must be true, "
+                              "false or auto")
         _in_range("evaluate.bootstrap", self.bootstrap, 0, 1_000_000)
         _in_range("evaluate.gradcam_per_group", self.gradcam_per_group, 0, 1000)
         _in_range("evaluate.ig_steps", self.ig_steps, 2, 10_000)  # the trapezoid rule needs both path ends

@@ -133,7 +133,8 @@ def write_fake_outputs(root: str | Path, *, n_patients: int = 30, slices_per_pat
         "classifier": {"pretrained": pretrained, "backbone": params.classifier.backbone},
         "threshold": {"rule": str(params.evaluate.threshold), "value": threshold, "chosen_on": "val"},
         "postprocessing": {"min_component_px": params.evaluate.min_component_px,
-                           "keep_largest_component": params.evaluate.keep_largest_component},
+                           "keep_largest_component": params.evaluate.keep_largest_component is True,
+                           "chosen_on": "val" if params.evaluate.keep_largest_component == "auto" else "params"},
     }
     for name in ("val", "test"):
         s = evaluated[evaluated.split == name]

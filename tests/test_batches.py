@@ -334,6 +334,24 @@ def test_in_memory_matches_unaugmented_batches(store: SliceStore):
     np.testing.assert_array_equal(x, xb)
     x, y = in_memory(store, rows, "mask")
     assert y.shape == (20, SIZE, SIZE, 1)
+    (x2, masks), labels = in_memory(store, rows, "label+mask")
+    np.testing.assert_array_equal(x2, x)
+    np.testing.assert_array_equal(masks, y)
+    np.testing.assert_array_equal(labels[:, 0], rows.has_tumour.to_numpy(np.float32))
+
+
+def test_label_and_mask_batches_carry_the_masks_augmented_with_their_images(store: SliceStore):
+    """Target "label+mask" (a classifier learning where the tumour is): x = (images, masks), y = labels;
+    the same images and masks as target "mask" for the same seed, so image and mask stay aligned."""
+    both = SliceBatches(store, store.manifest, 8, "label+mask", AUG, shuffle=True, seed=3, class_weight={0: 1, 1: 2})
+    masks_only = SliceBatches(store, store.manifest, 8, "mask", AUG, shuffle=True, seed=3)
+    (x, masks), y, weights = both[1]
+    x_ref, masks_ref = masks_only[1]
+    np.testing.assert_array_equal(x, x_ref)
+    np.testing.assert_array_equal(masks, masks_ref)
+    assert y.shape == (8, 1) and weights.shape == (8,)
+    np.testing.assert_array_equal(y[:, 0], store.manifest.has_tumour.to_numpy(np.float32)[both.batch_rows(1)])
+    np.testing.assert_array_equal(weights, np.where(y[:, 0] == 1, 2.0, 1.0))
 
 
 def test_bad_arguments(store: SliceStore, tmp_path: Path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from itertools import combinations_with_replacement
+from typing import Any
 
 import numpy as np
 import pytest
@@ -447,3 +448,43 @@ def test_patient_dice_threshold_maximises_the_cascade_dice_of_validation_patient
     assert patient_dice_threshold(slices) == pytest.approx(0.6)
     slices.loc[2, ["tumour_pixels", "seg_pixels", "seg_overlap_pixels"]] = [60, 60, 60]  # now it helps
     assert patient_dice_threshold(slices) == pytest.approx(0.3)
+
+
+def _scored(patients: dict) -> Any:
+    """A Scored of patients {pid: (split, truth bool [D, H, W], segmenter mask bool [D, H, W])}; every slice
+    scores 0.9, so a 0.5 gate passes all of them."""
+    import pandas as pd
+
+    from pipeline.evaluation.scoring import Scored
+
+    rows = [{"patient_id": pid, "slice_index": i, "split": split, "probability": 0.9}
+            for pid, (split, truth, _) in patients.items() for i in range(len(truth))]
+    return Scored(pd.DataFrame(rows), {p: s for p, (_, _, s) in patients.items()},
+                  {p: t for p, (_, t, _) in patients.items()})
+
+
+def test_choose_postprocessing_keeps_the_largest_component_only_when_validation_gains() -> None:
+    from pipeline.evaluation.postprocess import PostProcessing
+    from pipeline.evaluation.scoring import choose_postprocessing
+
+    options = [PostProcessing(0, False), PostProcessing(0, True)]
+    truth = np.zeros((4, 16, 16), bool)
+    truth[1:3, 2:8, 2:8] = True
+    spurious = truth.copy()
+    spurious[3, 12:15, 12:15] = True  # a false-positive blob, apart from the tumour
+    scored = _scored({"v": ("val", truth, spurious)})
+    chosen, scores = choose_postprocessing(scored, 0.5, options)
+    assert chosen.keep_largest_component and scores[1] == pytest.approx(1.0) and scores[0] < 1.0
+
+    two_lesions = truth.copy()
+    two_lesions[1:3, 11:15, 11:15] = True  # a second, smaller real lesion: keeping one component loses it
+    scored = _scored({"v": ("val", two_lesions, two_lesions.copy())})
+    chosen, scores = choose_postprocessing(scored, 0.5, options)
+    assert not chosen.keep_largest_component and scores[0] == pytest.approx(1.0) and scores[1] < 1.0
+
+    # Test patients are never read: one where only the largest component would help changes nothing.
+    scored = _scored({"v": ("val", two_lesions, two_lesions.copy()), "t": ("test", truth, spurious)})
+    assert choose_postprocessing(scored, 0.5, options)[0] == options[0]
+    # A tie keeps the earlier, simpler option.
+    scored = _scored({"v": ("val", truth, truth.copy())})
+    assert choose_postprocessing(scored, 0.5, options)[0] == options[0]

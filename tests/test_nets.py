@@ -19,6 +19,7 @@ from pipeline.models.nets.classifier import (
     backbone_stages,
     build_classifier,
     set_trainable_stages,
+    with_localisation_loss,
     zero_init_residual_branches,
 )
 from pipeline.models.nets.layers import BackbonePreprocess, PerImageStandardization
@@ -190,6 +191,31 @@ def test_classifier_save_load_safe_mode_same_predictions(resnet, tmp_path: Path)
     np.testing.assert_allclose(loaded.predict_on_batch(x), model.predict_on_batch(x), rtol=1e-5, atol=1e-6)
     assert loaded.get_layer("preprocess").get_config()["mode"] == "caffe"
     loaded.get_layer("conv5_block3_out")
+
+
+def test_localisation_loss_is_the_cross_entropy_of_tumour_cells_and_leaves_the_model_as_it_was() -> None:
+    """The training wrapper adds weight x mean BCE(cell holds tumour, cell logit) over the 4x4 cells of the
+    explained conv map, returns the model's own probability, and shares its weights."""
+    image = keras.Input((SIZE, SIZE, 3), name="image")
+    features = keras.layers.Conv2D(4, 8, strides=8, name="last_conv")(image)  # [B, 4, 4, 4]: 8 px cells
+    probability = keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(features))
+    model = keras.Model(image, probability)
+    trainer = with_localisation_loss(model, "last_conv", 2.0)
+    x = uint8_images(3)
+    truth = np.zeros((3, SIZE, SIZE, 1), np.float32)
+    truth[0, 0:2, 0:2] = 1  # cell (0, 0)
+    truth[1, 20:30, 9] = 1  # cells (2, 1) and (3, 1); slice 2 is tumour-free
+    out = trainer([x, truth], training=False)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(out), model.predict_on_batch(x), rtol=1e-5, atol=1e-6)
+
+    cells = keras.Model(trainer.inputs, trainer.get_layer("tumour_cells").output)([x, truth])
+    logits = keras.ops.convert_to_numpy(cells)[..., 0].astype(np.float64)  # [3, 4, 4]
+    target = np.zeros((3, 4, 4))
+    target[0, 0, 0] = target[1, 2, 1] = target[1, 3, 1] = 1
+    bce = np.maximum(logits, 0) - logits * target + np.log1p(np.exp(-np.abs(logits)))
+    assert len(trainer.losses) == 1
+    assert float(keras.ops.convert_to_numpy(trainer.losses[0])) == pytest.approx(2.0 * bce.mean(), rel=1e-4)
+    assert {id(w) for w in model.weights} < {id(w) for w in trainer.weights}  # shared, plus the cell head
 
 
 def test_set_trainable_stages_resnet50(resnet) -> None:

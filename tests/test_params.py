@@ -43,6 +43,8 @@ def test_repo_params_load():
     (("data", "image_size"), 1056, "data.image_size: 1056 is too large"),
     (("train", "lr"), True, "train.lr: expected a number, got True"),  # YAML true is no learning rate
     (("evaluate", "threshold"), True, "evaluate.threshold"),
+    (("evaluate", "keep_largest_component"), "yes", "evaluate.keep_largest_component: 'yes' must be true, false or auto"),
+    (("evaluate", "keep_largest_component"), 1, "evaluate.keep_largest_component"),
 ])
 def test_bad_values_name_the_key(path, value, message):
     raw = copy.deepcopy(RAW)
@@ -108,6 +110,7 @@ def test_split_file_is_optional():
 @pytest.mark.parametrize("path, value", [
     (("evaluate", "ig_steps"), 2), (("evaluate", "bootstrap"), 0), (("evaluate", "gradcam_per_group"), 0),
     (("evaluate", "min_component_px"), 0), (("data", "image_size"), 1024),
+    (("evaluate", "keep_largest_component"), "auto"), (("evaluate", "keep_largest_component"), True),
 ])
 def test_edge_values_that_work_are_accepted(path, value):
     raw = copy.deepcopy(RAW)

@@ -34,6 +34,11 @@ class PostProcessing:
     def enabled(self) -> bool:
         return self.min_component_px > 0 or self.keep_largest_component
 
+    def __str__(self) -> str:
+        steps = ([f"components under {self.min_component_px} px dropped"] if self.min_component_px > 0 else []) + \
+            (["largest 3-D component kept"] if self.keep_largest_component else [])
+        return ", ".join(steps) or "none"
+
 
 def _components(mask: np.ndarray, connectivity: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Labelled components of a binary mask and their sizes [n_labels + 1] (index 0 = background)."""

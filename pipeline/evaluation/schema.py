@@ -97,7 +97,10 @@ METRICS = Group("every metric of `evaluate`; a value is null where it is undefin
     }),
     "postprocessing": Group("post-processing of the predicted masks", {
         "min_component_px": "evaluate.min_component_px",
-        "keep_largest_component": "evaluate.keep_largest_component",
+        "keep_largest_component": "whether only the largest 3-D connected component of each patient's mask "
+                                  "is kept (evaluate.keep_largest_component; auto: chosen on validation)",
+        "chosen_on": '"val" when evaluate.keep_largest_component is auto (the higher validation mean per-patient '
+                     'Dice at the chosen gate), else "params"',
     }),
     "val": SPLIT,
     "test": Group("metrics of the test patients", {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,6 +112,28 @@ def patient_dice_threshold(slices: pd.DataFrame) -> float:
     log.info("patient_dice threshold %.4f: validation mean per-patient Dice %.4f (before post-processing)",
              best, best_score)
     return best
+
+
+def choose_postprocessing(scored: Scored, threshold: float,
+                          options: Sequence[PostProcessing]) -> tuple[PostProcessing, list[float]]:
+    """The post-processing among `options` with the highest mean per-patient cascade Dice over the
+    validation patients with tumour, at the gate `threshold` (chosen before, on the same patients).
+
+    Returns the winner (ties: the earlier, simpler option) and each option's validation score (NaN without
+    validation tumour patients, where the first option wins). Test patients are never read.
+    """
+    val = scored.slices[scored.slices.split == "val"]
+    scores = []
+    for post in options:
+        dice = [m.dice(scored.truth[pid], combine(scored.seg_masks[pid].astype(np.float32),
+                                                  gate(group.probability.to_numpy(), threshold), 0.5, post))
+                for pid, group in val.groupby("patient_id", sort=True) if scored.truth[pid].any()]
+        scores.append(float(np.mean(dice)) if dice else math.nan)
+    best = int(np.argmax(np.nan_to_num(scores, nan=-1.0)))
+    for post, score in zip(options, scores):
+        log.info("post-processing %s: validation mean per-patient Dice %.4f%s", post, score,
+                 " (chosen)" if post is options[best] else "")
+    return options[best], scores
 
 
 def patient_spacing(store: SliceStore, pid: str) -> tuple[tuple[float, float, float] | None, str]:

@@ -5,6 +5,8 @@ memory-mapped store one batch at a time and yields ``(x, y)`` or ``(x, y, sample
 
 - x: float32 [B, H, W, 3], values 0..255 (the models normalise inside);
 - y: float32 [B, 1] (target "label": has_tumour) or float32 [B, H, W, 1] (target "mask": ``task.target_mask(labels)``);
+  target "label+mask" gives x = (images, masks [B, H, W, 1]) and y the labels, for a classifier that also
+  learns where the tumour is (``pipeline.models.nets.classifier.with_localisation_loss``);
 - sample_weight: float32 [B], only when ``class_weight`` is given.
 
 Reproducibility: which slices make up batch i of epoch e, and how they are augmented, depend only
@@ -33,7 +35,7 @@ from pipeline.data.task import target_mask
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("label", "mask")
+TARGETS = ("label", "mask", "label+mask")
 
 # fit() settings for the PyDataset (measured in benchmarks/bench_batches.py, 2 cores). A batch costs
 # ~0.1-0.3 ms a slice (read + augment; augment_batch spreads the slices of a batch over one thread
@@ -94,11 +96,15 @@ def class_weights_from(labels: np.ndarray) -> dict[int, float]:
     return weights
 
 
-def in_memory(store: SliceStore, rows: pd.DataFrame, target: str = "label") -> tuple[np.ndarray, np.ndarray]:
-    """All slices of ``rows`` as arrays, in row order: (x float32 [N, H, W, 3] 0..255, y as SliceBatches gives it)."""
+def in_memory(store: SliceStore, rows: pd.DataFrame, target: str = "label") -> tuple[Any, np.ndarray]:
+    """All slices of ``rows`` as arrays, in row order: (x float32 [N, H, W, 3] 0..255, y), as SliceBatches gives them."""
     _check_target(target)
     images, labels = store.read_rows(rows)
-    return images.astype(np.float32), _targets(target, rows["has_tumour"].to_numpy(bool), labels)
+    has_tumour = rows["has_tumour"].to_numpy(bool)
+    x = images.astype(np.float32)
+    if target == "label+mask":
+        x = (x, _targets("mask", has_tumour, labels))
+    return x, _targets(target, has_tumour, labels)
 
 
 class SliceBatches(keras.utils.PyDataset):
@@ -177,9 +183,11 @@ class SliceBatches(keras.utils.PyDataset):
         chosen = self.batch_rows(index, epoch)
         images, labels = self.store.read(self._patient_ids[chosen].tolist(), self._slice_indices[chosen].tolist())
         rng = np.random.default_rng([self.seed, epoch, index])
-        x, labels = augment_batch(images, labels if self.target == "mask" else None, rng, self.augment)
+        x, labels = augment_batch(images, labels if self.target != "label" else None, rng, self.augment)
         has_tumour = self._has_tumour[chosen]
         y = _targets(self.target, has_tumour, labels)
+        if self.target == "label+mask":
+            x = (x, _targets("mask", has_tumour, labels))
         if self.class_weight is None:
             return x, y
         weights = np.array([self.class_weight.get(int(t), 1.0) for t in has_tumour], np.float32)
@@ -239,7 +247,7 @@ def _check_target(target: str) -> None:
 
 
 def _targets(target: str, has_tumour: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
-    """y for a batch: float32 [B, 1] labels or float32 [B, H, W, 1] binary masks."""
-    if target == "label":
+    """y for a batch: float32 [B, 1] labels (targets "label", "label+mask") or [B, H, W, 1] binary masks."""
+    if target in ("label", "label+mask"):
         return has_tumour.astype(np.float32).reshape(-1, 1)
     return target_mask(labels).astype(np.float32)[..., None]

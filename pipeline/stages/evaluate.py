@@ -15,7 +15,14 @@ from pipeline.evaluation.cascade import Cascade
 from pipeline.evaluation.gallery import explain_test_slices, patient_triptychs
 from pipeline.evaluation.postprocess import PostProcessing
 from pipeline.evaluation.schema import check, headline
-from pipeline.evaluation.scoring import EVAL_SPLITS, choose_threshold, evaluate_split, plot_tables, score_patients
+from pipeline.evaluation.scoring import (
+    EVAL_SPLITS,
+    choose_postprocessing,
+    choose_threshold,
+    evaluate_split,
+    plot_tables,
+    score_patients,
+)
 from pipeline.models.training import load_sidecar
 from pipeline.params import Params
 from pipeline.paths import (
@@ -42,8 +49,7 @@ def run(params: Params) -> None:
     start = time.perf_counter()
     store = SliceStore(SLICES_DIR)
     split = read_split(str(SPLIT_CSV))
-    post = PostProcessing(e.min_component_px, e.keep_largest_component)
-    cascade = Cascade.load(CLASSIFIER, SEGMENTER, threshold=0.5, post=post)
+    cascade = Cascade.load(CLASSIFIER, SEGMENTER, threshold=0.5)
     sidecar = load_sidecar(CLASSIFIER)
 
     layer = sidecar["last_conv_layer"] if e.gradcam_layer == "last" else e.gradcam_layer
@@ -54,11 +60,16 @@ def run(params: Params) -> None:
     scored = score_patients(store, split, cascade)
     cascade.threshold = threshold = choose_threshold(scored.slices, e.threshold)
     log.info("threshold %.4f chosen on validation patients by rule %r", threshold, e.threshold)
+    keep_largest = (False, True) if e.keep_largest_component == "auto" else (e.keep_largest_component,)
+    cascade.post = post = choose_postprocessing(
+        scored, threshold, [PostProcessing(e.min_component_px, keep) for keep in keep_largest])[0]
 
     metrics: dict = {
         "classifier": {"pretrained": bool(sidecar["pretrained"]), "backbone": sidecar["backbone"]},
         "threshold": {"rule": str(e.threshold), "value": threshold, "chosen_on": "val"},
-        "postprocessing": {"min_component_px": e.min_component_px, "keep_largest_component": e.keep_largest_component},
+        "postprocessing": {"min_component_px": post.min_component_px,
+                           "keep_largest_component": post.keep_largest_component,
+                           "chosen_on": "val" if len(keep_largest) > 1 else "params"},
     }
     with atomic_dir(EVAL_DIR) as out:
         (out / "plots").mkdir()

@@ -8,7 +8,12 @@ import keras
 
 from pipeline.data.slices import SliceStore
 from pipeline.models.batches import SliceBatches, class_weights_from
-from pipeline.models.nets.classifier import build_classifier, set_trainable_stages, zero_init_residual_branches
+from pipeline.models.nets.classifier import (
+    build_classifier,
+    set_trainable_stages,
+    with_localisation_loss,
+    zero_init_residual_branches,
+)
 from pipeline.models.training import (
     TrainingRun,
     save_model,
@@ -41,17 +46,23 @@ def run(params: Params) -> None:
         zeroed = zero_init_residual_branches(model, info)
         log.info("random init: residual branches start at zero (%d BatchNormalization scales)", zeroed)
 
+    # With localisation_weight > 0 the model that trains also learns which cells of the last conv map (the
+    # map Grad-CAM explains) hold tumour; `model`, which shares its weights, is the one saved.
+    localising = p.localisation_weight > 0
+    trainer = with_localisation_loss(model, info["last_conv_layer"], p.localisation_weight) if localising else model
+    target = "label+mask" if localising else "label"
     labels = rows["train"].has_tumour.to_numpy(int)
     class_weight = class_weights_from(labels) if p.class_balance == "weights" else None
-    train = SliceBatches(store, rows["train"], t.batch_size, "label", params.augment, shuffle=True, seed=t.seed,
+    train = SliceBatches(store, rows["train"], t.batch_size, target, params.augment, shuffle=True, seed=t.seed,
                          class_weight=class_weight, balanced=p.class_balance == "batches")
-    val = SliceBatches(store, rows["val"], t.batch_size, "label", None, shuffle=False, seed=t.seed)
-    log.info("classifier %s at %d px, %s; %d train slices (%.0f%% positive), %d val slices",
+    val = SliceBatches(store, rows["val"], t.batch_size, target, None, shuffle=False, seed=t.seed)
+    log.info("classifier %s at %d px, %s%s; %d train slices (%.0f%% positive), %d val slices",
              p.backbone, size, "pretrained" if info["pretrained"] else "random init",
+             f", localisation loss x{p.localisation_weight:g} on {info['last_conv_layer']}" if localising else "",
              len(labels), 100 * labels.mean(), len(rows["val"]))
 
     def compile_at(lr: float) -> None:
-        model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy",
+        trainer.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy",
                       metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")])
 
     training = TrainingRun.start(TRAIN_CLASSIFIER_DIR, "val_auc", p.patience, len(train) * t.batch_size)
@@ -60,13 +71,13 @@ def run(params: Params) -> None:
         set_trainable_stages(model, info, 0)
         compile_at(t.lr)
         log.info("phase 1: %d warm-up epochs with the base frozen", warmup)
-        training.fit(model, train, val, warmup)
+        training.fit(trainer, train, val, warmup)
         set_trainable_stages(model, info, p.unfreeze)
         compile_at(t.lr * p.finetune_lr_scale)
         log.info("phase 2: fine-tuning with %s stage(s) unfrozen at lr %.2g", p.unfreeze, t.lr * p.finetune_lr_scale)
     else:
         compile_at(t.lr)
-    training.fit(model, train, val, t.epochs - warmup)
+    training.fit(trainer, train, val, t.epochs - warmup)
     summary = training.finish({"pretrained": info["pretrained"], "weights_source": info["weights_source"]})
 
     sidecar = {

@@ -180,3 +180,45 @@ def set_trainable_stages(model: keras.Model, info: dict[str, Any], unfreeze: int
     trainable = sum(int(keras.ops.size(w)) for w in model.trainable_weights)
     log.info("%s: %s of %d backbone stages trainable (%d trainable parameters)",
              info["backbone"], n if unfreeze != "all" else "all", len(stages), trainable)
+
+
+# ------------------------------------------------------------------------------ localisation supervision
+
+class CellSupervision(keras.layers.Layer):
+    """Training only: adds ``weight`` x the mean binary cross-entropy between per-cell tumour logits and
+    whether each cell of the feature map holds tumour, and passes the probability through unchanged.
+
+    probability: [B, 1]; cells: float32 logits [B, h, w, 1] (a 1x1 convolution of the last conv map);
+    truth: float32 [B, H, W, 1] binary masks, H and W multiples of h and w. A cell's target is 1 when any
+    of its H/h x W/w pixels is tumour (max pooling), so tumour-free slices teach every cell "no tumour".
+    """
+
+    def __init__(self, weight: float, **kwargs: Any):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.weight = float(weight)
+
+    def call(self, probability: Any, cells: Any, truth: Any) -> Any:
+        pool = (truth.shape[1] // cells.shape[1], truth.shape[2] // cells.shape[2])
+        target = keras.ops.max_pool(truth, pool, strides=pool)
+        loss = keras.ops.binary_crossentropy(target, keras.ops.cast(cells, "float32"), from_logits=True)
+        self.add_loss(self.weight * keras.ops.mean(loss))
+        return probability
+
+    def compute_output_shape(self, probability_shape: tuple, cells_shape: tuple, truth_shape: tuple) -> tuple:
+        return probability_shape
+
+
+def with_localisation_loss(model: keras.Model, layer_name: str, weight: float) -> keras.Model:
+    """The model to ``fit`` when the classifier also learns where the tumour is.
+
+    Takes ``[image [B, S, S, 3], truth [B, S, S, 1]]`` and returns ``model``'s probability [B, 1]; a
+    1x1 convolution on ``layer_name`` (the last conv map, the one Grad-CAM explains) predicts tumour per
+    cell, trained through :class:`CellSupervision`. ``model`` shares every weight and stays the model
+    that is saved and served: the extra head is dropped with this wrapper.
+    """
+    features = model.get_layer(layer_name).output
+    cells = keras.layers.Conv2D(1, 1, dtype="float32", name="tumour_cells")(features)
+    truth = keras.Input(model.input.shape[1:3] + (1,), dtype="float32", name="tumour_mask")
+    probability = CellSupervision(weight, name="cell_supervision")(model.output, cells, truth)
+    return keras.Model([model.input, truth], probability, name=f"{model.name}_localising")
