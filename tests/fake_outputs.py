@@ -130,7 +130,8 @@ def write_fake_outputs(root: str | Path, *, n_patients: int = 30, slices_per_pat
     patient_table = _patient_table(rng, evaluated, unit, voxel)
 
     metrics: dict[str, Any] = {
-        "classifier": {"pretrained": pretrained, "backbone": params.classifier.backbone},
+        "classifier": {"pretrained": pretrained, "backbone": params.classifier.backbone,
+                       "localisation_weight": params.classifier.localisation_weight},
         "threshold": {"rule": str(params.evaluate.threshold), "value": threshold, "chosen_on": "val"},
         "postprocessing": {"min_component_px": params.evaluate.min_component_px,
                            "keep_largest_component": params.evaluate.keep_largest_component is True,

@@ -217,6 +217,16 @@ def test_localisation_loss_is_the_cross_entropy_of_tumour_cells_and_leaves_the_m
     assert float(keras.ops.convert_to_numpy(trainer.losses[0])) == pytest.approx(2.0 * bce.mean(), rel=1e-4)
     assert {id(w) for w in model.weights} < {id(w) for w in trainer.weights}  # shared, plus the cell head
 
+    trainer.compile(optimizer="adam", loss="binary_crossentropy")  # one step trains on this backend
+    before = [keras.ops.convert_to_numpy(w).copy() for w in model.weights]
+    trainer.fit((x, truth), np.array([[1], [1], [0]], np.float32), batch_size=3, epochs=1, verbose=0)
+    assert any(not np.array_equal(b, keras.ops.convert_to_numpy(w)) for b, w in zip(before, model.weights))
+
+    odd = keras.layers.Conv2D(4, 3, strides=5, name="odd_conv")(image)  # 6x6 cells: 32 px is not 6 whole cells
+    odd_model = keras.Model(image, keras.layers.Dense(1)(keras.layers.GlobalAveragePooling2D()(odd)))
+    with pytest.raises(ValueError, match="not a whole number of 'odd_conv' cells"):
+        with_localisation_loss(odd_model, "odd_conv", 1.0)
+
 
 def test_set_trainable_stages_resnet50(resnet) -> None:
     model, info = resnet

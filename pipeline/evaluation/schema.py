@@ -89,6 +89,8 @@ METRICS = Group("every metric of `evaluate`; a value is null where it is undefin
     "classifier": Group("the classifier evaluated", {
         "pretrained": "whether it started from ImageNet weights",
         "backbone": "its backbone (classifier.backbone)",
+        "localisation_weight": "classifier.localisation_weight it was trained with: > 0 means its last conv map (the "
+                               "one Grad-CAM explains) was also taught which cells of the training slices hold tumour",
     }),
     "threshold": Group("the classifier gate", {
         "rule": "evaluate.threshold, the rule that chose it",

@@ -129,6 +129,8 @@ def choose_postprocessing(scored: Scored, threshold: float,
                                                   gate(group.probability.to_numpy(), threshold), 0.5, post))
                 for pid, group in val.groupby("patient_id", sort=True) if scored.truth[pid].any()]
         scores.append(float(np.mean(dice)) if dice else math.nan)
+    if len(options) > 1 and not np.isfinite(scores).any():
+        log.warning("no validation patient has tumour: post-processing left at %s", options[0])
     best = int(np.argmax(np.nan_to_num(scores, nan=-1.0)))
     for post, score in zip(options, scores):
         log.info("post-processing %s: validation mean per-patient Dice %.4f%s", post, score,

@@ -111,7 +111,7 @@ class SliceBatches(keras.utils.PyDataset):
     """Batches of slices from a store for ``fit`` / ``evaluate`` / ``predict``.
 
     store: the slice store. rows: the manifest rows to draw from (columns patient_id, slice_index,
-    has_tumour). target: "label" or "mask". augment: None (or ``enabled: false``) for no augmentation.
+    has_tumour). target: "label", "mask" or "label+mask" (see the module docstring). augment: None (or ``enabled: false``) for no augmentation.
     shuffle: a new random order every epoch; full batches only (``len(rows) // batch_size``
     batches, slices left over differ each epoch). Without shuffle: row order, the last partial
     batch included, so ``predict`` returns one output per row in order.

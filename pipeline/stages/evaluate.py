@@ -65,7 +65,8 @@ def run(params: Params) -> None:
         scored, threshold, [PostProcessing(e.min_component_px, keep) for keep in keep_largest])[0]
 
     metrics: dict = {
-        "classifier": {"pretrained": bool(sidecar["pretrained"]), "backbone": sidecar["backbone"]},
+        "classifier": {"pretrained": bool(sidecar["pretrained"]), "backbone": sidecar["backbone"],
+                       "localisation_weight": float(sidecar.get("localisation_weight", 0.0))},
         "threshold": {"rule": str(e.threshold), "value": threshold, "chosen_on": "val"},
         "postprocessing": {"min_component_px": post.min_component_px,
                            "keep_largest_component": post.keep_largest_component,

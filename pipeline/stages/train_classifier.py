@@ -89,6 +89,7 @@ def run(params: Params) -> None:
         "preprocessing": info["preprocessing"],
         "backbone": p.backbone,
         "last_conv_layer": info["last_conv_layer"],
+        "localisation_weight": p.localisation_weight,  # > 0: last_conv_layer also learnt where tumour is
         "pretrained": info["pretrained"],
         "weights_source": info["weights_source"],
         "threshold": None,  # chosen on validation patients by `evaluate` (reports/eval/threshold.json)

@@ -218,6 +218,10 @@ def with_localisation_loss(model: keras.Model, layer_name: str, weight: float) -
     that is saved and served: the extra head is dropped with this wrapper.
     """
     features = model.get_layer(layer_name).output
+    size, grid = tuple(model.input.shape[1:3]), tuple(features.shape[1:3])
+    if any(s is None or g is None or s % g for s, g in zip(size, grid)):
+        raise ValueError(f"localisation loss: the {size[0]}x{size[1]} input is not a whole number of "
+                         f"{layer_name!r} cells ({grid[0]}x{grid[1]}); use an image size that is a multiple of 32")
     cells = keras.layers.Conv2D(1, 1, dtype="float32", name="tumour_cells")(features)
     truth = keras.Input(model.input.shape[1:3] + (1,), dtype="float32", name="tumour_mask")
     probability = CellSupervision(weight, name="cell_supervision")(model.output, cells, truth)
