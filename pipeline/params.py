@@ -132,9 +132,11 @@ class ClassifierParams:
     class_balance: str
     patience: int
     localisation_weight: float = 0.0  # weight of the per-cell "is this tumour?" loss on the last conv map; 0 = off
+    head: str = "average"  # average (pooling + dense) | max_cell (the slice scores as its most tumorous cell)
 
     def validate(self) -> None:
         _in_range("classifier.localisation_weight", self.localisation_weight, 0, 100)
+        _one_of("classifier.head", self.head, ("average", "max_cell"))
         _one_of("classifier.backbone", self.backbone, ("resnet50", "resnet50v2", "densenet121", "efficientnetb0"))
         _one_of("classifier.class_balance", self.class_balance, ("weights", "batches", "none"))
         _in_range("classifier.dropout", self.dropout, 0, 0.95)

@@ -228,6 +228,27 @@ def test_localisation_loss_is_the_cross_entropy_of_tumour_cells_and_leaves_the_m
         with_localisation_loss(odd_model, "odd_conv", 1.0)
 
 
+def test_max_cell_head_decides_by_its_most_tumorous_cell_and_grad_cam_peaks_there() -> None:
+    """Head "max_cell": probability = sigmoid(max over cells of a 1x1-conv logit of the last conv map), so
+    Grad-CAM on that map peaks at the cell that decided; the localisation loss trains those same cells."""
+    from pipeline.evaluation.explain import grad_cam_cells
+
+    model, info = build_classifier(64, "resnet50", weights="none", head="max_cell")  # 2x2 cells
+    x = uint8_images(4, size=64, seed=3)
+    cells = keras.Model(model.input, model.get_layer("tumour_cells").output).predict_on_batch(x)[..., 0]  # [4, 2, 2]
+    probability = model.predict_on_batch(x)[:, 0]
+    np.testing.assert_allclose(probability, 1 / (1 + np.exp(-cells.reshape(4, -1).max(1))), rtol=1e-4, atol=1e-6)
+    cam = grad_cam_cells(model, x, info["last_conv_layer"])
+    assert (cam.reshape(4, -1).argmax(1) == cells.reshape(4, -1).argmax(1)).all()
+
+    trainer = with_localisation_loss(model, info["last_conv_layer"], 1.0)
+    assert len(trainer.weights) == len(model.weights)  # the decision's own cells learn where tumour is
+    set_trainable_stages(model, info, 0)
+    assert model.get_layer("tumour_cells").trainable and not model.get_layer("conv5_block3_out").trainable
+    with pytest.raises(ValueError, match="head"):
+        build_classifier(64, "resnet50", weights="none", head="attention")
+
+
 def test_set_trainable_stages_resnet50(resnet) -> None:
     model, info = resnet
     stage_names = [sorted({layer.name.split("_")[0] for layer in stage}) for stage in backbone_stages(model, info)]

@@ -45,6 +45,8 @@ def test_repo_params_load():
     (("evaluate", "threshold"), True, "evaluate.threshold"),
     (("evaluate", "keep_largest_component"), "yes", "evaluate.keep_largest_component: 'yes' must be true, false or auto"),
     (("evaluate", "keep_largest_component"), 1, "evaluate.keep_largest_component"),
+    (("classifier", "head"), "attention", "classifier.head"),
+    (("classifier", "localisation_weight"), -1, "classifier.localisation_weight"),
 ])
 def test_bad_values_name_the_key(path, value, message):
     raw = copy.deepcopy(RAW)

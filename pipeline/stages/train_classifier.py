@@ -40,7 +40,7 @@ def run(params: Params) -> None:
     store = SliceStore(SLICES_DIR)
     rows = training_rows(store, SPLIT_CSV)
     size = store.image_shape[0]
-    model, info = build_classifier(size, p.backbone, p.weights, p.dropout)
+    model, info = build_classifier(size, p.backbone, p.weights, p.dropout, p.head)
     if not info["pretrained"]:
         set_batchnorm_momentum(model)
         zeroed = zero_init_residual_branches(model, info)
@@ -89,6 +89,7 @@ def run(params: Params) -> None:
         "preprocessing": info["preprocessing"],
         "backbone": p.backbone,
         "last_conv_layer": info["last_conv_layer"],
+        "head": p.head,
         "localisation_weight": p.localisation_weight,  # > 0: last_conv_layer also learnt where tumour is
         "pretrained": info["pretrained"],
         "weights_source": info["weights_source"],

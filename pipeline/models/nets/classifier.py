@@ -10,6 +10,16 @@ with ``model.get_layer(info["last_conv_layer"])``.
       -> GlobalAveragePooling2D              ("avg_pool")
       -> Dropout                             ("head_dropout")
       -> Dense(1, sigmoid, float32)          ("tumour_probability")  [B, 1]
+
+or, with head "max_cell", after the backbone:
+
+      -> Dropout                             ("head_dropout")
+      -> Conv2D(1, 1x1, float32)             ("tumour_cells")        [B, h, w, 1] tumour logit per cell
+      -> GlobalMaxPooling2D                  ("max_cell")            the slice is as tumorous as its most tumorous cell
+      -> Activation(sigmoid, float32)        ("tumour_probability")  [B, 1]
+
+The decision then comes from one cell of the last conv map, so Grad-CAM on that map peaks at the cell
+that decided; with ``classifier.localisation_weight`` > 0 those cells also learn where the tumour is.
 """
 
 from __future__ import annotations
@@ -29,7 +39,9 @@ log = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "tumour_probability"
-HEAD_LAYERS = ("preprocess", "avg_pool", "head_dropout", OUTPUT_NAME)
+CELLS_NAME = "tumour_cells"  # head "max_cell": per-cell tumour logits [B, h, w, 1]
+HEADS = ("average", "max_cell")
+HEAD_LAYERS = ("preprocess", "avg_pool", "head_dropout", CELLS_NAME, "max_cell", OUTPUT_NAME)
 
 
 class Backbone(NamedTuple):
@@ -55,7 +67,7 @@ BACKBONES: dict[str, Backbone] = {
 
 
 def build_classifier(image_size: int, backbone: str = "resnet50", weights: str | None = "imagenet",
-                     dropout: float = 0.3) -> tuple[keras.Model, dict[str, Any]]:
+                     dropout: float = 0.3, head: str = "average") -> tuple[keras.Model, dict[str, Any]]:
     """Build the classifier for [B, image_size, image_size, 3] uint8-range float32 input.
 
     ``weights``: "imagenet" (falls back to random initialisation, with one warning, when the
@@ -69,17 +81,19 @@ def build_classifier(image_size: int, backbone: str = "resnet50", weights: str |
     """
     if backbone not in BACKBONES:
         raise ValueError(f"backbone {backbone!r} is not one of {', '.join(BACKBONES)}")
+    if head not in HEADS:
+        raise ValueError(f"head {head!r} is not one of {', '.join(HEADS)}")
     spec = BACKBONES[backbone]
     info: dict[str, Any] = {"backbone": backbone, "preprocessing": spec.preprocessing,
                             "last_conv_layer": spec.last_conv_layer}
 
     if weights is None or weights == "none":
-        model, _ = _assemble(spec, image_size, dropout, None, backbone)
+        model, _ = _assemble(spec, image_size, dropout, None, backbone, head)
         return model, {**info, "pretrained": False, "weights_source": "none"}
 
     if weights == "imagenet":
         try:
-            model, _ = _assemble(spec, image_size, dropout, "imagenet", backbone)
+            model, _ = _assemble(spec, image_size, dropout, "imagenet", backbone, head)
         # keras.utils.get_file wraps URLError/HTTPError in a plain Exception, and a corrupt cached
         # file fails in load_weights with OSError/ValueError, so Exception is the narrowest class
         # that covers the fetch. A genuine bug in the graph would raise again in the rebuild below.
@@ -87,14 +101,14 @@ def build_classifier(image_size: int, backbone: str = "resnet50", weights: str |
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             log.warning("ImageNet weights unavailable (%s); training %s from random initialisation "
                         "— results will be worse than a pretrained run", reason, spec.build.__name__)
-            model, _ = _assemble(spec, image_size, dropout, None, backbone)
+            model, _ = _assemble(spec, image_size, dropout, None, backbone, head)
             return model, {**info, "pretrained": False, "weights_source": "imagenet-unavailable"}
         return model, {**info, "pretrained": True, "weights_source": "imagenet"}
 
     path = Path(weights)
     if not path.is_file():
         raise InputError(path, "backbone weights file not found (classifier.weights is imagenet, none or a path)")
-    model, base = _assemble(spec, image_size, dropout, None, backbone)
+    model, base = _assemble(spec, image_size, dropout, None, backbone, head)
     try:
         # Topological loading: a file from another architecture fails loudly (layer count or
         # variable mismatch) instead of loading nothing, as by_name=True would.
@@ -106,11 +120,17 @@ def build_classifier(image_size: int, backbone: str = "resnet50", weights: str |
 
 
 def _assemble(spec: Backbone, image_size: int, dropout: float, weights: str | None,
-              backbone: str) -> tuple[keras.Model, keras.Model]:
+              backbone: str, head: str = "average") -> tuple[keras.Model, keras.Model]:
     """A fresh classifier graph and its backbone (whose layers are the classifier's own)."""
     image = keras.Input((image_size, image_size, 3), dtype="float32", name=INPUT_NAME)
     x = BackbonePreprocess(spec.preprocessing, name="preprocess")(image)
     base = spec.build(include_top=False, weights=weights, input_tensor=x)
+    if head == "max_cell":
+        x = keras.layers.Dropout(dropout, name="head_dropout")(base.output)
+        x = keras.layers.Conv2D(1, 1, dtype="float32", name=CELLS_NAME)(x)
+        x = keras.layers.GlobalMaxPooling2D(name="max_cell")(x)
+        out = keras.layers.Activation("sigmoid", dtype="float32", name=OUTPUT_NAME)(x)
+        return keras.Model(image, out, name=f"{backbone}_classifier"), base
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(base.output)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     out = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name=OUTPUT_NAME)(x)
@@ -175,8 +195,9 @@ def set_trainable_stages(model: keras.Model, info: dict[str, Any], unfreeze: int
     for i, stage in enumerate(stages):
         for layer in stage:
             layer.trainable = i >= len(stages) - n
-    for name in HEAD_LAYERS:
-        model.get_layer(name).trainable = True
+    for layer in model.layers:
+        if layer.name in HEAD_LAYERS:
+            layer.trainable = True
     trainable = sum(int(keras.ops.size(w)) for w in model.trainable_weights)
     log.info("%s: %s of %d backbone stages trainable (%d trainable parameters)",
              info["backbone"], n if unfreeze != "all" else "all", len(stages), trainable)
@@ -212,17 +233,20 @@ class CellSupervision(keras.layers.Layer):
 def with_localisation_loss(model: keras.Model, layer_name: str, weight: float) -> keras.Model:
     """The model to ``fit`` when the classifier also learns where the tumour is.
 
-    Takes ``[image [B, S, S, 3], truth [B, S, S, 1]]`` and returns ``model``'s probability [B, 1]; a
-    1x1 convolution on ``layer_name`` (the last conv map, the one Grad-CAM explains) predicts tumour per
-    cell, trained through :class:`CellSupervision`. ``model`` shares every weight and stays the model
-    that is saved and served: the extra head is dropped with this wrapper.
+    Takes ``[image [B, S, S, 3], truth [B, S, S, 1]]`` and returns ``model``'s probability [B, 1]. The per-cell
+    tumour logits on ``layer_name`` (the last conv map, the one Grad-CAM explains), trained through
+    :class:`CellSupervision`, are the model's own ``tumour_cells`` (head "max_cell": they make the decision)
+    or else a 1x1 convolution added here, which helps the features but is dropped with this wrapper.
+    ``model`` shares every weight and stays the model that is saved and served.
     """
     features = model.get_layer(layer_name).output
     size, grid = tuple(model.input.shape[1:3]), tuple(features.shape[1:3])
+    own = next((layer for layer in model.layers if layer.name == CELLS_NAME), None)
     if any(s is None or g is None or s % g for s, g in zip(size, grid)):
         raise ValueError(f"localisation loss: the {size[0]}x{size[1]} input is not a whole number of "
                          f"{layer_name!r} cells ({grid[0]}x{grid[1]}); use an image size that is a multiple of 32")
-    cells = keras.layers.Conv2D(1, 1, dtype="float32", name="tumour_cells")(features)
+    # head "max_cell" has its cells already (they decide); otherwise a 1x1 convolution of its own
+    cells = own.output if own is not None else keras.layers.Conv2D(1, 1, dtype="float32", name=CELLS_NAME)(features)
     truth = keras.Input(model.input.shape[1:3] + (1,), dtype="float32", name="tumour_mask")
     probability = CellSupervision(weight, name="cell_supervision")(model.output, cells, truth)
     return keras.Model([model.input, truth], probability, name=f"{model.name}_localising")
