@@ -102,7 +102,7 @@ def test_training_stages_never_read_test_patients(tmp_path, monkeypatch, split_f
             return _original(self, patient_id)
         monkeypatch.setattr(SliceStore, method, recording)
 
-    def tiny_classifier(size, backbone, weights, dropout):
+    def tiny_classifier(size, backbone, weights, dropout, head):
         inputs = keras.Input((size, size, 3), name="image")
         x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
         x = keras.layers.GlobalAveragePooling2D()(x)
