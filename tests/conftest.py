@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's headless Chromium: apt-get install -y chromium
 
 
@@ -34,3 +37,76 @@ def chromium(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., subproce
             shutil.rmtree(profile, ignore_errors=True)
 
     return run
+
+
+# ------------------------------------------------------------------------------------------ session fixtures
+# Built once per session and shared by every module that needs them. No test may write into one: each is
+# checked at the end of the session against the digest it had when built (a test that needs to change one
+# copies it first, e.g. ``tiny_repo.copy_repo``).
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every entry under ``root`` -> the sha256 of a file's bytes, "dir", or the target of a link."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        key = str(path.relative_to(root))
+        if path.is_symlink():
+            found[key] = f"link -> {path.readlink()}"
+        elif path.is_dir():
+            found[key] = "dir"
+        else:
+            found[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def unchanged_after_session(root: Path, name: str) -> Iterator[Path]:
+    """Yield ``root``; at the session's end, fail if any test added, removed or changed anything under it."""
+    before = tree_digest(root)
+    yield root
+    after = tree_digest(root)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"a test wrote into the session fixture {name}: {changed[:10]}"
+
+
+@pytest.fixture(scope="session")
+def demo_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A git + DVC repo of the pipeline with tiny params (``tiny_repo.TINY``) after one ``dvc repro``
+    (TensorFlow): demo data, slice store, split, both models, evaluation and report. Read it, or
+    ``copy_repo`` it to run DVC."""
+    from tiny_repo import TINY, dvc, tiny_repo
+
+    repo = tiny_repo(tmp_path_factory.mktemp("demo_repo"), TINY)
+    dvc("repro", cwd=repo)
+    yield from unchanged_after_session(repo, "demo_repo")
+
+
+@pytest.fixture(scope="session")
+def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A folder holding the default demo set (params.yaml's demo section: 30 patients x 24 slices written
+    at 256 px in the kaggle_3m layout) as the stages see it: ``data/slices`` stored at params.yaml's
+    ``data.image_size`` and ``data/split.csv`` from params.yaml's split section."""
+    from pipeline.data.demo import write_kaggle_3m
+    from pipeline.data.slices import SliceStore, write_store
+    from pipeline.data.sources import read_cases
+    from pipeline.data.split import assign_splits, patient_table
+    from pipeline.params import load_params
+
+    work = tmp_path_factory.mktemp("demo_store")
+    params = load_params(ROOT / "params.yaml")
+    params = replace(params, data=replace(params.data, source="lgg", root=str(work / "kaggle_3m")))
+    d = params.demo
+    write_kaggle_3m(work / "kaggle_3m", d.patients, d.slices_per_patient, d.image_size, d.seed)
+    write_store(read_cases(params.data), work / "data/slices")
+    store = SliceStore(work / "data/slices")
+    assign_splits(patient_table(store.manifest, store.patients), params.split).to_csv(work / "data/split.csv",
+                                                                                        index=False)
+    yield from unchanged_after_session(work, "demo_store")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A model bundle folder (``tiny_models.write_tiny_bundle``: 64 px, LGG channels, gate threshold 0, a
+    ResUNet trained for seconds). Copy it before changing anything in it."""
+    from tiny_models import write_tiny_bundle
+
+    yield from unchanged_after_session(write_tiny_bundle(tmp_path_factory.mktemp("tiny_bundle")), "tiny_bundle")

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import keras
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -31,12 +30,6 @@ from bad_files import junk, make_bad_entry, truncate, write_brats_case, write_co
 
 import pipeline.models.nets  # noqa: F401  (registers the custom layers)
 from pipeline.__main__ import main
-from pipeline.data.case import LGG_CHANNELS
-from pipeline.data.task import TaskSpec
-from pipeline.evaluation.bundle import Bundle
-from pipeline.evaluation.postprocess import PostProcessing
-from pipeline.models.nets import build_resunet
-from pipeline.models.training import save_model
 from pipeline.predict import OUTPUT_MARKER
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -544,22 +537,9 @@ CASES: dict[str, Case] = {
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model bundle of tiny untrained models at 64 px (LGG channel order), gate threshold 0."""
-    folder = tmp_path_factory.mktemp("bad_input_models") / "models"
-    keras.utils.set_random_seed(0)
-    image = keras.Input((SIZE, SIZE, 3), name="image")
-    x = keras.layers.Rescaling(1 / 255)(image)
-    x = keras.layers.Conv2D(4, 3, strides=4, activation="relu")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    classifier = keras.Model(image, keras.layers.Dense(1, activation="sigmoid", name="tumour_probability")(x))
-    sidecar = {"input_size": SIZE, "channels": list(LGG_CHANNELS)}
-    save_model(classifier, folder / "classifier.keras", {"kind": "classifier", **sidecar})
-    save_model(build_resunet(SIZE, (16, 32)), folder / "segmenter.keras",
-               {"kind": "segmenter", **sidecar, "threshold": 0.5})
-    Bundle(TaskSpec(SIZE, LGG_CHANNELS, {"mode": "as_stored", "clip_percentiles": None}), 0.0, "youden", 0.5,
-           PostProcessing()).write(folder)
-    return folder
+def models(tiny_bundle: Path) -> Path:
+    """The session's tiny model bundle (conftest.py: 64 px, LGG channel order, gate threshold 0)."""
+    return tiny_bundle
 
 
 # ------------------------------------------------------------------------------------------ tests

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 from keras import layers
+from tiny_models import tiny_classifier
 
 from pipeline.evaluation import gradients
 from pipeline.evaluation.explain import (
@@ -50,17 +51,7 @@ def squares(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, n
 
 def tiny_cnn(size: int = SIZE, seed: int = 0) -> keras.Model:
     keras.utils.set_random_seed(seed)
-    x = inp = keras.Input((size, size, 3), name="image")
-    x = layers.Rescaling(1 / 255)(x)
-    x = layers.Conv2D(8, 3, padding="same", activation="relu")(x)
-    x = layers.MaxPooling2D()(x)
-    x = layers.Conv2D(16, 3, padding="same", activation="relu")(x)
-    x = layers.MaxPooling2D()(x)
-    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="last_conv")(x)
-    x = layers.GlobalAveragePooling2D()(x)
-    x = layers.Dropout(0.3)(x)
-    out = layers.Dense(1, activation="sigmoid", name="tumour_probability")(x)
-    return keras.Model(inp, out, name="tiny_cnn")
+    return tiny_classifier(size, (8, 16, 16), pool=True, dropout=0.3, name="tiny_cnn")
 
 
 def skip_cnn(size: int = 32, seed: int = 1) -> keras.Model:

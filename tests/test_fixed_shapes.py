@@ -16,6 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from tiny_models import LAST_CONV, tiny_classifier
 
 from pipeline.evaluation.cascade import Cascade, predict_in_batches
 from pipeline.evaluation.explain import grad_cam_cells, integrated_gradients_raw
@@ -27,13 +28,9 @@ JAX_MISSING = importlib.util.find_spec("jax") is None
 
 
 def tiny_models(size: int = 16) -> tuple[keras.Model, keras.Model]:
-    """Stand-ins for the classifier ([B,S,S,3] -> [B,1], a conv layer "conv") and the segmenter (-> [B,S,S,1])."""
+    """Stand-ins for the classifier ([B,S,S,3] -> [B,1], a conv layer ``LAST_CONV``) and the segmenter (-> [B,S,S,1])."""
     keras.utils.set_random_seed(0)
-    image = keras.Input((size, size, 3))
-    h = keras.layers.Rescaling(1 / 255)(image)
-    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv")(h)
-    h = keras.layers.BatchNormalization()(h)
-    classifier = keras.Model(image, keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(h)))
+    classifier = tiny_classifier(size, (4,), batchnorm=True)
     image = keras.Input((size, size, 3))
     h = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(keras.layers.Rescaling(1 / 255)(image))
     segmenter = keras.Model(image, keras.layers.Conv2D(1, 1, activation="sigmoid")(h))
@@ -56,7 +53,7 @@ JAX_WORKER = textwrap.dedent('''
 
     from pipeline.evaluation.cascade import Cascade
     from pipeline.evaluation.explain import grad_cam_cells, integrated_gradients_raw
-    from test_fixed_shapes import tiny_models, volume
+    from test_fixed_shapes import LAST_CONV, tiny_models, volume
 
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
@@ -70,7 +67,7 @@ JAX_WORKER = textwrap.dedent('''
         counts["cascade"].append(len(compiles))
     counts["gradcam"] = [len(compiles)]
     for n in (5, 7, 13, 2, 1):
-        grad_cam_cells(classifier, volume(n, seed=n).astype("float32"), "conv", batch_size=4)
+        grad_cam_cells(classifier, volume(n, seed=n).astype("float32"), LAST_CONV, batch_size=4)
         counts["gradcam"].append(len(compiles))
     counts["ig"] = [len(compiles)]
     for n, steps in ((1, 3), (2, 5), (3, 2)):
@@ -109,8 +106,8 @@ def test_padded_inference_equals_unpadded() -> None:
 def test_padded_explanations_equal_unpadded() -> None:
     classifier, _ = tiny_models()
     x = volume(6).astype(np.float32)
-    np.testing.assert_allclose(grad_cam_cells(classifier, x, "conv", batch_size=4),
-                               grad_cam_cells(classifier, x, "conv", batch_size=6), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(grad_cam_cells(classifier, x, LAST_CONV, batch_size=4),
+                               grad_cam_cells(classifier, x, LAST_CONV, batch_size=6), rtol=1e-4, atol=1e-6)
     padded = integrated_gradients_raw(classifier, x[:2], steps=3, batch_size=4)  # 6 inputs: 4 + (2 + 2 zero rows)
     whole = integrated_gradients_raw(classifier, x[:2], steps=3, batch_size=6)
     for field in ("attributions", "scores", "baseline_scores"):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from tiny_models import LAST_CONV, tiny_classifier
 
 from pipeline.evaluation.scoring import choose_threshold
 
@@ -59,7 +60,6 @@ def test_training_stages_never_read_test_patients(tmp_path, monkeypatch, split_f
     """Run both training stages on a tiny demo store, with patients scanned twice, and record every
     patient (the person, not only the scan folder) whose arrays are read; the split comes from the
     split stage, seeded or from a split.file."""
-    import keras
 
     from pipeline.data.demo import write_kaggle_3m
     from pipeline.data.slices import SliceStore, write_store
@@ -102,15 +102,11 @@ def test_training_stages_never_read_test_patients(tmp_path, monkeypatch, split_f
             return _original(self, patient_id)
         monkeypatch.setattr(SliceStore, method, recording)
 
-    def tiny_classifier(size, backbone, weights, dropout, head):
-        inputs = keras.Input((size, size, 3), name="image")
-        x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
-        x = keras.layers.GlobalAveragePooling2D()(x)
-        outputs = keras.layers.Dense(1, activation="sigmoid", name="tumour_probability")(x)
+    def tiny_backbone(size, backbone, weights, dropout, head):
         info = {"backbone": backbone, "pretrained": False, "weights_source": "none", "preprocessing": "none",
-                "last_conv_layer": "conv"}
-        return keras.Model(inputs, outputs), info
-    monkeypatch.setattr(train_classifier, "build_classifier", tiny_classifier)
+                "last_conv_layer": LAST_CONV}
+        return tiny_classifier(size, (4,), padding="valid", scale=None), info
+    monkeypatch.setattr(train_classifier, "build_classifier", tiny_backbone)
 
     train_classifier.run(params)
     train_segmenter.run(params)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from tiny_models import tiny_classifier
 
 from pipeline.data.demo import write_kaggle_3m
 from pipeline.data.sources.lgg import read_lgg_case
@@ -22,15 +23,8 @@ from pipeline.evaluation.explain import grad_cam_cells, peak_points
 
 
 def small_cnn(size: int) -> keras.Model:
-    inputs = keras.Input((size, size, 3), name="image")
-    x = keras.layers.Rescaling(1 / 127.5, -1)(inputs)
-    for i, width in enumerate((16, 32, 32)):
-        x = keras.layers.Conv2D(width, 3, padding="same", activation="relu", name=f"conv{i}")(x)
-        x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="last_conv")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", name="tumour_probability")(x)
-    return keras.Model(inputs, outputs)
+    """A CNN whose last conv map is size / 8 a side."""
+    return tiny_classifier(size, (16, 32, 32, 32), pool=True, scale=1 / 127.5, offset=-1)
 
 
 @pytest.mark.slow

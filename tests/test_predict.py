@@ -1,6 +1,6 @@
 """`python -m pipeline predict` and `pipeline.predict.Predictor` on every input layout.
 
-Models (module-scoped, built once): a tiny untrained CNN classifier with the project's input/output
+Models (the session fixture `tiny_bundle`, built once): a tiny untrained CNN classifier with the project's input/output
 names, and a tiny ResUNet (widths 16, 32) trained for a few seconds at 64 px on synthetic demo slices
 of other patients (BraTS 2021 volumes and kaggle_3m TIFFs read through the real readers). The Dice
 tests run at threshold 0 (every slice with brain is segmented), so they measure where the
@@ -14,7 +14,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import keras
 import nibabel as nib
 import numpy as np
 import pytest
@@ -24,16 +23,9 @@ import pipeline.models.nets  # noqa: F401  (registers the custom layers)
 from pipeline.__main__ import main
 from pipeline.data.case import LGG_CHANNELS
 from pipeline.data.demo import _patient_plan, write_brats2021, write_kaggle_3m
-from pipeline.data.sources import read_brats2021_case, read_lgg_case
-from pipeline.data.task import TaskSpec
+from pipeline.data.sources import read_lgg_case
 from pipeline.errors import InputError
-from pipeline.evaluation.bundle import Bundle
 from pipeline.evaluation.metrics import dice
-from pipeline.evaluation.postprocess import PostProcessing
-from pipeline.models.losses import get_loss
-from pipeline.models.nets import build_resunet
-from pipeline.models.training import save_model, set_batchnorm_momentum
-from pipeline.params import DataParams
 from pipeline.predict import OUTPUT_MARKER, Predictor, find_inputs, write_run_index
 
 SIZE = 64  # model input size (px)
@@ -49,46 +41,10 @@ MIN_DICE = {"brats": 0.75, "decathlon": 0.55, "lgg": 0.7}
 # ------------------------------------------------------------------------------------------ fixtures
 
 
-def _tiny_classifier() -> keras.Model:
-    """[B, 64, 64, 3] uint8-range -> [B, 1] sigmoid, named like the real classifier; untrained."""
-    image = keras.Input((SIZE, SIZE, 3), name="image")
-    x = keras.layers.Rescaling(1 / 255)(image)
-    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(x)
-    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(image, keras.layers.Dense(1, activation="sigmoid", name="tumour_probability")(x))
-
-
-def _training_slices(root: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Demo slices of patients the tests never predict on: uint8 [N, 64, 64, 3], float32 masks [N, 64, 64, 1]."""
-    write_brats2021(root / "brats", patients=4, slices=32, size=60, seed=11)
-    write_kaggle_3m(root / "lgg", patients=4, slices_per_patient=24, image_size=64, seed=12)
-    data = DataParams("brats2021", "", SIZE, LGG_CHANNELS, (0.5, 99.5), 0.05, "fail")
-    cases = [read_brats2021_case(p, data) for p in sorted((root / "brats").iterdir())]
-    cases += [read_lgg_case(p, SIZE) for p in sorted((root / "lgg").iterdir()) if p.is_dir()]
-    images = np.concatenate([c.image for c in cases])
-    masks = np.concatenate([c.mask for c in cases])
-    positive = masks.any(axis=(1, 2))
-    keep = positive | (np.cumsum(~positive) % 3 == 0)  # every tumour slice, a third of the others
-    return images[keep], masks[keep].astype(np.float32)[..., None]
-
-
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """models/ with classifier.keras + segmenter.keras (+ sidecars) at 64 px, LGG channel order."""
-    root = tmp_path_factory.mktemp("predict_models")
-    keras.utils.set_random_seed(0)
-    images, masks = _training_slices(root / "train")
-    segmenter = build_resunet(SIZE, (16, 32))
-    set_batchnorm_momentum(segmenter, 0.8)  # a few dozen steps: moving statistics must catch up within them
-    segmenter.compile(optimizer=keras.optimizers.Adam(3e-3), loss=get_loss("bce_dice"))
-    segmenter.fit(images.astype(np.float32), masks, batch_size=16, epochs=3, verbose=0)
-    sidecar = {"input_size": SIZE, "channels": list(LGG_CHANNELS)}
-    save_model(_tiny_classifier(), root / "models" / "classifier.keras", {"kind": "classifier", **sidecar})
-    save_model(segmenter, root / "models" / "segmenter.keras", {"kind": "segmenter", **sidecar, "threshold": 0.5})
-    task = TaskSpec(SIZE, LGG_CHANNELS, {"mode": "as_stored", "clip_percentiles": None})
-    Bundle(task, 0.0, "youden", 0.5, PostProcessing()).write(root / "models")
-    return root / "models"
+def models(tiny_bundle: Path) -> Path:
+    """The session's tiny model bundle (conftest.py): read it, copy it to change it."""
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")

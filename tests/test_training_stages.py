@@ -19,28 +19,22 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.data.demo import write_kaggle_3m
-from pipeline.data.slices import SliceStore, write_store
-from pipeline.data.sources import read_cases
-from pipeline.data.split import assign_splits, patient_table
+from pipeline.data.slices import SliceStore
 from pipeline.params import Params, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def demo_workdir(tmp_path_factory):
-    """A working folder holding the default demo set (30 x 24 slices written at 256 px, stored at 64) and its split."""
-    work = tmp_path_factory.mktemp("train")
+@pytest.fixture
+def demo_workdir(demo_store: Path, tmp_path: Path) -> tuple[Path, Params]:
+    """A working folder whose data/ links to the session's default demo set (conftest.py ``demo_store``):
+    the stages write models/ and reports/ here, and only read the shared slices and split."""
+    (tmp_path / "data").mkdir()
+    for name in ("slices", "split.csv"):
+        (tmp_path / "data" / name).symlink_to(demo_store / "data" / name)
     params = load_params(ROOT / "params.yaml")
-    params = replace(params, data=replace(params.data, source="lgg", root=str(work / "kaggle_3m")))
-    d = params.demo
-    write_kaggle_3m(work / "kaggle_3m", d.patients, d.slices_per_patient, d.image_size, d.seed)
-    write_store(read_cases(params.data), work / "data/slices")
-    store = SliceStore(work / "data/slices")
-    assign_splits(patient_table(store.manifest, store.patients), params.split).to_csv(work / "data/split.csv",
-                                                                                        index=False)
-    return work, params
+    params = replace(params, data=replace(params.data, source="lgg", root=str(demo_store / "kaggle_3m")))
+    return tmp_path, params
 
 
 def run_stage(stage: str, params: Params, work: Path) -> dict:
@@ -72,7 +66,7 @@ def test_tiny_classifier_run_beats_chance(demo_workdir, weights, seed, localisat
     0.43-0.67 over 10 epochs, also at lr 3e-4 and 1e-4.
     """
     work, params = demo_workdir
-    params = replace(params, train=replace(params.train, epochs=5, seed=seed),
+    params = replace(params, train=replace(params.train, epochs=3, seed=seed),
                      classifier=replace(params.classifier, weights=weights, patience=8,
                                         localisation_weight=localisation_weight))
     metrics = run_stage("train_classifier", params, work)
@@ -92,7 +86,7 @@ def test_tiny_segmenter_run_beats_empty_and_full_masks(demo_workdir):
     least 0.3 above the all-tumour baseline.
     """
     work, params = demo_workdir
-    params = replace(params, train=replace(params.train, epochs=8, batch_size=8),
+    params = replace(params, train=replace(params.train, epochs=3, batch_size=8),
                      segmenter=replace(params.segmenter, filters=(16, 32, 64, 128), epochs_factor=1, patience=8))
     metrics = run_stage("train_segmenter", params, work)
 
