@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from pipeline.data.case import SEQUENCES
 from pipeline.errors import ParamsError
+from pipeline.sequences import SEQUENCES
 
 SOURCES = ("demo", "lgg", "brats2021", "decathlon")
 # evaluate.threshold rules chosen on validation patients (besides sensitivity:X and a fixed number):

@@ -45,8 +45,8 @@ import numpy as np
 import tifffile
 from scipy import ndimage
 
-from pipeline.data.case import LGG_CHANNELS, SEQUENCES
 from pipeline.params import DemoParams
+from pipeline.sequences import LGG_CHANNELS, SEQUENCES
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.sequences import SEQUENCES
+
 # Region name -> the label values it is made of (None: every non-zero label).
 TARGET_REGIONS: dict[str, tuple[int, ...] | None] = {"tumour": None}
 TARGET = "tumour"  # the region the classifier detects and the segmenter delineates
@@ -57,8 +59,6 @@ class TaskSpec:
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> TaskSpec:
         """The spec saved by ``to_json``; ValueError when it does not fit this code (channels, regions)."""
-        from pipeline.data.case import SEQUENCES  # here: case.py imports this module for Case.mask
-
         channels = tuple(raw["channels"])
         if len(channels) != 3 or any(c not in SEQUENCES for c in channels):
             raise ValueError(f"needs 3 channels from {SEQUENCES}; got {list(channels)}")

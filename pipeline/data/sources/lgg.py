@@ -32,9 +32,10 @@ import numpy as np
 import pandas as pd
 import tifffile
 
-from pipeline.data.case import LGG_CHANNELS, Case
+from pipeline.data.case import Case
 from pipeline.errors import InputError
 from pipeline.params import DataParams
+from pipeline.sequences import LGG_CHANNELS
 from pipeline.data.sources.files import check_file, is_ignored, list_folder
 from pipeline.data.sources.layout import CaseReader, Layout, WrittenMask, check_labels_mode
 from pipeline.data.sources.volume import intensity_record, normalise_volume

@@ -1,0 +1,10 @@
+"""MRI sequence names, written once: what params.yaml may name, what cases and task specs carry.
+
+A leaf module (imports nothing from the project), so ``pipeline.params`` and the data model
+(``pipeline.data.case``, ``pipeline.data.task``) both read it without depending on each other.
+"""
+
+# Canonical MRI sequence names used throughout the project.
+SEQUENCES = ("t1", "t1gd", "t2", "flair")
+# LGG kaggle_3m TIFF channel order: pre-contrast, FLAIR, post-contrast.
+LGG_CHANNELS = ("t1", "flair", "t1gd")
