@@ -12,6 +12,7 @@ from pipeline.data.slices import SliceStore
 from pipeline.models.batches import SliceBatches
 from pipeline.models.losses import get_loss
 from pipeline.models.nets.resunet import build_resunet
+from pipeline.models.nets.segmenter import PIXEL_THRESHOLD
 from pipeline.models.seg_metrics import DiceAt, IoUAt
 from pipeline.models.training import (
     TrainingRun,
@@ -61,7 +62,7 @@ def run(params: Params) -> None:
     val = SliceBatches(store, val_rows, t.batch_size, "mask", None, shuffle=False, seed=t.seed)
     model.compile(optimizer=keras.optimizers.Adam(t.lr),
                   loss=get_loss(p.loss, p.tversky_alpha, p.tversky_beta, p.focal_gamma),
-                  metrics=[DiceAt(0.5), IoUAt(0.5)])
+                  metrics=[DiceAt(PIXEL_THRESHOLD), IoUAt(PIXEL_THRESHOLD)])
     training = TrainingRun.start(TRAIN_SEGMENTER_DIR, "val_dice", p.patience, len(train) * t.batch_size)
     training.fit(model, train, val, max(1, round(t.epochs * p.epochs_factor)))
     summary = training.finish({"parameters": model.count_params()})
@@ -76,7 +77,7 @@ def run(params: Params) -> None:
         "architecture": "ResUNet (Zhang, Liu, Wang 2018)",
         "filters": list(p.filters),
         "loss": p.loss,
-        "threshold": 0.5,
+        "threshold": PIXEL_THRESHOLD,
         "training": summary,
         "params": {"train": vars(t), "augment": vars(params.augment), "segmenter": vars(p)},
     }
