@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.sequences import SEQUENCES
+from pipeline.sequences import INTENSITIES, SEQUENCES
 
 # Region name -> the label values it is made of (None: every non-zero label).
 TARGET_REGIONS: dict[str, tuple[int, ...] | None] = {"tumour": None}
@@ -66,8 +66,8 @@ class TaskSpec:
             raise ValueError(f"target regions {raw['regions']} differ from this code's {regions_json()}")
         given = raw["intensity"] or {}
         intensity = {"mode": given.get("mode", "as_stored"), "clip_percentiles": given.get("clip_percentiles")}
-        if intensity["mode"] not in ("as_stored", "per_volume"):
-            raise ValueError(f"intensity mode {intensity['mode']!r} is not as_stored or per_volume")
+        if intensity["mode"] not in INTENSITIES:
+            raise ValueError(f"intensity mode {intensity['mode']!r} is not one of {', '.join(INTENSITIES)}")
         clip = intensity["clip_percentiles"]
         if clip is not None and not (isinstance(clip, list) and len(clip) == 2 and 0 <= clip[0] < clip[1] <= 100):
             raise ValueError(f"clip_percentiles {clip!r} is not [low, high] with 0 <= low < high <= 100")
