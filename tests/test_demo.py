@@ -253,12 +253,14 @@ def test_kaggle_3m_reads_back_through_the_lgg_reader(small: tuple[Path, list[str
 
 
 def test_brats2021_reads_back_through_the_brats_reader(brats: tuple[Path, list[str]]) -> None:
+    sources = pytest.importorskip("pipeline.data.sources")
     brats_reader = pytest.importorskip("pipeline.data.sources.brats")
     if not hasattr(brats_reader, "read_brats2021_case"):
         pytest.skip("pipeline.data.sources.brats.read_brats2021_case not there yet")
     root, names = brats
     for name in names:
-        case = brats_reader.read_brats2021_case(root / name, _data_params("brats2021", root, 48))
+        data = _data_params("brats2021", root, 48)
+        case = brats_reader.read_brats2021_case(root / name, sources.reading_task(data), data.min_brain_fraction)
         seg = np.asanyarray(nib.load(root / name / f"{name}_seg.nii.gz").dataobj)
         assert case.image.shape[1:] == (48, 48, 3)
         assert set(np.unique(case.labels).tolist()) <= {0, 1, 2, 4}

@@ -52,6 +52,18 @@ class TaskSpec:
     intensity: dict[str, Any]
     target: str = TARGET
 
+    @property
+    def intensity_mode(self) -> str:
+        """How readers scale kaggle_3m TIFFs: "as_stored" or "per_volume" (one of INTENSITIES)."""
+        return self.intensity.get("mode", "as_stored")
+
+    @property
+    def clip_percentiles(self) -> tuple[float, float]:
+        """(low, high) percentiles the readers clip intensities to when they rescale (volumes always, TIFFs
+        per_volume): the spec's, or DEFAULT_CLIP_PERCENTILES for a spec that records none (as_stored models)."""
+        low, high = self.intensity.get("clip_percentiles") or DEFAULT_CLIP_PERCENTILES
+        return float(low), float(high)
+
     def to_json(self) -> dict[str, Any]:
         return {"image_size": self.image_size, "channels": list(self.channels), "intensity": self.intensity,
                 "target": self.target, "regions": regions_json()}
