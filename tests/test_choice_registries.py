@@ -73,3 +73,26 @@ def test_every_registered_segmenter_builder_loads():
     for name, segmenter in registry.SEGMENTERS.items():
         assert callable(registry.load(segmenter.build)), name
         assert segmenter.description, name
+
+
+def test_every_threshold_rule_params_accept_is_computed_by_evaluate():
+    """evaluate.threshold rules: params.THRESHOLD_RULES is what ``scoring.choose_threshold`` computes (youden
+    and f1 in ``metrics.select_threshold``, patient_dice in scoring), and nothing else is accepted."""
+    import numpy as np
+    import pandas as pd
+
+    from pipeline.evaluation.scoring import choose_threshold
+    from pipeline.params import THRESHOLD_RULES
+
+    rng = np.random.default_rng(0)
+    tumour = np.tile([True, False, True, False, False, True], 4)
+    slices = pd.DataFrame({"patient_id": np.repeat(["a", "b", "c", "d"], 6), "split": "val", "has_tumour": tumour,
+                           "probability": np.clip(0.3 * tumour + rng.random(24) * 0.7, 0, 1),
+                           "tumour_pixels": 40 * tumour, "seg_pixels": 35 * tumour, "seg_overlap_pixels": 30 * tumour})
+    for rule in THRESHOLD_RULES:
+        assert 0 <= choose_threshold(slices, rule) <= 1, rule
+        assert params_from_dict(with_value("evaluate", "threshold", rule)).evaluate.threshold == rule
+    with pytest.raises(ValueError):
+        choose_threshold(slices, "nope")
+    with pytest.raises(ParamsError, match="evaluate.threshold"):
+        params_from_dict(with_value("evaluate", "threshold", "nope"))
