@@ -38,6 +38,8 @@ from pipeline.data.slices import file_stem
 from pipeline.evaluation import metrics as m
 from pipeline.evaluation import schema
 from pipeline.evaluation.scoring import plot_tables
+from pipeline.models.nets.segmenter import PIXEL_THRESHOLD
+from pipeline.models.registry import SEGMENTERS
 from pipeline.params import Params, params_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -505,8 +507,8 @@ def _write_sidecars(models: Path, params: Params, pretrained: bool, size: int, c
     }
     segmenter = {
         "kind": "segmenter", "input_size": size, "channels": list(params.data.channels),
-        "architecture": "ResUNet (Zhang, Liu, Wang 2018)", "filters": list(params.segmenter.filters),
-        "loss": params.segmenter.loss, "threshold": 0.5, "training": {**seg, "parameters": 2_100_000},
+        "arch": params.segmenter.arch, "architecture": SEGMENTERS[params.segmenter.arch].description,
+        "filters": list(params.segmenter.filters), "loss": params.segmenter.loss, "threshold": PIXEL_THRESHOLD, "training": {**seg, "parameters": 2_100_000},
         "params": {"segmenter": dataclasses.asdict(params.segmenter)},
     }
     (models / "classifier.json").write_text(json.dumps(classifier, indent=2))
