@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.data.case import Case
-from pipeline.data.sources import read_brats2021_case, read_decathlon_case
+from pipeline.data.sources import read_brats2021_case, read_decathlon_case, reading_task
 from pipeline.data.sources.brats import decathlon_pairs
 from pipeline.params import DataParams
 
@@ -47,10 +47,12 @@ def main() -> None:
     data = DataParams(source="brats2021", root=str(args.brats_case.parent), image_size=args.image_size,
                       channels=("t1", "flair", "t1gd"), clip_percentiles=(0.5, 99.5), min_brain_fraction=0.05,
                       on_error="fail")
-    brats_seconds, case = best_seconds(lambda: read_brats2021_case(args.brats_case, data, require_labels=True),
+    task = reading_task(data)
+    brats_seconds, case = best_seconds(lambda: read_brats2021_case(args.brats_case, task, data.min_brain_fraction,
+                                                                           require_labels=True),
                                        args.repeat)
     image, label = decathlon_pairs(args.decathlon_root)[0]
-    decathlon_seconds, _ = best_seconds(lambda: read_decathlon_case(image, data, label), args.repeat)
+    decathlon_seconds, _ = best_seconds(lambda: read_decathlon_case(image, task, data.min_brain_fraction, label), args.repeat)
     print(json.dumps({
         "benchmark": "read_brats",
         "brats2021_case_seconds": round(brats_seconds, 3),

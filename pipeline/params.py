@@ -16,16 +16,14 @@ from typing import Any
 
 import yaml
 
-from pipeline.data.case import SEQUENCES
 from pipeline.errors import ParamsError
+from pipeline.models.registry import BACKBONES, HEADS, LOSSES, SEGMENTERS
+from pipeline.sequences import INTENSITIES, SEQUENCES
 
 SOURCES = ("demo", "lgg", "brats2021", "decathlon")
 # evaluate.threshold rules chosen on validation patients (besides sensitivity:X and a fixed number):
 # slice-level Youden J or F1, or the gate that maximises the cascade's mean per-patient Dice.
 THRESHOLD_RULES = ("youden", "f1", "patient_dice")
-# kaggle_3m TIFF intensities: stored uint8 values as they are, or rescaled per case and channel over brain
-# pixels to the data.clip_percentiles range (as every NIfTI volume is).
-INTENSITIES = ("as_stored", "per_volume")
 MAX_IMAGE_SIZE = 1024  # pixels a side; kaggle_3m slices are 256, BraTS 240
 
 
@@ -136,8 +134,8 @@ class ClassifierParams:
 
     def validate(self) -> None:
         _in_range("classifier.localisation_weight", self.localisation_weight, 0, 100)
-        _one_of("classifier.head", self.head, ("average", "max_cell"))
-        _one_of("classifier.backbone", self.backbone, ("resnet50", "resnet50v2", "densenet121", "efficientnetb0"))
+        _one_of("classifier.head", self.head, HEADS)
+        _one_of("classifier.backbone", self.backbone, tuple(BACKBONES))
         _one_of("classifier.class_balance", self.class_balance, ("weights", "batches", "none"))
         _in_range("classifier.dropout", self.dropout, 0, 0.95)
         if self.unfreeze != "all" and not (isinstance(self.unfreeze, int) and self.unfreeze >= 0):
@@ -155,10 +153,12 @@ class SegmenterParams:
     negative_fraction: float
     epochs_factor: float
     patience: int
+    arch: str = "resunet"  # the architecture, one of pipeline.models.registry.SEGMENTERS (resunet | unet)
 
     def validate(self) -> None:
         _in_range("segmenter.epochs_factor", self.epochs_factor, 0.01, 100)
-        _one_of("segmenter.loss", self.loss, ("dice", "tversky", "focal_tversky", "bce_dice"))
+        _one_of("segmenter.loss", self.loss, tuple(LOSSES))
+        _one_of("segmenter.arch", self.arch, tuple(SEGMENTERS))
         if len(self.filters) < 2 or any(f < 1 for f in self.filters):
             raise ParamsError(f"segmenter.filters: need at least two positive widths, got {list(self.filters)}")
         if min(self.filters) < 16 and _onednn_cpu_kernels():

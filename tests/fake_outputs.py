@@ -10,8 +10,9 @@
   patients.csv, plots/*.csv, gallery.json, cases.json, images/*.png)
 
 The numbers are random but plausible and consistent with each other (the metrics in metrics_full.json
-are computed from the fake slice and patient tables); both metrics files are written through
-``pipeline.evaluation.schema``, so they have exactly the keys evaluate writes. Everything is seeded: the same arguments
+are computed from the fake slice and patient tables by ``pipeline.evaluation.metrics``, as evaluate computes
+them); both metrics files are written through ``pipeline.evaluation.schema``, so they have exactly the keys
+evaluate writes. Everything is seeded: the same arguments
 give the same files. Example::
 
     run = write_fake_outputs(tmp_path, n_patients=20, seed=1)
@@ -34,7 +35,11 @@ import pandas as pd
 import yaml
 
 from pipeline.data.slices import file_stem
+from pipeline.evaluation import metrics as m
 from pipeline.evaluation import schema
+from pipeline.evaluation.scoring import plot_tables
+from pipeline.models.nets.segmenter import PIXEL_THRESHOLD
+from pipeline.models.registry import SEGMENTERS
 from pipeline.params import Params, params_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,7 +130,7 @@ def write_fake_outputs(root: str | Path, *, n_patients: int = 30, slices_per_pat
     evaluated = evaluated[evaluated.split.isin(["val", "test"])].reset_index(drop=True)
     evaluated = _score_slices(rng, evaluated)
     val = evaluated[evaluated.split == "val"]
-    threshold = _youden(val.has_tumour.to_numpy(int), val.probability.to_numpy())
+    threshold = m.select_threshold(val.has_tumour.to_numpy(int), val.probability.to_numpy(), "youden")
     evaluated = _segment_slices(rng, evaluated, threshold)
     patient_table = _patient_table(rng, evaluated, unit, voxel)
 
@@ -141,7 +146,7 @@ def write_fake_outputs(root: str | Path, *, n_patients: int = 30, slices_per_pat
         s = evaluated[evaluated.split == name]
         p = patient_table[patient_table.split == name]
         metrics[name] = _split_metrics(rng, s, p, threshold, voxel)
-        for kind, table in _plot_tables(s).items():
+        for kind, table in plot_tables(s).items():
             table.to_csv(eval_dir / "plots" / f"{kind}_{name}.csv", index=False)
 
     gallery, pointing = _gallery(rng, evaluated[evaluated.split == "test"], eval_dir / "images", image_size,
@@ -231,14 +236,6 @@ def _score_slices(rng: np.random.Generator, s: pd.DataFrame) -> pd.DataFrame:
     return s
 
 
-def _youden(y: np.ndarray, p: np.ndarray) -> float:
-    roc = _roc(y, p)
-    finite = np.isfinite(roc.threshold.to_numpy())
-    j = (roc.tpr - roc.fpr).to_numpy(copy=True)
-    j[~finite] = -np.inf
-    return float(roc.threshold.iloc[int(np.argmax(j))])
-
-
 def _segment_slices(rng: np.random.Generator, s: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """Segmenter and cascade predictions per slice, as pixel counts and Dice."""
     s = s.copy()
@@ -286,75 +283,17 @@ def _patient_table(rng: np.random.Generator, s: pd.DataFrame, unit: str, voxel: 
     return pd.DataFrame(rows)
 
 
-# --- metrics ---------------------------------------------------------------------------------------
-
-def _roc(y: np.ndarray, p: np.ndarray) -> pd.DataFrame:
-    order = np.argsort(-p, kind="mergesort")
-    ys, ps = y[order], p[order]
-    last = np.r_[np.nonzero(np.diff(ps))[0], len(ps) - 1]
-    tps = np.cumsum(ys)[last]
-    fps = (last + 1) - tps
-    tpr = np.r_[0, tps / max(1, y.sum())]
-    fpr = np.r_[0, fps / max(1, len(y) - y.sum())]
-    return pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": np.r_[np.inf, ps[last]]})
-
-
-def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    if y.min() == y.max():
-        return math.nan
-    roc = _roc(y, p)
-    return float(np.trapezoid(roc.tpr, roc.fpr))
-
-
-def _pr(y: np.ndarray, p: np.ndarray) -> tuple[pd.DataFrame, float]:
-    order = np.argsort(-p, kind="mergesort")
-    ys, ps = y[order], p[order]
-    last = np.r_[np.nonzero(np.diff(ps))[0], len(ps) - 1]
-    tps = np.cumsum(ys)[last]
-    precision = tps / (last + 1)
-    recall = tps / max(1, y.sum())
-    ap = float(np.sum(np.diff(np.r_[0, recall]) * precision))
-    return pd.DataFrame({"recall": np.r_[0, recall], "precision": np.r_[1, precision]}), ap
-
-
-def _summary(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Any]:
-    pred = p >= threshold
-    tp, fp = int((pred & (y == 1)).sum()), int((pred & (y == 0)).sum())
-    fn, tn = int((~pred & (y == 1)).sum()), int((~pred & (y == 0)).sum())
-
-    def ratio(a: float, b: float) -> float:
-        return a / b if b else math.nan
-
-    sens, ppv = ratio(tp, tp + fn), ratio(tp, tp + fp)
-    return {
-        "auc": _auc(y, p), "accuracy": ratio(tp + tn, len(y)), "sensitivity": sens,
-        "specificity": ratio(tn, tn + fp), "ppv": ppv, "npv": ratio(tn, tn + fn),
-        "f1": ratio(2 * tp, 2 * tp + fp + fn), "prevalence": ratio(tp + fn, len(y)),
-        "brier": float(np.mean((p - y) ** 2)), "threshold": threshold, "n": len(y), "n_positive": int(y.sum()),
-        "tp": tp, "fp": fp, "fn": fn, "tn": tn,
-    }
-
-
-def _bootstrap_ci(rng: np.random.Generator, s: pd.DataFrame, n: int = 200) -> tuple[float, float]:
-    groups = [g for _, g in s.groupby("patient_id")]
-    aucs = []
-    for _ in range(n):
-        sample = pd.concat([groups[i] for i in rng.integers(0, len(groups), len(groups))])
-        auc = _auc(sample.has_tumour.to_numpy(int), sample.probability.to_numpy())
-        if math.isfinite(auc):
-            aucs.append(auc)
-    if not aucs:
-        return math.nan, math.nan
-    return float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5))
-
+# --- metrics: the evaluation's own functions (pipeline.evaluation.metrics), as evaluate calls them ------------
 
 def _split_metrics(rng: np.random.Generator, s: pd.DataFrame, p: pd.DataFrame, threshold: float,
                    voxel: float) -> dict[str, Any]:
     y, prob = s.has_tumour.to_numpy(int), s.probability.to_numpy()
-    clf = _summary(y, prob, threshold)
-    clf["auc_ci_low"], clf["auc_ci_high"] = _bootstrap_ci(rng, s)
-    clf["average_precision"] = _pr(y, prob)[1]
-    patient = _summary(p.has_tumour.to_numpy(int), p.max_probability.to_numpy(), threshold)
+    clf = {"auc": m.roc_auc(y, prob), **m.classification_summary(y, prob, threshold)}
+    clf["auc_ci_low"], clf["auc_ci_high"] = m.bootstrap_auc_ci(y, prob, s.patient_id.to_numpy(), n_resamples=200,
+                                                               seed=int(rng.integers(2**31)))
+    clf["average_precision"] = m.pr_curve_points(y, prob)["average_precision"] if y.any() else math.nan
+    py, pp = p.has_tumour.to_numpy(int), p.max_probability.to_numpy()
+    patient = {"auc": m.roc_auc(py, pp), **m.classification_summary(py, pp, threshold)}
     positive = s[s.has_tumour]
     tumour, free = p[p.has_tumour], p[~p.has_tumour]
     free_slices = s[s.patient_id.isin(free.patient_id)]
@@ -390,20 +329,6 @@ def _volume_summary(dice: pd.Series, hd: pd.Series, n_empty_pred: int, n_free: i
         "n_patients": len(d), "n_tumour_free_patients": n_free, "volume_unit": "mm3" if unit == "mm" else "px",
     })
     return out
-
-
-def _plot_tables(s: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    y, p = s.has_tumour.to_numpy(int), s.probability.to_numpy()
-    bins = np.minimum((p * 10).astype(int), 9)
-    cal = pd.DataFrame({"bin": bins, "p": p, "y": y}).groupby("bin").agg(
-        mean_predicted=("p", "mean"), fraction_positive=("y", "mean"), count=("y", "size")).reset_index(drop=True)
-    names = np.array(["no tumour", "tumour"])
-    return {
-        "roc": _roc(y, p),
-        "pr": _pr(y, p)[0],
-        "calibration": cal,
-        "confusion": pd.DataFrame({"actual": names[y], "predicted": names[s.predicted_positive.to_numpy(int)]}),
-    }
 
 
 def _blank_metrics(metrics: dict[str, Any], patients: pd.DataFrame, slices: pd.DataFrame) -> None:
@@ -582,8 +507,8 @@ def _write_sidecars(models: Path, params: Params, pretrained: bool, size: int, c
     }
     segmenter = {
         "kind": "segmenter", "input_size": size, "channels": list(params.data.channels),
-        "architecture": "ResUNet (Zhang, Liu, Wang 2018)", "filters": list(params.segmenter.filters),
-        "loss": params.segmenter.loss, "threshold": 0.5, "training": {**seg, "parameters": 2_100_000},
+        "arch": params.segmenter.arch, "architecture": SEGMENTERS[params.segmenter.arch].description,
+        "filters": list(params.segmenter.filters), "loss": params.segmenter.loss, "threshold": PIXEL_THRESHOLD, "training": {**seg, "parameters": 2_100_000},
         "params": {"segmenter": dataclasses.asdict(params.segmenter)},
     }
     (models / "classifier.json").write_text(json.dumps(classifier, indent=2))

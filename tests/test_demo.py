@@ -13,7 +13,7 @@ import pytest
 import tifffile
 from scipy import ndimage
 
-from pipeline.data import demo
+from pipeline.data import anatomy, demo
 from pipeline.params import DataParams, DemoParams
 
 CASE_NAME = re.compile(r"^TCGA_[A-Z]{2}_[A-Z0-9]{4}_\d{8}$")
@@ -159,7 +159,7 @@ def test_tumour_is_bright_in_flair_and_mostly_clear() -> None:
         rng, has_tumour, low_contrast = demo._patient_plan(0, "kaggle_3m", i)
         if not has_tumour:
             continue
-        p = demo.generate_patient(rng, 16, SIZE, has_tumour=True, low_contrast=low_contrast, sequences=("flair", "t1"))
+        p = anatomy.generate_patient(rng, 16, SIZE, has_tumour=True, low_contrast=low_contrast, sequences=("flair", "t1"))
         tumour = p.labels > 0
         assert tumour.any()
         ring = ndimage.binary_dilation(tumour, np.ones((1, 9, 9), bool)) & ~tumour & p.brain
@@ -175,7 +175,7 @@ def test_brats_labels_are_nested() -> None:
     seen = set()
     for i in range(12):
         rng, has_tumour, low_contrast = demo._patient_plan(0, "brats2021", i)
-        p = demo.generate_patient(rng, 20, SIZE, has_tumour=has_tumour, low_contrast=low_contrast)
+        p = anatomy.generate_patient(rng, 20, SIZE, has_tumour=has_tumour, low_contrast=low_contrast)
         values = set(np.unique(p.labels).tolist())
         assert values <= {0, 1, 2, 4}
         seen |= values
@@ -253,12 +253,14 @@ def test_kaggle_3m_reads_back_through_the_lgg_reader(small: tuple[Path, list[str
 
 
 def test_brats2021_reads_back_through_the_brats_reader(brats: tuple[Path, list[str]]) -> None:
+    sources = pytest.importorskip("pipeline.data.sources")
     brats_reader = pytest.importorskip("pipeline.data.sources.brats")
     if not hasattr(brats_reader, "read_brats2021_case"):
         pytest.skip("pipeline.data.sources.brats.read_brats2021_case not there yet")
     root, names = brats
     for name in names:
-        case = brats_reader.read_brats2021_case(root / name, _data_params("brats2021", root, 48))
+        data = _data_params("brats2021", root, 48)
+        case = brats_reader.read_brats2021_case(root / name, sources.reading_task(data), data.min_brain_fraction)
         seg = np.asanyarray(nib.load(root / name / f"{name}_seg.nii.gz").dataobj)
         assert case.image.shape[1:] == (48, 48, 3)
         assert set(np.unique(case.labels).tolist()) <= {0, 1, 2, 4}

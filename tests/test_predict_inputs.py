@@ -13,8 +13,8 @@ import tifffile
 from bad_files import BAD_ENTRIES, junk, make_bad_entry, truncate, write_brats_case, write_compressed_tiff
 
 from pipeline.data.case import LGG_CHANNELS
+from pipeline.data.task import TaskSpec
 from pipeline.errors import InputError
-from pipeline.params import DataParams
 from pipeline.predict import InputItem, Predictor, find_inputs
 
 SIZE = 32
@@ -40,9 +40,7 @@ def brats_case(parent: Path, name: str = BRATS) -> Path:
 @pytest.fixture
 def predictor() -> Predictor:
     """Enough of a Predictor to read inputs (no models)."""
-    data = DataParams(source="brats2021", root="", image_size=SIZE, channels=LGG_CHANNELS,
-                      clip_percentiles=(0.5, 99.5), min_brain_fraction=0.0, on_error="fail")
-    return Predictor(cascade=None, data=data)
+    return Predictor(cascade=None, task=TaskSpec(SIZE, LGG_CHANNELS, {"mode": "as_stored", "clip_percentiles": None}))
 
 
 def test_discovery_ignores_hidden_files_and_macos_junk(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 import json
 from collections.abc import Iterator
 from functools import partial
@@ -19,8 +20,9 @@ import numpy as np
 import pytest
 
 from pipeline.data.case import Case
-from pipeline.data.sources import detect_layout, list_case_paths, read_cases, registry
+from pipeline.data.sources import detect_layout, list_case_paths, read_cases, reading_task, registry
 from pipeline.data.sources.layout import CaseReader, Layout, WrittenMask
+from pipeline.data.task import TaskSpec
 from pipeline.errors import InputError
 from pipeline.evaluation.cascade import Cascade
 from pipeline.params import SOURCES, DataParams
@@ -46,7 +48,7 @@ def detect_npy(path: Path) -> str | None:
     return "npy_root" if any(p.is_dir() and _slices(p) for p in path.iterdir()) else None
 
 
-def read_npy(path: Path, data: DataParams, *, labels: str) -> Case:
+def read_npy(path: Path, task: TaskSpec, *, min_brain_fraction: float, labels: str) -> Case:
     slices = _slices(path)
     masks = [p.with_name(f"{p.stem}_mask.npy") for p in slices]
     has_labels = all(m.is_file() for m in masks)
@@ -58,17 +60,17 @@ def read_npy(path: Path, data: DataParams, *, labels: str) -> Case:
         image=image,
         labels=np.stack([np.load(m) for m in masks]) if has_labels else np.zeros(image.shape[:3], np.uint8),
         source="npy",
-        channels=tuple(data.channels),
+        channels=tuple(task.channels),
         slice_numbers=np.array([int(p.stem.split("_")[1]) for p in slices]),
         meta={"path": str(path), "has_labels": has_labels},
     )
 
 
-def list_npy_cases(root: Path, data: DataParams) -> list[tuple[Path, CaseReader]]:
+def list_npy_cases(root: Path, task: TaskSpec, min_brain_fraction: float) -> list[tuple[Path, CaseReader]]:
     folders = sorted(p for p in root.iterdir() if detect_npy(p) == "npy_case")
     if not folders:
         raise InputError(root, "no npy case folders")
-    return [(f, partial(read_npy, f, data, labels="required")) for f in folders]
+    return [(f, partial(read_npy, f, task, min_brain_fraction=min_brain_fraction, labels="required")) for f in folders]
 
 
 def write_npy_masks(case: Case, mask: np.ndarray, folder: Path) -> WrittenMask:
@@ -144,7 +146,7 @@ def test_a_registered_layout_is_read_by_ingest_and_predicted_and_written_by_pred
     # predict: discovery, reading and writing all through the layout
     items = find_inputs(tmp_path)
     assert [(i.path, i.layout, i.error) for i in items] == [(a, "npy_case", None), (b, "npy_case", None)]
-    predictor = Predictor(Cascade(_BrightModel(False), _BrightModel(True), threshold=0.5), _data())
+    predictor = Predictor(Cascade(_BrightModel(False), _BrightModel(True), threshold=0.5), reading_task(_data()))
     results = predictor.predict_path(root, tmp_path / "out")
     assert [r["status"] for r in results] == ["ok", "ok"]
     first = results[0]
@@ -213,3 +215,16 @@ def test_layouts_are_enumerated_in_the_registry_only() -> None:
             imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
                         for alias in node.names}
             assert not imported & layout_names, f"{rel} imports layouts {imported & layout_names}"
+
+
+def test_every_layout_reads_the_same_way() -> None:
+    """Each layout's reader takes the task spec and the brain-fraction cut, and nothing else; so does
+    listing a root. Predict hands over its bundle's spec and 0, ingest ``reading_task(data)`` and
+    data.min_brain_fraction: neither builds the other's parameters."""
+    for layout in registry.layouts():
+        read = inspect.signature(layout.read).parameters
+        assert list(read) == ["path", "task", "min_brain_fraction", "labels"], layout.name
+        assert [p.kind for p in read.values()][2:] == [inspect.Parameter.KEYWORD_ONLY] * 2, layout.name
+        assert len(inspect.signature(layout.list_cases).parameters) == 3, layout.name
+    predictor = ast.parse((ROOT / "pipeline" / "predict" / "predictor.py").read_text())
+    assert "DataParams" not in {node.id for node in ast.walk(predictor) if isinstance(node, ast.Name)}

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.data.sources import read_brats2021_case, read_cases, read_decathlon_case
+from pipeline.data.sources import read_brats2021_case, read_cases, read_decathlon_case, reading_task
 from pipeline.params import DataParams
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -48,8 +48,8 @@ def test_brats_case_reads_the_same_from_both_layouts() -> None:
     need(BRATS_CASE)
     need(DECATHLON)
     data = params("brats2021", BRATS_CASE.parent)
-    brats = read_brats2021_case(BRATS_CASE, data, require_labels=True)
-    decathlon = read_decathlon_case(DECATHLON / "imagesTr" / "BRATS_900.nii.gz", data,
+    brats = read_brats2021_case(BRATS_CASE, reading_task(data), data.min_brain_fraction, require_labels=True)
+    decathlon = read_decathlon_case(DECATHLON / "imagesTr" / "BRATS_900.nii.gz", reading_task(data), data.min_brain_fraction,
                                     DECATHLON / "labelsTr" / "BRATS_900.nii.gz", DECATHLON / "dataset.json")
     assert brats.image.shape[1:] == (256, 256, 3) and len(brats.image) > 50
     np.testing.assert_array_equal(decathlon.slice_numbers, brats.slice_numbers)

@@ -21,9 +21,11 @@ from pipeline.data.sources import (
     read_brats2021_case,
     read_cases,
     read_decathlon_case,
+    reading_task,
     to_scan_space,
 )
 from pipeline.data.sources.volume import canonical_sequence, fit_plan
+from pipeline.data.task import TaskSpec
 from pipeline.errors import InputError
 from pipeline.params import DataParams
 
@@ -40,6 +42,13 @@ def params(image_size: int = 32, min_brain_fraction: float = 0.0, channels: tupl
            source: str = "brats2021", root: Path | str = "", on_error: str = "fail") -> DataParams:
     return DataParams(source=source, root=str(root), image_size=image_size, channels=channels,
                       clip_percentiles=(0.5, 99.5), min_brain_fraction=min_brain_fraction, on_error=on_error)
+
+
+def reading(image_size: int = 32, min_brain_fraction: float = 0.0,
+            channels: tuple[str, ...] = ("t1", "flair", "t1gd")) -> tuple[TaskSpec, float]:
+    """What a single-case reader takes: the task spec (as ingest reads with ``params``) and the brain-fraction cut."""
+    data = params(image_size, min_brain_fraction, channels)
+    return reading_task(data), data.min_brain_fraction
 
 
 def scan(seed: int = 0, shape: tuple[int, int, int] = SHAPE) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -125,7 +134,7 @@ def test_normalise_volume_constant_or_empty_gives_zeros_without_warnings(case: s
 
 def test_brats2021_case_follows_the_slice_convention(tmp_path: Path) -> None:
     folder = write_brats_case(tmp_path, affine=PERMUTED)
-    case = read_brats2021_case(folder, params(min_brain_fraction=0.0), require_labels=True)
+    case = read_brats2021_case(folder, *reading(min_brain_fraction=0.0), require_labels=True)
     canonical = nib.as_closest_canonical(nib.load(folder / f"{CASE}_t1ce.nii.gz"))
     data = np.asarray(canonical.dataobj)
     assert case.channels == ("t1", "flair", "t1gd")
@@ -144,13 +153,13 @@ def test_brats2021_case_follows_the_slice_convention(tmp_path: Path) -> None:
 
 def test_brats2021_labels_spacing_and_meta(tmp_path: Path) -> None:
     folder = write_brats_case(tmp_path)
-    case = read_brats2021_case(folder, params(min_brain_fraction=0.5))
+    case = read_brats2021_case(folder, *reading(min_brain_fraction=0.5))
     assert case.patient_id == CASE and case.source == "brats2021"
     assert set(np.unique(case.labels)) == {0, 1, 2, 4}
     assert case.meta["label_names"][4] == "enhancing tumour" and case.meta["has_labels"] is True
     assert case.slice_numbers.tolist() == list(range(2, 10))  # slices without brain dropped
     assert case.image.shape == (8, 32, 32, 3) and case.spacing_mm == (1.0, 1.0, 1.0)
-    resized = read_brats2021_case(folder, params(image_size=64))
+    resized = read_brats2021_case(folder, *reading(image_size=64))
     assert resized.geometry["fit"] == "resize" and resized.image.shape[1:3] == (64, 64)
     assert resized.spacing_mm == pytest.approx((30 / 64, 28 / 64, 1.0))
     assert set(np.unique(resized.labels)) <= {0, 1, 2, 4}
@@ -162,26 +171,26 @@ def test_brats2021_labels_spacing_and_meta(tmp_path: Path) -> None:
     {"t1gd": "T1CE"},
 ])
 def test_brats2021_spellings(tmp_path: Path, spellings: dict[str, str]) -> None:
-    reference = read_brats2021_case(write_brats_case(tmp_path / "a"), params())
-    case = read_brats2021_case(write_brats_case(tmp_path / "b", spellings=spellings), params())
+    reference = read_brats2021_case(write_brats_case(tmp_path / "a"), *reading())
+    case = read_brats2021_case(write_brats_case(tmp_path / "b", spellings=spellings), *reading())
     np.testing.assert_array_equal(case.image, reference.image)
     np.testing.assert_array_equal(case.labels, reference.labels)
 
 
 def test_channels_pick_sequences_in_order(tmp_path: Path) -> None:
     folder = write_brats_case(tmp_path)
-    a = read_brats2021_case(folder, params(channels=("t1", "flair", "t1gd")))
-    b = read_brats2021_case(folder, params(channels=("flair", "t2", "t1")))
+    a = read_brats2021_case(folder, *reading(channels=("t1", "flair", "t1gd")))
+    b = read_brats2021_case(folder, *reading(channels=("flair", "t2", "t1")))
     assert b.channels == ("flair", "t2", "t1")
     np.testing.assert_array_equal(b.image[..., 0], a.image[..., 1])
 
 
 def test_brats2021_without_seg_is_unlabelled_unless_required(tmp_path: Path) -> None:
     folder = write_brats_case(tmp_path, seg=False)
-    case = read_brats2021_case(folder, params())
+    case = read_brats2021_case(folder, *reading())
     assert case.meta["has_labels"] is False and not case.labels.any()
     with pytest.raises(InputError, match="missing segmentation") as e:
-        read_brats2021_case(folder, params(), require_labels=True)
+        read_brats2021_case(folder, *reading(), require_labels=True)
     assert e.value.path == folder
 
 
@@ -189,12 +198,12 @@ def test_to_scan_space_round_trip(tmp_path: Path) -> None:
     for name, affine in (("lps", LPS), ("permuted", PERMUTED)):
         folder = write_brats_case(tmp_path / name, affine=affine)
         original = np.asarray(nib.load(folder / f"{CASE}_seg.nii.gz").dataobj)
-        for data in (params(), params(min_brain_fraction=0.5), params(image_size=24)):
-            case = read_brats2021_case(folder, data)
+        for how in (reading(), reading(min_brain_fraction=0.5), reading(image_size=24)):
+            case = read_brats2021_case(folder, *how)
             back = to_scan_space(case.labels, case.geometry)
             assert back.shape == original.shape
             np.testing.assert_array_equal(back, original)  # labels lie in kept, uncropped voxels
-        case = read_brats2021_case(folder, params(image_size=64))  # resized: nearest-neighbour way back
+        case = read_brats2021_case(folder, *reading(image_size=64))  # resized: nearest-neighbour way back
         back = to_scan_space(case.labels, case.geometry)
         assert back.shape == original.shape and (back == original).mean() > 0.99
 
@@ -209,9 +218,9 @@ def test_fit_plan_pads_crops_or_resizes() -> None:
 # --- Decathlon ----------------------------------------------------------------------------------
 
 def test_same_scan_in_both_layouts_gives_identical_slices(tmp_path: Path) -> None:
-    brats = read_brats2021_case(write_brats_case(tmp_path / "brats", name="BRATS_001"), params(min_brain_fraction=0.3))
+    brats = read_brats2021_case(write_brats_case(tmp_path / "brats", name="BRATS_001"), *reading(min_brain_fraction=0.3))
     root = write_decathlon(tmp_path / "task", modality=("T2w", "t1gd", "FLAIR", "T1w"))
-    decathlon = read_decathlon_case(root / "imagesTr" / "BRATS_001.nii.gz", params(min_brain_fraction=0.3),
+    decathlon = read_decathlon_case(root / "imagesTr" / "BRATS_001.nii.gz", *reading(min_brain_fraction=0.3),
                                     root / "labelsTr" / "BRATS_001.nii.gz")
     assert decathlon.patient_id == "BRATS_001" and decathlon.source == "decathlon"
     np.testing.assert_array_equal(decathlon.image, brats.image)
@@ -232,7 +241,7 @@ def test_decathlon_root_skips_macos_junk_and_reads_every_case(tmp_path: Path) ->
 
 def test_decathlon_without_label_for_prediction(tmp_path: Path) -> None:
     root = write_decathlon(tmp_path / "task")
-    case = read_decathlon_case(root / "imagesTr" / "BRATS_001.nii.gz", params())
+    case = read_decathlon_case(root / "imagesTr" / "BRATS_001.nii.gz", *reading())
     assert case.meta["has_labels"] is False and not case.labels.any()
 
 
@@ -252,7 +261,7 @@ def test_missing_modality(tmp_path: Path) -> None:
     folder = write_brats_case(tmp_path)
     (folder / f"{CASE}_t1ce.nii.gz").unlink()
     with pytest.raises(InputError, match="missing sequence t1gd") as e:
-        read_brats2021_case(folder, params())
+        read_brats2021_case(folder, *reading())
     assert e.value.path == folder
 
 
@@ -262,7 +271,7 @@ def test_unexpected_brats_label_value(tmp_path: Path) -> None:
     labels[1, 1, 1] = 3
     save(labels, LPS, folder / f"{CASE}_seg.nii.gz")
     with pytest.raises(InputError, match=r"unexpected label values \[3\]") as e:
-        read_brats2021_case(folder, params())
+        read_brats2021_case(folder, *reading())
     assert e.value.path.name == f"{CASE}_seg.nii.gz"
 
 
@@ -270,7 +279,7 @@ def test_image_label_shape_mismatch(tmp_path: Path) -> None:
     folder = write_brats_case(tmp_path)
     save(np.zeros((30, 28, 11), np.uint8), LPS, folder / f"{CASE}_seg.nii.gz")
     with pytest.raises(InputError, match="differs from") as e:
-        read_brats2021_case(folder, params())
+        read_brats2021_case(folder, *reading())
     assert e.value.path.name == f"{CASE}_seg.nii.gz"
 
 
@@ -300,7 +309,7 @@ def test_label_geometry_differs_from_image(tmp_path: Path, how: str) -> None:
     _, labels = scan()
     seg = save(labels, moved(LPS, how), folder / f"{CASE}_seg.nii.gz")
     with pytest.raises(InputError, match=GEOMETRY_MESSAGES[how]) as e:
-        read_brats2021_case(folder, params())
+        read_brats2021_case(folder, *reading())
     assert e.value.path == seg
     assert str(e.value).startswith(f"{seg}: geometry differs from {folder / f'{CASE}_t1.nii.gz'}: ")
     assert "\n" not in str(e.value)
@@ -310,7 +319,7 @@ def test_images_of_one_case_must_share_geometry(tmp_path: Path) -> None:
     folder = write_brats_case(tmp_path)
     flair = save(scan()[0]["flair"], moved(LPS, "origin"), folder / f"{CASE}_flair.nii.gz")
     with pytest.raises(InputError, match=GEOMETRY_MESSAGES["origin"]) as e:
-        read_brats2021_case(folder, params())
+        read_brats2021_case(folder, *reading())
     assert e.value.path == flair and str(folder / f"{CASE}_t1.nii.gz") in str(e.value)
 
 
@@ -328,7 +337,7 @@ def test_geometry_within_tolerance_is_accepted(tmp_path: Path) -> None:
     folder = write_brats_case(tmp_path)
     _, labels = scan()
     save(labels, moved(LPS, "noise"), folder / f"{CASE}_seg.nii.gz")
-    case = read_brats2021_case(folder, params())
+    case = read_brats2021_case(folder, *reading())
     assert case.labels.any()
 
 
@@ -361,7 +370,7 @@ def test_corrupt_or_truncated_nifti(tmp_path: Path, damage: str) -> None:
         path = folder / f"{CASE}_flair.nii"
         path.write_bytes(gzip.decompress(raw)[:2000])
     with pytest.raises(InputError, match="not a readable NIfTI") as e:
-        read_brats2021_case(folder, params())
+        read_brats2021_case(folder, *reading())
     assert e.value.path == path
 
 
@@ -369,7 +378,7 @@ def test_sequence_with_wrong_dimensions(tmp_path: Path) -> None:
     folder = write_brats_case(tmp_path)
     path = save(np.zeros((*SHAPE, 2), np.int16), LPS, folder / f"{CASE}_t1.nii.gz")
     with pytest.raises(InputError, match="expected a 3D image") as e:
-        read_brats2021_case(folder, params())
+        read_brats2021_case(folder, *reading())
     assert e.value.path == path
 
 
@@ -484,7 +493,7 @@ def test_volume_that_is_no_file_says_what_it_is(tmp_path: Path, kind: str, which
     path = folder / f"{CASE}_{which}.nii.gz"
     make_bad_entry(path, kind)
     with pytest.raises(InputError, match=re.escape(BAD_ENTRIES[kind])) as e:
-        read_brats2021_case(folder, params(), require_labels=True)
+        read_brats2021_case(folder, *reading(), require_labels=True)
     assert e.value.path == path
 
 
@@ -506,12 +515,12 @@ def _break_seg(folder: Path, how: str) -> Path:
 def test_bad_segmentation_gives_an_unlabelled_case_when_labels_are_optional(
         tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture) -> None:
     folder = write_brats_case(tmp_path)
-    expected = read_brats2021_case(folder, params())
+    expected = read_brats2021_case(folder, *reading())
     path = _break_seg(folder, how)
     with pytest.raises(InputError) as e:
-        read_brats2021_case(folder, params())
+        read_brats2021_case(folder, *reading())
     assert e.value.path == path
-    case = read_brats2021_case(folder, params(), on_bad_labels="warn")
+    case = read_brats2021_case(folder, *reading(), on_bad_labels="warn")
     np.testing.assert_array_equal(case.image, expected.image)
     assert case.meta["has_labels"] is False and not case.labels.any() and "seg" not in case.meta["files"]
     assert any(str(path) in r.getMessage() and "without its segmentation" in r.getMessage()

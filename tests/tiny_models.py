@@ -59,13 +59,14 @@ def bundle_training_slices(root: Path) -> tuple[np.ndarray, np.ndarray]:
     [N, 64, 64, 1]; every tumour slice and a third of the others."""
     from pipeline.data.case import LGG_CHANNELS
     from pipeline.data.demo import write_brats2021, write_kaggle_3m
-    from pipeline.data.sources import read_brats2021_case, read_lgg_case
+    from pipeline.data.sources import read_brats2021_case, read_lgg_case, reading_task
     from pipeline.params import DataParams
 
     write_brats2021(root / "brats", patients=4, slices=32, size=60, seed=11)
     write_kaggle_3m(root / "lgg", patients=4, slices_per_patient=24, image_size=BUNDLE_SIZE, seed=12)
     data = DataParams("brats2021", "", BUNDLE_SIZE, LGG_CHANNELS, (0.5, 99.5), 0.05, "fail")
-    cases = [read_brats2021_case(p, data) for p in sorted((root / "brats").iterdir())]
+    cases = [read_brats2021_case(p, reading_task(data), data.min_brain_fraction)
+             for p in sorted((root / "brats").iterdir())]
     cases += [read_lgg_case(p, BUNDLE_SIZE) for p in sorted((root / "lgg").iterdir()) if p.is_dir()]
     images = np.concatenate([c.image for c in cases])
     masks = np.concatenate([c.mask for c in cases])

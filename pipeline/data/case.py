@@ -17,11 +17,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.data.task import target_mask
-
-# Canonical MRI sequence names used throughout the project.
-SEQUENCES = ("t1", "t1gd", "t2", "flair")
-# LGG kaggle_3m TIFF channel order: pre-contrast, FLAIR, post-contrast.
-LGG_CHANNELS = ("t1", "flair", "t1gd")
+from pipeline.sequences import LGG_CHANNELS, SEQUENCES  # noqa: F401  (their home is pipeline.sequences)
 
 
 @dataclass

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.sequences import INTENSITIES, SEQUENCES
+
 # Region name -> the label values it is made of (None: every non-zero label).
 TARGET_REGIONS: dict[str, tuple[int, ...] | None] = {"tumour": None}
 TARGET = "tumour"  # the region the classifier detects and the segmenter delineates
@@ -50,6 +52,18 @@ class TaskSpec:
     intensity: dict[str, Any]
     target: str = TARGET
 
+    @property
+    def intensity_mode(self) -> str:
+        """How readers scale kaggle_3m TIFFs: "as_stored" or "per_volume" (one of INTENSITIES)."""
+        return self.intensity.get("mode", "as_stored")
+
+    @property
+    def clip_percentiles(self) -> tuple[float, float]:
+        """(low, high) percentiles the readers clip intensities to when they rescale (volumes always, TIFFs
+        per_volume): the spec's, or DEFAULT_CLIP_PERCENTILES for a spec that records none (as_stored models)."""
+        low, high = self.intensity.get("clip_percentiles") or DEFAULT_CLIP_PERCENTILES
+        return float(low), float(high)
+
     def to_json(self) -> dict[str, Any]:
         return {"image_size": self.image_size, "channels": list(self.channels), "intensity": self.intensity,
                 "target": self.target, "regions": regions_json()}
@@ -57,8 +71,6 @@ class TaskSpec:
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> TaskSpec:
         """The spec saved by ``to_json``; ValueError when it does not fit this code (channels, regions)."""
-        from pipeline.data.case import SEQUENCES  # here: case.py imports this module for Case.mask
-
         channels = tuple(raw["channels"])
         if len(channels) != 3 or any(c not in SEQUENCES for c in channels):
             raise ValueError(f"needs 3 channels from {SEQUENCES}; got {list(channels)}")
@@ -66,8 +78,8 @@ class TaskSpec:
             raise ValueError(f"target regions {raw['regions']} differ from this code's {regions_json()}")
         given = raw["intensity"] or {}
         intensity = {"mode": given.get("mode", "as_stored"), "clip_percentiles": given.get("clip_percentiles")}
-        if intensity["mode"] not in ("as_stored", "per_volume"):
-            raise ValueError(f"intensity mode {intensity['mode']!r} is not as_stored or per_volume")
+        if intensity["mode"] not in INTENSITIES:
+            raise ValueError(f"intensity mode {intensity['mode']!r} is not one of {', '.join(INTENSITIES)}")
         clip = intensity["clip_percentiles"]
         if clip is not None and not (isinstance(clip, list) and len(clip) == 2 and 0 <= clip[0] < clip[1] <= 100):
             raise ValueError(f"clip_percentiles {clip!r} is not [low, high] with 0 <= low < high <= 100")

@@ -17,6 +17,7 @@ from pipeline.errors import InputError
 from pipeline.evaluation.metrics import predicted_positive
 from pipeline.evaluation.postprocess import PostProcessing
 from pipeline.models.batches import fixed_batches
+from pipeline.models.nets.segmenter import PIXEL_THRESHOLD
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +28,20 @@ def gate(probabilities: np.ndarray, threshold: float) -> np.ndarray:
     return predicted_positive(probabilities, threshold)
 
 
-def combine(seg_probabilities: np.ndarray, gated: np.ndarray, seg_threshold: float = 0.5,
+def combine(seg_probabilities: np.ndarray, gated: np.ndarray, seg_threshold: float,
             post: PostProcessing | None = None) -> np.ndarray:
     """The cascade's mask of one patient.
 
-    seg_probabilities: float [D, H, W] segmenter output (only gated slices need be filled in).
+    seg_probabilities: float [D, H, W] segmenter output (only gated slices need be filled in);
+    seg_threshold: the segmenter's pixel threshold (its sidecar's, via the bundle).
     gated: bool [D]. Returns bool [D, H, W]: empty on slices the classifier rejected.
     """
-    mask = (seg_probabilities >= seg_threshold) & np.asarray(gated, bool)[:, None, None]
+    return gated_mask(seg_probabilities >= seg_threshold, gated, post)
+
+
+def gated_mask(seg_mask: np.ndarray, gated: np.ndarray, post: PostProcessing | None = None) -> np.ndarray:
+    """``combine`` for a segmenter mask already thresholded: bool [D, H, W], gated bool [D] -> bool [D, H, W]."""
+    mask = np.asarray(seg_mask, bool) & np.asarray(gated, bool)[:, None, None]
     return post.apply(mask) if post is not None else mask
 
 
@@ -60,7 +67,7 @@ class Cascade:
     classifier: keras.Model
     segmenter: keras.Model
     threshold: float
-    seg_threshold: float = 0.5
+    seg_threshold: float = PIXEL_THRESHOLD  # evaluate and predict set the segmenter sidecar's (via the bundle)
     post: PostProcessing = PostProcessing()
     batch_size: int = 16
 

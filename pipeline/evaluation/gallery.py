@@ -13,7 +13,7 @@ import pandas as pd
 from pipeline.data.slices import SliceStore
 from pipeline.data.task import target_mask
 from pipeline.evaluation import metrics as m
-from pipeline.evaluation.cascade import combine
+from pipeline.evaluation.cascade import gated_mask
 from pipeline.evaluation.explain import (
     grad_cam_cells,
     integrated_gradients,
@@ -115,7 +115,7 @@ def patient_triptychs(store: SliceStore, patients: pd.DataFrame, slices: pd.Data
     for rank, row in picks.items():
         pid = row.patient_id
         rows = slices[slices.patient_id == pid].sort_values("slice_index")
-        mask = combine(seg_masks[pid].astype(np.float32), rows.predicted_positive.to_numpy(), post=post)
+        mask = gated_mask(seg_masks[pid], rows.predicted_positive.to_numpy(), post)
         k = int(rows.tumour_pixels.to_numpy().argmax())
         image = np.asarray(store.images(pid)[k])
         truth = target_mask(store.labels(pid)[k])

@@ -24,7 +24,7 @@ from pipeline.data.split import split_manifest
 from pipeline.data.task import target_mask
 from pipeline.errors import InputError
 from pipeline.evaluation import metrics as m
-from pipeline.evaluation.cascade import Cascade, combine, gate
+from pipeline.evaluation.cascade import Cascade, gate, gated_mask
 from pipeline.evaluation.postprocess import PostProcessing
 
 log = logging.getLogger(__name__)
@@ -125,8 +125,8 @@ def choose_postprocessing(scored: Scored, threshold: float,
     val = scored.slices[scored.slices.split == "val"]
     scores = []
     for post in options:
-        dice = [m.dice(scored.truth[pid], combine(scored.seg_masks[pid].astype(np.float32),
-                                                  gate(group.probability.to_numpy(), threshold), 0.5, post))
+        dice = [m.dice(scored.truth[pid], gated_mask(scored.seg_masks[pid],
+                                                     gate(group.probability.to_numpy(), threshold), post))
                 for pid, group in val.groupby("patient_id", sort=True) if scored.truth[pid].any()]
         scores.append(float(np.mean(dice)) if dice else math.nan)
     if len(options) > 1 and not np.isfinite(scores).any():
@@ -161,7 +161,7 @@ def evaluate_split(scored: Scored, store: SliceStore, split_name: str, threshold
     slice_rows, patient_rows = [], []
     for pid, group in slices.groupby("patient_id", sort=True):
         truth, seg = scored.truth[pid], scored.seg_masks[pid]
-        cascade_mask = combine(seg.astype(np.float32), group.predicted_positive.to_numpy(), 0.5, post)
+        cascade_mask = gated_mask(seg, group.predicted_positive.to_numpy(), post)
         segmenter_all = post.apply(seg) if post.enabled else seg
         spacing, unit = patient_spacing(store, pid)
         voxel = float(np.prod(spacing)) if spacing else 1.0

@@ -22,12 +22,15 @@ config and loads with ``keras.saving.load_model(path, safe_mode=True)`` (compile
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import keras
 from keras import ops
 
-LOSS_NAMES = ("dice", "tversky", "focal_tversky", "bce_dice")
+from pipeline.models.registry import LOSSES, load
+
+LOSS_NAMES = tuple(LOSSES)  # segmenter.loss: the registry's names
 _TINY = 1e-7  # keeps (1 - TI)^γ differentiable at a perfect prediction
 
 
@@ -150,13 +153,10 @@ class BCEDiceLoss(keras.losses.Loss):
 
 
 def get_loss(name: str, alpha: float = 0.7, beta: float = 0.3, gamma: float = 0.75) -> keras.losses.Loss:
-    """The loss named in params (segmenter.loss): dice | tversky | focal_tversky | bce_dice."""
-    if name == "dice":
-        return SoftDiceLoss()
-    if name == "tversky":
-        return TverskyLoss(alpha, beta)
-    if name == "focal_tversky":
-        return FocalTverskyLoss(alpha, beta, gamma)
-    if name == "bce_dice":
-        return BCEDiceLoss()
-    raise ValueError(f"loss {name!r} is not one of {', '.join(LOSS_NAMES)}")
+    """The loss named in params (segmenter.loss, one of ``pipeline.models.registry.LOSSES``), given those of
+    alpha, beta and gamma its class takes."""
+    if name not in LOSSES:
+        raise ValueError(f"loss {name!r} is not one of {', '.join(LOSSES)}")
+    loss_class = load(LOSSES[name])
+    takes = inspect.signature(loss_class).parameters
+    return loss_class(**{k: v for k, v in {"alpha": alpha, "beta": beta, "gamma": gamma}.items() if k in takes})

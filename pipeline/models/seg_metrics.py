@@ -18,7 +18,7 @@ from keras import ops
 class _OverlapAt(keras.metrics.Metric):
     """Mean over images (and channels) of an overlap score; subclasses define ``_score``."""
 
-    def __init__(self, threshold: float = 0.5, name: str = "overlap", dtype: Any = None):
+    def __init__(self, threshold: float, name: str = "overlap", dtype: Any = None):
         super().__init__(name=name, dtype=dtype)
         self.threshold = float(threshold)
         self.total = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="total")
@@ -52,7 +52,7 @@ class _OverlapAt(keras.metrics.Metric):
 class DiceAt(_OverlapAt):
     """Mean per-image Dice of (y_pred > threshold) vs y_true; empty vs empty counts as 1.0."""
 
-    def __init__(self, threshold: float = 0.5, name: str = "dice", dtype: Any = None):
+    def __init__(self, threshold: float, name: str = "dice", dtype: Any = None):
         super().__init__(threshold, name=name, dtype=dtype)
 
     def _score(self, intersection: Any, size_pred: Any, size_true: Any) -> Any:
@@ -64,7 +64,7 @@ class DiceAt(_OverlapAt):
 class IoUAt(_OverlapAt):
     """Mean per-image IoU (Jaccard) of (y_pred > threshold) vs y_true; empty vs empty counts as 1.0."""
 
-    def __init__(self, threshold: float = 0.5, name: str = "iou", dtype: Any = None):
+    def __init__(self, threshold: float, name: str = "iou", dtype: Any = None):
         super().__init__(threshold, name=name, dtype=dtype)
 
     def _score(self, intersection: Any, size_pred: Any, size_true: Any) -> Any:

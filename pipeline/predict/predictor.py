@@ -46,14 +46,13 @@ from tqdm import tqdm
 
 from pipeline.data.case import Case
 from pipeline.data.sources import registry
-from pipeline.data.task import DEFAULT_CLIP_PERCENTILES
+from pipeline.data.task import TaskSpec
 from pipeline.errors import InputError, PipelineError, one_line
 from pipeline.evaluation.bundle import CLASSIFIER_FILE, SEGMENTER_FILE, read_bundle
 from pipeline.evaluation.cascade import Cascade, combine
 from pipeline.evaluation.explain import overlay_png
 from pipeline.evaluation.postprocess import PostProcessing
 from pipeline.evaluation.validation import cohort_summary, score_case
-from pipeline.params import DataParams
 from pipeline.paths import MODELS_DIR
 from pipeline.predict.discovery import InputItem, find_inputs
 from pipeline.writing import atomic_dir, atomic_path, check_no_overlap, json_text
@@ -105,10 +104,10 @@ class Prediction:
 
 @dataclass
 class Predictor:
-    """A loaded cascade plus what reading new scans for it needs (image size, channels, clipping)."""
+    """A loaded cascade plus what reading new scans for it needs (image size, channels, intensity scaling)."""
 
     cascade: Cascade
-    data: DataParams  # image_size and channels of the models; clip_percentiles; min_brain_fraction 0
+    task: TaskSpec  # what the models take: the readers read every slice of a scan (min_brain_fraction 0) with it
     model_files: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -122,11 +121,6 @@ class Predictor:
             raise PipelineError(f"threshold {threshold} is outside [0, 1]")
         bundle = read_bundle(models_dir)
         task = bundle.task
-        clip = tuple(task.intensity.get("clip_percentiles") or DEFAULT_CLIP_PERCENTILES)
-        data = DataParams(source="brats2021", root="", image_size=task.image_size, channels=task.channels,
-                          clip_percentiles=clip, min_brain_fraction=0.0, on_error="fail",
-                          intensity=task.intensity.get("mode", "as_stored"))
-        data.validate()
         classifier, segmenter = models_dir / CLASSIFIER_FILE, models_dir / SEGMENTER_FILE
         cascade = Cascade.load(classifier, segmenter, threshold=bundle.threshold if threshold is None else threshold,
                                seg_threshold=bundle.seg_threshold, post=bundle.post, batch_size=batch_size)
@@ -136,16 +130,16 @@ class Predictor:
                 raise InputError(path, f"model input {tuple(model.input_shape[1:])} does not match its bundle's "
                                        f"image size {size} with 3 channels")
         log.info("loaded %s: %d px, channels %s, %s intensities, threshold %.4f", models_dir, size,
-                 ",".join(task.channels), data.intensity, cascade.threshold)
-        return cls(cascade, data, {"classifier": str(classifier), "segmenter": str(segmenter)})
+                 ",".join(task.channels), task.intensity_mode, cascade.threshold)
+        return cls(cascade, task, {"classifier": str(classifier), "segmenter": str(segmenter)})
 
     @property
     def image_size(self) -> int:
-        return self.data.image_size
+        return self.task.image_size
 
     @property
     def channels(self) -> tuple[str, ...]:
-        return self.data.channels
+        return self.task.channels
 
     @property
     def threshold(self) -> float:
@@ -204,7 +198,7 @@ class Predictor:
         layout = registry.for_kind(item.layout)
         if layout is None or item.layout not in layout.case_kinds:
             raise InputError(item.path, f"cannot predict on a {item.layout}")
-        return layout.read(item.path, self.data, labels="optional")
+        return layout.read(item.path, self.task, min_brain_fraction=0.0, labels="optional")
 
     def predict_path(self, path: str | Path, out_dir: str | Path) -> list[dict[str, Any]]:
         """Predict every case in ``path`` and write each to ``out_dir/<case id>/``.

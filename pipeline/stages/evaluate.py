@@ -49,7 +49,9 @@ def run(params: Params) -> None:
     start = time.perf_counter()
     store = SliceStore(SLICES_DIR)
     split = read_split(str(SPLIT_CSV))
-    cascade = Cascade.load(CLASSIFIER, SEGMENTER, threshold=0.5)
+    # The gate threshold is chosen below; the segmenter's pixel threshold is the one it was trained with.
+    cascade = Cascade.load(CLASSIFIER, SEGMENTER, threshold=0.5,
+                           seg_threshold=float(load_sidecar(SEGMENTER)["threshold"]))
     sidecar = load_sidecar(CLASSIFIER)
 
     layer = sidecar["last_conv_layer"] if e.gradcam_layer == "last" else e.gradcam_layer

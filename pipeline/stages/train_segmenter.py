@@ -1,4 +1,5 @@
-"""Stage `train_segmenter`: train the ResUNet on tumour-positive slices -> models/segmenter.keras."""
+"""Stage `train_segmenter`: train the segmenter (segmenter.arch: ResUNet, U-Net ...) on tumour-positive slices
+-> models/segmenter.keras."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pandas as pd
 from pipeline.data.slices import SliceStore
 from pipeline.models.batches import SliceBatches
 from pipeline.models.losses import get_loss
-from pipeline.models.nets.resunet import build_resunet
+from pipeline.models.nets.segmenter import PIXEL_THRESHOLD, build_segmenter
+from pipeline.models.registry import SEGMENTERS
 from pipeline.models.seg_metrics import DiceAt, IoUAt
 from pipeline.models.training import (
     TrainingRun,
@@ -52,16 +54,16 @@ def run(params: Params) -> None:
     train_rows = segmenter_rows(rows["train"], p.negative_fraction, t.seed)
     val_rows = segmenter_rows(rows["val"], p.negative_fraction, t.seed)
     size = store.image_shape[0]
-    model = build_resunet(size, tuple(p.filters), out_channels=1)
+    model = build_segmenter(p.arch, size, p.filters, out_channels=1)
     set_batchnorm_momentum(model)  # trained from scratch
-    log.info("ResUNet %s at %d px (%d parameters); %d train slices, %d val slices",
+    log.info("%s %s at %d px (%d parameters); %d train slices, %d val slices", SEGMENTERS[p.arch].description,
              list(p.filters), size, model.count_params(), len(train_rows), len(val_rows))
 
     train = SliceBatches(store, train_rows, t.batch_size, "mask", params.augment, shuffle=True, seed=t.seed)
     val = SliceBatches(store, val_rows, t.batch_size, "mask", None, shuffle=False, seed=t.seed)
     model.compile(optimizer=keras.optimizers.Adam(t.lr),
                   loss=get_loss(p.loss, p.tversky_alpha, p.tversky_beta, p.focal_gamma),
-                  metrics=[DiceAt(0.5), IoUAt(0.5)])
+                  metrics=[DiceAt(PIXEL_THRESHOLD), IoUAt(PIXEL_THRESHOLD)])
     training = TrainingRun.start(TRAIN_SEGMENTER_DIR, "val_dice", p.patience, len(train) * t.batch_size)
     training.fit(model, train, val, max(1, round(t.epochs * p.epochs_factor)))
     summary = training.finish({"parameters": model.count_params()})
@@ -73,10 +75,11 @@ def run(params: Params) -> None:
         "intensity": store_intensity(store),
         "input_range": "uint8 values 0..255 as float32, channels last; per-image standardisation is inside the model",
         "output_channels": ["tumour"],
-        "architecture": "ResUNet (Zhang, Liu, Wang 2018)",
+        "arch": p.arch,
+        "architecture": SEGMENTERS[p.arch].description,
         "filters": list(p.filters),
         "loss": p.loss,
-        "threshold": 0.5,
+        "threshold": PIXEL_THRESHOLD,
         "training": summary,
         "params": {"train": vars(t), "augment": vars(params.augment), "segmenter": vars(p)},
     }

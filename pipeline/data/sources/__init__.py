@@ -5,7 +5,8 @@ Every layout is declared once, in its reader module, and listed in the registry
 case folders ("brats2021"), Medical Segmentation Decathlon task folders ("decathlon").
 
 ``read_cases(data)`` streams the cases under ``data.root`` one at a time with the layout that
-``data.source`` names. With ``data.on_error: skip`` a case that raises InputError becomes a
+``data.source`` names, each read as ``reading_task(data)`` specifies and cut at data.min_brain_fraction
+(every layout's reader takes a task spec and that cut; predict passes its bundle's spec and 0). With ``data.on_error: skip`` a case that raises InputError becomes a
 ``Skipped(path, reason)`` record and reading goes on.
 
 ``detect_layout(path)`` tells what a folder or file is, for commands that take any of them;
@@ -21,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pipeline.data.case import Case
+from pipeline.data.task import TaskSpec
 from pipeline.errors import InputError
 from pipeline.params import DataParams
 from pipeline.data.slices import Skipped  # the record write_store lists in skipped.csv
@@ -31,7 +33,7 @@ from pipeline.data.sources.lgg import read_lgg_case, read_lgg_slice
 from pipeline.data.sources.volume import normalise_volume, to_scan_space
 
 __all__ = [
-    "Skipped", "detect_layout", "list_case_paths", "read_cases", "read_lgg_case", "read_lgg_slice",
+    "Skipped", "detect_layout", "reading_task", "list_case_paths", "read_cases", "read_lgg_case", "read_lgg_slice",
     "read_brats2021_case", "read_decathlon_case", "normalise_volume", "to_scan_space",
 ]
 
@@ -67,6 +69,13 @@ def read_cases(data: DataParams, root: Path | None = None) -> Iterator[Case | Sk
             yield case
 
 
+def reading_task(data: DataParams) -> TaskSpec:
+    """What ingest reads cases as: data.image_size, data.channels, data.intensity, clipping to
+    data.clip_percentiles (volumes always; kaggle_3m TIFFs with intensity per_volume)."""
+    return TaskSpec(data.image_size, tuple(data.channels),
+                    {"mode": data.intensity, "clip_percentiles": list(data.clip_percentiles)})
+
+
 def list_case_paths(data: DataParams, root: Path | None = None) -> list[Path]:
     """The case paths (folders, or files for a layout such as Decathlon) that ``read_cases`` would read."""
     return [path for path, _ in _case_readers(data, Path(root if root is not None else data.root))]
@@ -75,7 +84,7 @@ def list_case_paths(data: DataParams, root: Path | None = None) -> list[Path]:
 def _case_readers(data: DataParams, root: Path) -> list[tuple[Path, CaseReader]]:
     if not root.is_dir():
         raise InputError(root, "not a folder" if root.exists() else "no such folder")
-    return registry.for_source(data.source).list_cases(root, data)
+    return registry.for_source(data.source).list_cases(root, reading_task(data), data.min_brain_fraction)
 
 
 def detect_layout(path: Path) -> str:

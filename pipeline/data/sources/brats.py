@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.case import Case
+from pipeline.data.task import TaskSpec
 from pipeline.errors import InputError
-from pipeline.params import DataParams
 from pipeline.data.sources.files import check_file, is_ignored, list_folder
 from pipeline.data.sources.layout import CaseReader, Layout, check_labels_mode
 from pipeline.data.sources.volume import (
@@ -90,11 +90,12 @@ def is_brats2021_case(folder: Path) -> bool:
         return False
 
 
-def read_brats2021_case(folder: Path, data: DataParams, *, require_labels: bool = False,
+def read_brats2021_case(folder: Path, task: TaskSpec, min_brain_fraction: float, *, require_labels: bool = False,
                         on_bad_labels: str = "fail") -> Case:
-    """One BraTS 2021 case folder -> Case (image [D, S, S, 3] of data.channels, labels 0/1/2/4).
+    """One BraTS 2021 case folder -> Case (image [D, S, S, 3] of task.channels, labels 0/1/2/4), the axial
+    slices with a brain fraction >= ``min_brain_fraction`` (see ``volume_case``).
 
-    Reads only the sequences in data.channels plus the segmentation, concurrently. Without a
+    Reads only the sequences in task.channels plus the segmentation, concurrently. Without a
     segmentation file the labels are zeros and meta["has_labels"] is False, unless
     ``require_labels`` (ingest), which makes it an InputError. on_bad_labels "warn" (prediction) reads
     the case without labels when the segmentation is unreadable, off-grid or holds unknown values,
@@ -102,17 +103,17 @@ def read_brats2021_case(folder: Path, data: DataParams, *, require_labels: bool 
     """
     folder = Path(folder)
     files = brats2021_files(folder)
-    for sequence in data.channels:
+    for sequence in task.channels:
         if sequence not in files:
             raise InputError(folder, f"missing sequence {sequence}: no <case>_{_SPELLINGS[sequence]}.nii.gz file")
     has_seg = "seg" in files
     if require_labels and not has_seg:
         raise InputError(folder, "missing segmentation: no <case>_seg.nii.gz file")
-    wanted = list(dict.fromkeys(data.channels)) + (["seg"] if has_seg else [])
+    wanted = list(dict.fromkeys(task.channels)) + (["seg"] if has_seg else [])
     with ThreadPoolExecutor(max_workers=len(wanted)) as pool:
         pending = {kind: pool.submit(_load, files[kind], 3) for kind in wanted}
     loaded = {kind: pending[kind].result() for kind in wanted if kind != "seg"}
-    reference = loaded[data.channels[0]]
+    reference = loaded[task.channels[0]]
     for volume in loaded.values():
         check_same_grid(volume, reference)
     labels = None
@@ -129,10 +130,11 @@ def read_brats2021_case(folder: Path, data: DataParams, *, require_labels: bool 
     return volume_case(
         patient_id=folder.name,
         source="brats2021",
-        channels={sequence: loaded[sequence].data for sequence in data.channels},
+        channels={sequence: loaded[sequence].data for sequence in task.channels},
         labels=labels,
         reference=reference,
-        data=data,
+        task=task,
+        min_brain_fraction=min_brain_fraction,
         label_names=BRATS2021_LABELS,
         meta={"path": str(folder), "files": {kind: str(files[kind]) for kind in wanted}},
     )
@@ -194,11 +196,13 @@ def _load(path: Path, ndim: int) -> CanonicalVolume:
 
 def read_decathlon_case(
     image_path: Path,
-    data: DataParams,
+    task: TaskSpec,
+    min_brain_fraction: float,
     label_path: Path | None = None,
     dataset_json: Path | Mapping[str, Any] | None = None,
 ) -> Case:
-    """One Decathlon 4D image (+ optional label map) -> Case.
+    """One Decathlon 4D image (+ optional label map) -> Case; task and min_brain_fraction as for
+    ``read_brats2021_case``.
 
     dataset_json: a path, the parsed dict, or None to look for ``dataset.json`` two folders up
     (``<root>/imagesTr/<name>``) and fall back to Task01's channel order. Without ``label_path`` the
@@ -208,7 +212,7 @@ def read_decathlon_case(
     spec = _dataset_spec(image_path, dataset_json)
     sequences = decathlon_channels(spec)
     label_names = decathlon_label_names(spec)
-    for sequence in data.channels:
+    for sequence in task.channels:
         if sequence not in sequences:
             raise InputError(image_path, f"missing sequence {sequence}: dataset.json modality lists "
                                          f"{[s for s in sequences if s]}")
@@ -226,10 +230,11 @@ def read_decathlon_case(
     return volume_case(
         patient_id=nifti_stem(image_path),
         source="decathlon",
-        channels={sequence: image.data[..., sequences.index(sequence)] for sequence in data.channels},
+        channels={sequence: image.data[..., sequences.index(sequence)] for sequence in task.channels},
         labels=labels,
         reference=image,
-        data=data,
+        task=task,
+        min_brain_fraction=min_brain_fraction,
         label_names=label_names,
         meta={"path": str(image_path), "files": files},
     )
@@ -266,21 +271,21 @@ def detect_brats2021(path: Path) -> str | None:
     raise InputError(path, f"a {ndim}D NIfTI holds one sequence; give its case folder (found {kinds})")
 
 
-def list_brats2021_cases(root: Path, data: DataParams) -> list[tuple[Path, CaseReader]]:
+def list_brats2021_cases(root: Path, task: TaskSpec, min_brain_fraction: float) -> list[tuple[Path, CaseReader]]:
     """Every case folder of a BraTS 2021 root, each read with its segmentation required."""
     if is_brats2021_case(root):
         raise InputError(root, "this is one BraTS 2021 case folder; data.root must be the folder holding case folders")
     folders = [p for p in list_folder(root) if p.is_dir() and not is_ignored(p)]
     if not folders:
         raise InputError(root, "no BraTS 2021 case folders found")
-    return [(f, partial(read_brats2021_case, f, data, require_labels=True)) for f in folders]
+    return [(f, partial(read_brats2021_case, f, task, min_brain_fraction, require_labels=True)) for f in folders]
 
 
-def read_brats2021(path: Path, data: DataParams, *, labels: str) -> Case:
-    """One BraTS 2021 case folder -> Case; labels as in ``Layout.read``."""
+def read_brats2021(path: Path, task: TaskSpec, *, min_brain_fraction: float, labels: str) -> Case:
+    """One BraTS 2021 case folder -> Case; as ``Layout.read`` says."""
     check_labels_mode(labels)
     required = labels == "required"
-    return read_brats2021_case(path, data, require_labels=required, on_bad_labels="fail" if required else "warn")
+    return read_brats2021_case(path, task, min_brain_fraction, require_labels=required, on_bad_labels="fail" if required else "warn")
 
 
 def detect_decathlon(path: Path) -> str | None:
@@ -290,7 +295,7 @@ def detect_decathlon(path: Path) -> str | None:
     return "decathlon_file" if is_nifti(path) and nifti_ndim(path) == 4 else None
 
 
-def list_decathlon_cases(root: Path, data: DataParams) -> list[tuple[Path, CaseReader]]:
+def list_decathlon_cases(root: Path, task: TaskSpec, min_brain_fraction: float) -> list[tuple[Path, CaseReader]]:
     """The imagesTr/ files of a Decathlon task folder, each read with its labelsTr/ file; an image or
     label without its partner is listed with a reader that raises InputError naming it."""
     json_path = root / "dataset.json"
@@ -307,7 +312,7 @@ def list_decathlon_cases(root: Path, data: DataParams) -> list[tuple[Path, CaseR
         elif label is None:
             readers.append((image, partial(_raise, image, "image without label (no labelsTr/ file of this name)")))
         else:
-            readers.append((image, partial(read_decathlon_case, image, data, label, spec)))
+            readers.append((image, partial(read_decathlon_case, image, task, min_brain_fraction, label, spec)))
     return readers
 
 
@@ -315,7 +320,7 @@ def _raise(path: Path, problem: str) -> Case:
     raise InputError(path, problem)
 
 
-def read_decathlon(path: Path, data: DataParams, *, labels: str) -> Case:
+def read_decathlon(path: Path, task: TaskSpec, *, min_brain_fraction: float, labels: str) -> Case:
     """One Decathlon 4D image -> Case, its dataset.json found two folders up. labels "required": with its
     ``labelsTr/`` file of the same name (InputError when there is none); "optional": with that file when it
     is there and valid (scored by predict), else the image alone, with a warning for a bad label map."""
@@ -326,15 +331,15 @@ def read_decathlon(path: Path, data: DataParams, *, labels: str) -> Case:
     if labels == "optional":
         if path.parent.name == "imagesTr" and label.is_file():
             try:
-                return read_decathlon_case(path, data, label)
+                return read_decathlon_case(path, task, min_brain_fraction, label)
             except InputError as e:
                 if e.path != label:
                     raise
                 log.warning("%s; %s is read without its label map", e, nifti_stem(path))
-        return read_decathlon_case(path, data)
+        return read_decathlon_case(path, task, min_brain_fraction)
     if not label.exists():
         raise InputError(path, "image without label (no labelsTr/ file of this name)")
-    return read_decathlon_case(path, data, label)
+    return read_decathlon_case(path, task, min_brain_fraction, label)
 
 
 def decathlon_root_cases(root: Path) -> list[tuple[Path, str]]:

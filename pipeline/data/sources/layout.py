@@ -20,15 +20,17 @@ from typing import Any, Protocol
 import numpy as np
 
 from pipeline.data.case import Case
-from pipeline.params import DataParams
+from pipeline.data.task import TaskSpec
 
 CaseReader = Callable[[], Case]  # one case of a root, read when called (ingest reads ahead in a thread)
 LABELS = ("required", "optional")  # Layout.read: ingest needs ground truth, prediction does not
 
 
 class ReadCase(Protocol):
-    def __call__(self, path: Path, data: DataParams, *, labels: str) -> Case:
-        """One case (a path ``detect`` calls a case kind) -> Case at data.image_size with data.channels.
+    def __call__(self, path: Path, task: TaskSpec, *, min_brain_fraction: float, labels: str) -> Case:
+        """One case (a path ``detect`` calls a case kind) -> Case at task.image_size with task.channels, its
+        intensities scaled as task.intensity says; volumes keep the axial slices whose brain fraction is at
+        least ``min_brain_fraction`` (ingest: data.min_brain_fraction; predict: 0, every slice).
 
         labels "required": a missing or unusable label file is an InputError naming it; "optional":
         a missing one reads the case unlabelled (meta["has_labels"] False), an unusable one too, with a
@@ -58,8 +60,8 @@ class Layout:
     name: what it is called ("kaggle_3m"); sources: the data.source values ingest reads with it;
     detect(path): the kind of ``path`` (one of case_kinds or root_kinds) or None when not this layout,
     deciding by name before opening anything; InputError when it is this layout's but unusable;
-    list_cases(root, data): [(case path, CaseReader)] that ingest reads, labels required, InputError for
-    a root without cases; read: ``ReadCase``; write_prediction(case, mask bool [D, S, S], folder):
+    list_cases(root, task, min_brain_fraction): [(case path, CaseReader)] that ingest reads, labels
+    required, each read as ``read`` reads; InputError for a root without cases; read: ``ReadCase``; write_prediction(case, mask bool [D, S, S], folder):
     the mask in the input's own format -> ``WrittenMask``; root_cases(root): [(case path, kind)] of
     one of its roots for predict, when searching the root's folders would not find them (None: search).
     folder_hint, file_hint, cases_hint: what it looks for in a folder, the single file it takes (None:
@@ -71,7 +73,7 @@ class Layout:
     case_kinds: tuple[str, ...]
     root_kinds: tuple[str, ...]
     detect: Callable[[Path], str | None]
-    list_cases: Callable[[Path, DataParams], list[tuple[Path, CaseReader]]]
+    list_cases: Callable[[Path, TaskSpec, float], list[tuple[Path, CaseReader]]]
     read: ReadCase
     write_prediction: Callable[[Case, np.ndarray, Path], WrittenMask]
     folder_hint: str

@@ -32,9 +32,10 @@ import numpy as np
 import pandas as pd
 import tifffile
 
-from pipeline.data.case import LGG_CHANNELS, Case
+from pipeline.data.case import Case
+from pipeline.data.task import TaskSpec
 from pipeline.errors import InputError
-from pipeline.params import DataParams
+from pipeline.sequences import LGG_CHANNELS
 from pipeline.data.sources.files import check_file, is_ignored, list_folder
 from pipeline.data.sources.layout import CaseReader, Layout, WrittenMask, check_labels_mode
 from pipeline.data.sources.volume import intensity_record, normalise_volume
@@ -398,35 +399,36 @@ def detect_kaggle_3m(path: Path) -> str | None:
     return "lgg_slice"
 
 
-def list_kaggle_3m_cases(root: Path, data: DataParams) -> list[tuple[Path, CaseReader]]:
+def list_kaggle_3m_cases(root: Path, task: TaskSpec, min_brain_fraction: float) -> list[tuple[Path, CaseReader]]:
     """The TCGA_* case folders of a kaggle_3m root, each read with labels required and joined to the
-    root's data.csv (read once, here) when there is one."""
+    root's data.csv (read once, here) when there is one. Every slice is kept (min_brain_fraction is for
+    volumes: a kaggle_3m case is already its brain's slices)."""
     folders = case_folders(root)
     csv_path = root / "data.csv"
     clinical = load_clinical(csv_path) if csv_path.is_file() else {}
-    return [(f, partial(read_lgg_case, f, data.image_size, clinical, require_labels=True, intensity=data.intensity,
-                        clip_percentiles=data.clip_percentiles)) for f in folders]
+    return [(f, partial(read_lgg_case, f, task.image_size, clinical, require_labels=True,
+                        intensity=task.intensity_mode, clip_percentiles=task.clip_percentiles)) for f in folders]
 
 
-def read_kaggle_3m(path: Path, data: DataParams, *, labels: str) -> Case:
+def read_kaggle_3m(path: Path, task: TaskSpec, *, min_brain_fraction: float, labels: str) -> Case:
     """A kaggle_3m case folder or one ``<case>_<n>.tif`` slice (its own case, named by its file stem) ->
-    Case at data.image_size; no clinical join. labels as in ``Layout.read``. InputError when
-    data.channels are not the TIFFs' fixed t1, flair, t1gd."""
+    Case at task.image_size; no clinical join; every slice kept (min_brain_fraction is for volumes).
+    labels as in ``Layout.read``. InputError when task.channels are not the TIFFs' fixed t1, flair, t1gd."""
     check_labels_mode(labels)
     path = Path(path)
     is_slice = SLICE_FILE.match(path.name) is not None
     if is_slice:
         check_file(path)  # a dangling link or a FIFO named like a scan: say so (a FIFO would block)
-    if tuple(data.channels) != LGG_CHANNELS:
+    if tuple(task.channels) != LGG_CHANNELS:
         raise InputError(path, f"kaggle_3m TIFFs hold the channels {','.join(LGG_CHANNELS)} (fixed LGG order); "
-                               f"the models were trained on {','.join(data.channels)}")
+                               f"the models were trained on {','.join(task.channels)}")
     on_bad_labels = "fail" if labels == "required" else "warn"
     if not is_slice:
-        return read_lgg_case(path, data.image_size, clinical={}, require_labels=labels == "required",
-                             on_bad_labels=on_bad_labels, intensity=data.intensity,
-                             clip_percentiles=data.clip_percentiles)
-    case = read_lgg_slice(path, data.image_size, intensity=data.intensity, clip_percentiles=data.clip_percentiles,
-                          on_bad_labels=on_bad_labels)
+        return read_lgg_case(path, task.image_size, clinical={}, require_labels=labels == "required",
+                             on_bad_labels=on_bad_labels, intensity=task.intensity_mode,
+                             clip_percentiles=task.clip_percentiles)
+    case = read_lgg_slice(path, task.image_size, intensity=task.intensity_mode,
+                          clip_percentiles=task.clip_percentiles, on_bad_labels=on_bad_labels)
     if labels == "required" and not case.meta["has_labels"]:
         raise InputError(path, f"image without mask (no {path.stem}_mask{path.suffix})")
     return dataclasses.replace(case, patient_id=path.stem)  # one slice: its own output folder

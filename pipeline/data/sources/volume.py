@@ -47,8 +47,8 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation
 from nibabel.spatialimages import HeaderDataError
 
 from pipeline.data.case import Case
+from pipeline.data.task import TaskSpec
 from pipeline.errors import InputError
-from pipeline.params import DataParams
 from pipeline.data.sources.files import check_file
 from pipeline.data.sources.layout import WrittenMask
 
@@ -302,7 +302,8 @@ def volume_case(
     channels: Mapping[str, np.ndarray],
     labels: np.ndarray | None,
     reference: CanonicalVolume,
-    data: DataParams,
+    task: TaskSpec,
+    min_brain_fraction: float,
     label_names: Mapping[int, str],
     meta: Mapping[str, Any],
 ) -> Case:
@@ -311,6 +312,8 @@ def volume_case(
     channels: sequence name -> [X, Y, Z] canonical intensities, in the order of the Case channels.
     labels: uint8 [X, Y, Z] canonical label map, or None (no ground truth: zeros, has_labels False).
     reference: the loaded volume whose affine/orientation the geometry records.
+    task: the image size and the intensity clipping (``task.clip_percentiles``); min_brain_fraction: axial
+    slices with a smaller fraction of non-zero voxels are dropped.
     """
     # Work on [Z, Y, X] views: nibabel arrays are Fortran-ordered, so these are the memory order
     # (about 10x faster than [X, Y, Z] for the element-wise steps).
@@ -319,18 +322,18 @@ def volume_case(
     for vol in volumes_zyx:
         brain |= vol != 0
     brain_fraction = brain.mean(axis=(1, 2))  # [Z]
-    kept_z = np.flatnonzero(brain_fraction >= data.min_brain_fraction)
+    kept_z = np.flatnonzero(brain_fraction >= min_brain_fraction)
     if kept_z.size == 0:
-        raise InputError(meta["path"], f"no axial slice has a brain fraction >= {data.min_brain_fraction} "
+        raise InputError(meta["path"], f"no axial slice has a brain fraction >= {min_brain_fraction} "
                                        f"(largest: {brain_fraction.max():.3f})")
     slice_shape = (brain.shape[2], brain.shape[1])  # (X, Y): rows, cols of a canonical slice
     image = np.empty((len(kept_z), *slice_shape, len(volumes_zyx)), np.uint8)
     for c, vol in enumerate(volumes_zyx):
-        image[..., c] = normalise_volume(vol, brain, data.clip_percentiles)[kept_z].transpose(0, 2, 1)
+        image[..., c] = normalise_volume(vol, brain, task.clip_percentiles)[kept_z].transpose(0, 2, 1)
     has_labels = labels is not None
     label_slices = (np.ascontiguousarray(labels.T[kept_z].transpose(0, 2, 1)) if has_labels
                     else np.zeros(image.shape[:3], np.uint8))
-    plan = fit_plan(slice_shape, data.image_size)
+    plan = fit_plan(slice_shape, task.image_size)
     image, label_slices = fit_slices(image, label_slices, plan)
     row_mm, col_mm, slice_mm = reference.spacing_mm
     if plan["fit"] == "resize":
@@ -354,7 +357,7 @@ def volume_case(
         spacing_mm=(row_mm, col_mm, slice_mm),
         geometry=geometry,
         meta={**meta, "has_labels": has_labels, "label_names": dict(label_names),
-              "intensity": intensity_record("per_volume", data.clip_percentiles)},
+              "intensity": intensity_record("per_volume", task.clip_percentiles)},
     )
 
 

@@ -26,44 +26,21 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import keras
 
 from pipeline.errors import InputError
 from pipeline.models.nets.layers import BackbonePreprocess
+from pipeline.models.registry import BACKBONES, HEADS, Backbone  # the choice lists, written once
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "tumour_probability"
 CELLS_NAME = "tumour_cells"  # head "max_cell": per-cell tumour logits [B, h, w, 1]
-HEADS = ("average", "max_cell")
 HEAD_LAYERS = ("preprocess", "avg_pool", "head_dropout", CELLS_NAME, "max_cell", OUTPUT_NAME)
-
-
-class Backbone(NamedTuple):
-    """How to build one backbone and where its parts are."""
-
-    build: Callable[..., keras.Model]  # a keras.applications constructor
-    preprocessing: str  # BackbonePreprocess mode matching its ImageNet weights
-    last_conv_layer: str  # the last convolutional feature map, for Grad-CAM
-    stage_starts: tuple[str, ...]  # layer-name prefixes opening each stage after the stem, input to output
-    residual_bn: str | None = None  # regex: the BatchNormalization closing each residual branch (ResNet v1)
-
-
-BACKBONES: dict[str, Backbone] = {
-    "resnet50": Backbone(keras.applications.ResNet50, "caffe", "conv5_block3_out",
-                         ("conv2_", "conv3_", "conv4_", "conv5_"), r"conv\d_block\d+_3_bn"),
-    "resnet50v2": Backbone(keras.applications.ResNet50V2, "tf", "post_relu",
-                           ("conv2_", "conv3_", "conv4_", "conv5_")),
-    "densenet121": Backbone(keras.applications.DenseNet121, "torch", "relu",
-                            ("conv2_", "conv3_", "conv4_", "conv5_")),
-    "efficientnetb0": Backbone(keras.applications.EfficientNetB0, "none", "top_activation",
-                               tuple(f"block{i}" for i in range(1, 8))),
-}
 
 
 def build_classifier(image_size: int, backbone: str = "resnet50", weights: str | None = "imagenet",
@@ -100,7 +77,7 @@ def build_classifier(image_size: int, backbone: str = "resnet50", weights: str |
         except Exception as e:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             log.warning("ImageNet weights unavailable (%s); training %s from random initialisation "
-                        "— results will be worse than a pretrained run", reason, spec.build.__name__)
+                        "— results will be worse than a pretrained run", reason, spec.application)
             model, _ = _assemble(spec, image_size, dropout, None, backbone, head)
             return model, {**info, "pretrained": False, "weights_source": "imagenet-unavailable"}
         return model, {**info, "pretrained": True, "weights_source": "imagenet"}
@@ -124,7 +101,7 @@ def _assemble(spec: Backbone, image_size: int, dropout: float, weights: str | No
     """A fresh classifier graph and its backbone (whose layers are the classifier's own)."""
     image = keras.Input((image_size, image_size, 3), dtype="float32", name=INPUT_NAME)
     x = BackbonePreprocess(spec.preprocessing, name="preprocess")(image)
-    base = spec.build(include_top=False, weights=weights, input_tensor=x)
+    base = getattr(keras.applications, spec.application)(include_top=False, weights=weights, input_tensor=x)
     if head == "max_cell":
         x = keras.layers.Dropout(dropout, name="head_dropout")(base.output)
         x = keras.layers.Conv2D(1, 1, dtype="float32", name=CELLS_NAME)(x)
