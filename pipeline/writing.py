@@ -52,17 +52,17 @@ def check_stage_writes_no_input(stage: str, writes: Iterable[str | Path], reads:
     ``writes`` is, contains or lies inside a path it reads. ``reads``: (path, where it comes from: "params
     <key>" for a path params.yaml gives, else "READS"), as ``pipeline.params.stage_reads`` resolves them."""
     writes = [Path(w) for w in writes]
-    where = {"is the input": "over it", "lies inside the input": "inside it", "contains the input": "in its place"}
     for path, origin in reads:
         for output in writes:
             relation = overlap(output, path)
             if relation is None:
                 continue
+            act = {"is the input": f"write {output} over it", "lies inside the input": f"write {output} inside it",
+                   "contains the input": f"replace {output}, which holds it"}[relation]
             key = origin.removeprefix("params ")
             advice = (f"give {key} a path apart from {stage}'s outputs ({', '.join(map(str, writes))})"
                       if origin != key else "the stage declares an output inside its own input (a bug)")
-            raise InputError(path, f"`{stage}` reads this ({origin}) and would write {output} {where[relation]}; "
-                                   f"{advice}")
+            raise InputError(path, f"`{stage}` reads this ({origin}) and would {act}; {advice}")
 
 
 def json_text(value: Any) -> str:
@@ -122,15 +122,18 @@ def remove_stale_temporaries(targets: Iterable[str | Path]) -> list[Path]:
         if not target.parent.is_dir():
             continue
         stems = _temp_stems(target)
-        for entry in target.parent.iterdir():
-            match = _TEMPORARY.match(entry.name)
-            if match is None or match["stem"] not in stems or (match["pid"] and _alive(int(match["pid"]))):
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-            removed.append(entry)
+        try:
+            for entry in target.parent.iterdir():
+                match = _TEMPORARY.match(entry.name)
+                if match is None or match["stem"] not in stems or (match["pid"] and _alive(int(match["pid"]))):
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed.append(entry)
+        except OSError as e:  # an unreadable folder: the write that follows says what is wrong, if anything
+            log.warning("could not look for temporaries next to %s (%s)", target, e.strerror or e)
     if removed:
         log.info("removed %d temporary file(s) an interrupted run left: %s", len(removed),
                  ", ".join(str(p) for p in removed))

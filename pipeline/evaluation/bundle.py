@@ -191,7 +191,7 @@ def task_from_sidecars(folder: str | Path, expected: TaskSpec | None = None) -> 
     for role, name in (("classifier", CLASSIFIER_FILE), ("segmenter", SEGMENTER_FILE)):
         sidecar = load_sidecar(Path(folder) / name)
         where = (Path(folder) / name).with_suffix(".json")
-        kind = sidecar.get("kind", role)  # sidecars record the model's role ("kind") since training wrote them
+        kind = sidecar.get("kind") or role  # sidecars record the model's role ("kind") since training wrote them
         if kind != role:
             raise InputError(where, f"describes a {kind!r} model, but {name} is the bundle's {role}")
         size = sidecar.get("input_size")
