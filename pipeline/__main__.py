@@ -36,11 +36,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    from pipeline.params import load_params
+    from pipeline.params import load_params, stage_reads
+    from pipeline.writing import check_stage_writes_no_input, remove_stale_temporaries
 
     try:
         params = load_params(args.params)
         stage = importlib.import_module(f"pipeline.stages.{args.stage}")
+        # No stage writes what it reads (a params-given path included), checked before anything is written;
+        # then what an interrupted run of this stage left behind goes (pipeline.writing).
+        reads = stage_reads((*stage.READS, *getattr(stage, "READS_FROM_PARAMS", ())), params)
+        check_stage_writes_no_input(args.stage, stage.WRITES, reads)
+        remove_stale_temporaries(stage.WRITES)
         stage.run(params)
     except PipelineError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)

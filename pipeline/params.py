@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -328,3 +330,18 @@ def _onednn_cpu_kernels() -> bool:
     import keras  # here, not at the top: only this rare check needs the backend loaded
 
     return keras.config.backend() == "tensorflow" and os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0"
+
+
+def stage_reads(entries: Iterable[str | Path], params: Params) -> list[tuple[Path, str]]:
+    """A stage's READS-style entries as paths, each with where it comes from: ``"${section.key}"`` is the
+    params value ("params section.key"; left out when unset or empty), anything else itself ("READS")."""
+    found = []
+    for entry in entries:
+        key = re.fullmatch(r"\$\{(\w+)\.(\w+)\}", str(entry))
+        if key is None:
+            found.append((Path(entry), "READS"))
+            continue
+        value = getattr(getattr(params, key[1]), key[2])
+        if value not in (None, ""):
+            found.append((Path(value), f"params {key[1]}.{key[2]}"))
+    return found

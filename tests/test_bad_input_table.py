@@ -11,6 +11,7 @@ the one error line says. ``test_doc_table_lists_exactly_these_cases`` keeps the 
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import keras
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -30,6 +32,8 @@ from bad_files import junk, make_bad_entry, truncate, write_brats_case, write_co
 
 import pipeline.models.nets  # noqa: F401  (registers the custom layers)
 from pipeline.__main__ import main
+from pipeline.evaluation.bundle import read_bundle
+from pipeline.models.training import save_model
 from pipeline.predict import OUTPUT_MARKER
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -335,6 +339,47 @@ def split_case(damage: str) -> Callable[..., Run]:
     return build
 
 
+def split_file_is_its_output(tmp: Path, models: Path) -> Run:
+    """split.file: data/split.csv, the stage's own output, edited by hand (an extra column, rows reordered)."""
+    root = kaggle_root(tmp, (*PATIENTS, RESCAN))
+    write_params(tmp, {"source": "lgg", "root": str(root)})
+    assert main(["ingest"]) == 0 and main(["split"]) == 0
+    mine = pd.read_csv(tmp / "data" / "split.csv").iloc[::-1].assign(note="checked by hand")
+    mine.to_csv(tmp / "data" / "split.csv", index=False)
+    params = write_params(tmp, {"source": "lgg", "root": str(root)}, split={"file": "data/split.csv"})
+    return Run(["split", "--params", str(params)], "data/split.csv", [root, tmp / "data"])
+
+
+def dead_pid() -> int:
+    """The id of a process that has ended: what the temporary names of a killed run carry."""
+    import subprocess
+
+    done = subprocess.Popen(["true"])
+    done.wait()
+    return done.pid
+
+
+def split_after_killed_run(tmp: Path, models: Path) -> Run:
+    """A split killed mid-write left data/.split.tmp-<pid>-<random>.csv next to data/split.csv."""
+    run = split_case("apart")(tmp, models)
+    params = write_params(tmp, {"source": "lgg", "root": str(tmp / "kaggle_3m")})
+    (tmp / "data" / f".split.tmp-{dead_pid()}-k1ll.csv").write_text("patient_id,split\nTCGA_CS_4941_19960909,tr")
+    return Run(["split", "--params", str(params)], "", [run.inputs[0]])
+
+
+def temporaries_removed(tmp: Path, run: Run, caplog: pytest.LogCaptureFixture) -> None:
+    assert not list((tmp / "data").glob(".split.tmp-*")), list((tmp / "data").iterdir())
+    assert pd.read_csv(tmp / "data" / "split.csv").patient_id.nunique() == len(PATIENTS) + 1
+
+
+def root_holds_the_store(tmp: Path, models: Path) -> Run:
+    """data.root: data, the folder that holds data/slices, which ingest replaces."""
+    root = tmp / "data"
+    for name in PATIENTS:
+        lgg_case(root, name)
+    return ingest(tmp, root, root)
+
+
 # --- params
 
 
@@ -437,6 +482,99 @@ def predicted_unlabelled(warning: str | None) -> Callable[..., None]:
     return check
 
 
+def bundle_damage(damage: str) -> Callable[..., Run]:
+    """A copy of the bundle, then one thing wrong with it; "swapped" and "threshold_true" leave a cascade.json
+    whose hashes match its files (as evaluate would have written it), so the other checks are what refuse."""
+
+    def build(tmp: Path, models: Path) -> Run:
+        copy = shutil.copytree(models, tmp / "models")
+        bundle = read_bundle(copy)
+        raw = json.loads((copy / "cascade.json").read_text())
+        named = copy / "cascade.json"
+        if damage == "retrained":  # train_classifier ran again, evaluate did not
+            keras.utils.set_random_seed(1)
+            model = keras.saving.load_model(copy / "classifier.keras", compile=False)
+            model.layers[-1].set_weights([w + 0.5 for w in model.layers[-1].get_weights()])
+            save_model(model, copy / "classifier.keras", json.loads((copy / "classifier.json").read_text()))
+            named = copy / "classifier.keras"
+        elif damage == "no_hashes":  # written before cascade.json recorded them
+            raw.pop("sha256")
+            (copy / "cascade.json").write_text(json.dumps(raw))
+        elif damage == "swapped":  # segmenter.keras is in fact a classifier
+            shutil.copy(copy / "classifier.keras", copy / "segmenter.keras")
+            dataclasses.replace(bundle, sha256={}).write(copy)
+            named = copy / "segmenter.keras"
+        elif damage == "threshold_true":
+            raw["gate"]["threshold"] = True
+            (copy / "cascade.json").write_text(json.dumps(raw))
+        elif damage in ("empty", "truncated"):  # an interrupted copy of the bundle
+            named = copy / "segmenter.keras"
+            named.write_bytes(b"" if damage == "empty" else named.read_bytes()[:4096])
+        else:
+            raise ValueError(damage)
+        return predict(tmp, copy, scans(tmp), tmp / "predictions", named)
+
+    return build
+
+
+def partial_masks(damage: str) -> Callable[..., Run]:
+    """A kaggle_3m case with some of its mask files missing, one mask without its image, or a dangling mask link."""
+
+    def build(tmp: Path, models: Path) -> Run:
+        source = scans(tmp)
+        case = source / A
+        if damage == "missing":
+            for n in (1, 3):
+                (case / f"{A}_{n}_mask.tif").unlink()
+            named = case / f"{A}_1.tif"
+        elif damage == "orphan":
+            named = case / f"{A}_{SLICES + 1}_mask.tif"
+            shutil.copy(case / f"{A}_2_mask.tif", named)
+        elif damage == "dangling":
+            named = case / f"{A}_3_mask.tif"
+            named.unlink()
+            named.symlink_to(tmp / "elsewhere" / named.name)
+        else:
+            raise ValueError(damage)
+        return predict(tmp, models, source, tmp / "predictions", named)
+
+    return build
+
+
+def predicted_in_full(warning: str) -> Callable[..., None]:
+    """Every slice predicted and its mask written; the case unscored, with the one warning."""
+    unlabelled = predicted_unlabelled(warning)
+
+    def check(tmp: Path, run: Run, caplog: pytest.LogCaptureFixture) -> None:
+        unlabelled(tmp, run, caplog)
+        summary = json.loads((run.out / A / "summary.json").read_text())
+        assert summary["outputs"]["masks"] == [f"{A}_{n}_mask.tif" for n in range(1, SLICES + 1)], summary["outputs"]
+        assert all((run.out / A / name).is_file() for name in summary["outputs"]["masks"])
+
+    return check
+
+
+def after_killed_run(tmp: Path, models: Path) -> Run:
+    """A predict killed mid-write left a half case folder and a half run index in OUT, and a training killed
+    mid-save a half model file in the bundle folder."""
+    out = tmp / "predictions"
+    dead = dead_pid()
+    (out / f".{A}.tmp-{dead}-h4lf").mkdir(parents=True)
+    (out / f".{A}.tmp-{dead}-h4lf" / "summary.json").write_text("{")
+    (out / f".predictions.tmp-{dead}-h4lf.json").write_text("{")
+    copy = shutil.copytree(models, tmp / "models")
+    (copy / f".classifier.tmp-{dead}-h4lf.keras").write_bytes(b"PK")
+    return predict(tmp, copy, scans(tmp), out)
+
+
+def leftovers_gone(tmp: Path, run: Run, caplog: pytest.LogCaptureFixture) -> None:
+    """OUT holds the case folder and the index only; the bundle's leftover is no part of what predict read."""
+    assert sorted(p.name for p in run.out.iterdir()) == [A, "predictions.json"], list(run.out.iterdir())
+    summary = json.loads((run.out / A / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["validation"] is not None
+    assert sorted(Path(f).name for f in summary["model_files"].values()) == ["classifier.keras", "segmenter.keras"]
+
+
 def dangling_output(tmp: Path, models: Path) -> Run:
     out = tmp / "predictions"
     out.symlink_to(tmp / "nowhere")
@@ -491,6 +629,8 @@ CASES: dict[str, Case] = {
     "nifti_huge_header": Case("ingest", brats_damage("huge_header"), 2,
                               r"header claims shape \(30000, 30000, 30000\) .*: not a brain MRI volume$"),
     "case_linked_into_store": Case("ingest", case_linked_into_store, 2, r"the slice store contains the input "),
+    "root_holds_the_store": Case("ingest", root_holds_the_store, 2,
+                                 r"`ingest` reads this \(params data\.root\) and would write data/slices inside it"),
     "root_named_like_an_old_store": Case("ingest", root_named_like_an_old_store, 0, check=root_kept),
     "decathlon_image_without_label": Case("ingest", decathlon_without_label, 2,
                                           r"image without label \(no labelsTr/ file of this name\)$"),
@@ -506,6 +646,10 @@ CASES: dict[str, Case] = {
                                        rf"1 patient\(s\) of the slice store not listed: \['{PATIENTS[2]}'\]"),
     "split_file_scans_apart": Case("split", split_case("apart"), 2,
                                    r"scans of one patient TCGA_CS_4941 are in different splits"),
+    "split_file_is_its_output": Case("split", split_file_is_its_output, 2,
+                                     r"`split` reads this \(params split\.file\) and would write data/split\.csv "
+                                     r"over it; give split\.file a path apart from split's outputs"),
+    "split_after_killed_run": Case("split", split_after_killed_run, 0, check=temporaries_removed),
     # --- params
     "params_ig_steps_0": Case("params", bad_params(evaluate={"ig_steps": 0}), 2, r"0 is outside \[2, 10000\]$"),
     "params_bootstrap_negative": Case("params", bad_params(evaluate={"bootstrap": -5}), 2,
@@ -530,6 +674,29 @@ CASES: dict[str, Case] = {
     "predict_missing_input": Case("predict", missing_input, 2, r"no such file or folder$"),
     "predict_bad_mask": Case("predict", bad_mask, 0, check=predicted_unlabelled(r"read without reference masks")),
     "predict_without_masks": Case("predict", no_masks, 0, check=predicted_unlabelled(None)),
+    "predict_stale_bundle": Case("predict", bundle_damage("retrained"), 2,
+                                 r"changed since cascade\.json was written \(sha256 \w+…, recorded \w+…\), so the "
+                                 r"bundle's gate threshold and post-processing were chosen for another file: re-run "
+                                 r"`evaluate` \(`dvc repro`\)"),
+    "predict_bundle_without_hashes": Case("predict", bundle_damage("no_hashes"), 2,
+                                          r"records no sha256 of its model files \(written by an older version\).*: "
+                                          r"re-run `evaluate` \(`dvc repro`\)"),
+    "predict_swapped_models": Case("predict", bundle_damage("swapped"), 2,
+                                   rf"is not a segmenter: it outputs \[N, 1\] for input \[N, {SIZE}, {SIZE}, 3\], a "
+                                   rf"segmenter gives \[N, {SIZE}, {SIZE}, 1\] \(a classifier's output: are the two "
+                                   r"model files swapped\?\)$"),
+    "predict_bundle_threshold_true": Case("predict", bundle_damage("threshold_true"), 2,
+                                          r"gate threshold true is not a number in \[0, 1\]$"),
+    "predict_empty_model": Case("predict", bundle_damage("empty"), 2, r"empty model file \(0 bytes\)"),
+    "predict_truncated_model": Case("predict", bundle_damage("truncated"), 2,
+                                    r"truncated or not a Keras file \(4096 bytes, no complete \.keras zip archive\)"),
+    "predict_some_masks_missing": Case("predict", partial_masks("missing"), 0,
+                                       check=predicted_in_full(r"image without mask .*read without reference masks$")),
+    "predict_orphan_mask": Case("predict", partial_masks("orphan"), 0,
+                                check=predicted_in_full(r"mask without image .*read without reference masks$")),
+    "predict_dangling_mask": Case("predict", partial_masks("dangling"), 0,
+                                  check=predicted_in_full(r"dangling link .*read without reference masks$")),
+    "predict_after_killed_run": Case("predict", after_killed_run, 0, check=leftovers_gone),
 }
 
 

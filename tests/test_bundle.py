@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +50,14 @@ def test_bundle_round_trip(tmp_path: Path) -> None:
     (lambda b: b["task"]["intensity"].update(clip_percentiles=[1, 2, 3]), "clip_percentiles"),
     (lambda b: b.update(seg_threshold=2), "seg_threshold 2.0 is outside"),
     (lambda b: b["postprocessing"].update(min_component_px="5"), "postprocessing"),
+    (lambda b: b["gate"].update(threshold=True), "gate threshold true is not a number in"),
+    (lambda b: b["gate"].update(threshold="0.5"), r'gate threshold "0.5" is not a number in'),
+    (lambda b: b["gate"].update(threshold=None), "gate threshold null is not a number in"),
+    (lambda b: b.update(seg_threshold=False), "seg_threshold false is not a number in"),
+    (lambda b: b["gate"].update(rule=3), "gate rule 3 is not a string"),
+    (lambda b: b.pop("sha256"), r"records no sha256 of its model files .*re-run `evaluate` \(`dvc repro`\)"),
+    (lambda b: b["sha256"].pop("segmenter.json"), "records no sha256 of segmenter.json"),
+    (lambda b: b["models"].update(segmenter="../segmenter.keras"), "is not a file name in the bundle folder"),
 ])
 def test_bad_bundle_is_one_line_naming_the_file(change, message: str, tmp_path: Path) -> None:
     folder = _bundle_dir(tmp_path)
@@ -80,3 +92,90 @@ def test_target_mask_is_every_nonzero_label_for_the_tumour_region() -> None:
     labels = np.array([[0, 1, 2], [4, 0, 3]], np.uint8)  # BraTS 1/2/4 and Decathlon 1/2/3 alike
     np.testing.assert_array_equal(target_mask(labels), labels > 0)
     assert TARGET_REGIONS == {"tumour": None}
+
+
+# --- issue 22: a bundle that cannot lie
+
+
+def _dead_pid() -> int:
+    """The id of a process that has ended (what a killed run's temporary names carry)."""
+    done = subprocess.Popen(["true"])
+    done.wait()
+    return done.pid
+
+
+def test_bundle_records_the_sha256_of_each_model_file_and_sidecar(tmp_path: Path) -> None:
+    folder = _bundle_dir(tmp_path)
+    raw = json.loads((folder / "cascade.json").read_text())
+    names = ["classifier.keras", "classifier.json", "segmenter.keras", "segmenter.json"]
+    assert raw["sha256"] == {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in names}
+    assert read_bundle(folder).sha256 == raw["sha256"]
+
+
+@pytest.mark.parametrize("name", ["classifier.keras", "classifier.json", "segmenter.keras", "segmenter.json"])
+def test_a_model_file_changed_after_evaluate_is_refused_naming_it(name: str, tmp_path: Path) -> None:
+    """A retrained classifier (or an edited sidecar) with the old cascade.json: the gate was chosen for another file."""
+    folder = _bundle_dir(tmp_path)
+    path = folder / name
+    if name.endswith(".json"):
+        path.write_bytes(path.read_bytes().replace(b"}", b', "retrained": true}'))
+    else:
+        with zipfile.ZipFile(path, "w") as archive:  # a whole .keras archive, of other weights
+            archive.writestr("model.weights.h5", "retrained")
+    with pytest.raises(InputError) as error:
+        read_bundle(folder)
+    message = str(error.value)
+    assert message.startswith(f"{path}: changed since cascade.json was written"), message
+    assert "re-run `evaluate` (`dvc repro`)" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("empty", r"empty model file \(0 bytes\)"),
+    ("truncated", r"truncated or not a Keras file \(\d+ bytes, no complete \.keras zip archive\)"),
+])
+def test_a_cut_short_model_file_says_so(damage: str, message: str, tmp_path: Path) -> None:
+    folder = _bundle_dir(tmp_path)
+    path = folder / "segmenter.keras"
+    with zipfile.ZipFile(path, "w") as archive:  # a real archive, then cut short as an interrupted copy leaves it
+        archive.writestr("config.json", "{}" * 2000)
+    Bundle(TASK, 0.42, "youden", 0.5, PostProcessing(10, True)).write(folder)
+    path.write_bytes(b"" if damage == "empty" else path.read_bytes()[:200])
+    with pytest.raises(InputError, match=f"^{path}: {message}") as error:
+        read_bundle(folder)
+    assert "not found" not in str(error.value)
+
+
+def test_a_sidecar_of_the_other_role_is_refused(tmp_path: Path) -> None:
+    folder = _bundle_dir(tmp_path)
+    sidecar = json.loads((folder / "segmenter.json").read_text())
+    (folder / "segmenter.json").write_text(json.dumps({**sidecar, "kind": "classifier"}))
+    with pytest.raises(InputError, match=r"segmenter.json: describes a 'classifier' model, but segmenter.keras is the "
+                                         r"bundle's segmenter$"):
+        read_bundle(folder)
+
+
+def test_evaluate_refuses_to_write_a_bundle_for_files_that_changed_while_it_ran(tmp_path: Path) -> None:
+    folder = _bundle_dir(tmp_path)
+    chosen_for = read_bundle(folder).sha256  # as evaluate hashes the models it loads
+    before = (folder / "cascade.json").read_text()
+    with zipfile.ZipFile(folder / "classifier.keras", "w") as archive:
+        archive.writestr("model.weights.h5", "retrained meanwhile")
+    with pytest.raises(InputError, match=r"classifier.keras: changed while `evaluate` ran"):
+        Bundle(TASK, 0.3, "youden", 0.5, PostProcessing(), chosen_for).write(folder)
+    assert (folder / "cascade.json").read_text() == before
+
+
+def test_writing_the_bundle_removes_what_killed_runs_left_in_the_folder(tmp_path: Path) -> None:
+    """A copy of models/ after evaluate carries no temporary of an interrupted training or evaluate; a live
+    run's temporaries (this process's id) and other files are left alone."""
+    folder = _bundle_dir(tmp_path)
+    dead = _dead_pid()
+    stale = [folder / f".classifier.tmp-{dead}-x1y2.keras", folder / f".segmenter.tmp-{dead}-abcd.json",
+             folder / f".cascade.tmp-{dead}-q.json", folder / ".segmenter.tmp-oldstyle.keras"]
+    live = folder / f".classifier.tmp-{os.getpid()}-live.keras"
+    notes = folder / "notes.txt"
+    for path in (*stale, live, notes):
+        path.write_bytes(b"x")
+    Bundle(TASK, 0.42, "youden", 0.5, PostProcessing(10, True)).write(folder)
+    assert not [p for p in stale if p.exists()] and live.exists() and notes.exists()
+    assert read_bundle(folder).threshold == 0.42

@@ -25,6 +25,7 @@ from pipeline.data.case import LGG_CHANNELS
 from pipeline.data.demo import _patient_plan, write_brats2021, write_kaggle_3m
 from pipeline.data.sources import read_lgg_case
 from pipeline.errors import InputError
+from pipeline.evaluation.bundle import MODELS, bundle_files, file_hashes
 from pipeline.evaluation.metrics import dice
 from pipeline.predict import OUTPUT_MARKER, Predictor, find_inputs, write_run_index
 
@@ -292,6 +293,7 @@ def test_channel_mismatch(models: Path, inputs: dict[str, Path], tmp_path: Path)
         (other / f"{name}.json").write_text(json.dumps({**sidecar, "channels": ["t2", "flair", "t1gd"]}))
     bundle = json.loads((other / "cascade.json").read_text())
     bundle["task"]["channels"] = ["t2", "flair", "t1gd"]
+    bundle["sha256"] = file_hashes(other, bundle_files(MODELS))  # a consistent bundle of t2 models
     (other / "cascade.json").write_text(json.dumps(bundle))
     t2_predictor = Predictor.from_dir(other, threshold=0.0)
     [result] = t2_predictor.predict_path(inputs["lgg"], tmp_path / "out")
@@ -307,6 +309,22 @@ def test_channel_mismatch(models: Path, inputs: dict[str, Path], tmp_path: Path)
     (other / "classifier.json").write_text(json.dumps(sidecar))
     with pytest.raises(InputError, match="segmenter.json"):
         Predictor.from_dir(other, threshold=0.0)
+
+
+def test_each_model_is_checked_for_its_role_on_load(models: Path) -> None:
+    """A classifier gives [N, 1], a segmenter [N, S, S, 1]: a model in the other's place is refused by name
+    (before issue 22 a classifier as segmenter.keras broadcast its [N, 1] over the slice: a 100 % mask)."""
+    from pipeline.evaluation.cascade import Cascade
+
+    classifier, segmenter = models / "classifier.keras", models / "segmenter.keras"
+    with pytest.raises(InputError, match=rf"^{segmenter}: is not a classifier: it outputs \[N, {SIZE}, {SIZE}, 1\] "
+                                         r".*\(a segmenter's output: are the two model files swapped\?\)$"):
+        Cascade.load(segmenter, segmenter, threshold=0.5)
+    with pytest.raises(InputError, match=rf"^{classifier}: is not a segmenter: it outputs \[N, 1\] for input "
+                                         rf"\[N, {SIZE}, {SIZE}, 3\], a segmenter gives \[N, {SIZE}, {SIZE}, 1\]"):
+        Cascade.load(classifier, classifier, threshold=0.5)
+    cascade = Cascade.load(classifier, segmenter, threshold=0.5)
+    assert cascade.segment(np.zeros((2, SIZE, SIZE, 3), np.uint8)).shape == (2, SIZE, SIZE)
 
 
 def test_stage_cli_still_parses(capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,16 +5,25 @@
     models/cascade.json                          written by ``evaluate``: the task spec (image size,
                                                  channels, intensity scaling, target region), the gate
                                                  threshold chosen on validation patients, the
-                                                 segmenter's pixel threshold and the post-processing
+                                                 segmenter's pixel threshold and the post-processing,
+                                                 and the sha256 of every model file and sidecar it lists
 
 Copy the folder anywhere and ``Predictor.from_dir(folder)`` predicts exactly as the workspace did,
-whatever params.yaml or reports/ say there.
+whatever params.yaml or reports/ say there. The bundle is one unit: ``read_bundle`` refuses it when a
+listed file is not the one ``evaluate`` chose the gate for (a retrained classifier, a sidecar edited
+by hand), and a cascade.json without hashes (written before they were recorded): re-run ``evaluate``.
+The bundle is exactly the files cascade.json lists; ``write`` removes temporaries that interrupted
+runs left in the folder (``pipeline.writing``), and predict reads nothing else.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
-from dataclasses import asdict, dataclass
+import math
+import zipfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +31,14 @@ from pipeline.data.task import TaskSpec
 from pipeline.errors import InputError
 from pipeline.evaluation.postprocess import PostProcessing
 from pipeline.models.training import load_sidecar
-from pipeline.writing import atomic_path
+from pipeline.writing import atomic_path, remove_stale_temporaries
 
 CLASSIFIER_FILE = "classifier.keras"
 SEGMENTER_FILE = "segmenter.keras"
 CASCADE_FILE = "cascade.json"
+# Role -> the model file(s) of the bundle; each model's sidecar JSON sits next to it (same stem).
+MODELS: dict[str, str | list[str]] = {"classifier": CLASSIFIER_FILE, "segmenter": SEGMENTER_FILE}
+RERUN = "re-run `evaluate` (`dvc repro`) to choose the gate for the models there now"
 
 
 @dataclass(frozen=True)
@@ -39,19 +51,84 @@ class Bundle:
     threshold_rule: str
     seg_threshold: float
     post: PostProcessing
+    # File name -> sha256 hex digest of each model file and sidecar (``bundle_files``) the gate was chosen for;
+    # empty: hashed from the folder when written.
+    sha256: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"task": self.task.to_json(),
                 "gate": {"threshold": self.threshold, "rule": self.threshold_rule, "chosen_on": "val"},
                 "seg_threshold": self.seg_threshold, "postprocessing": asdict(self.post),
-                "models": {"classifier": CLASSIFIER_FILE, "segmenter": SEGMENTER_FILE}}
+                "models": MODELS, "sha256": self.sha256}
 
     def write(self, folder: str | Path) -> Path:
-        """Write ``folder/cascade.json`` atomically; returns its path."""
-        path = Path(folder) / CASCADE_FILE
+        """Write ``folder/cascade.json`` atomically with the sha256 of each listed model file and sidecar;
+        returns its path. With ``sha256`` given (``evaluate`` hashes the files it loads, before scoring),
+        InputError naming a file that no longer matches: it changed while the gate was being chosen."""
+        folder = Path(folder)
+        names = bundle_files(MODELS)
+        remove_stale_temporaries([folder / name for name in (*names, CASCADE_FILE)])
+        now = file_hashes(folder, names)
+        for name, digest in self.sha256.items():
+            if now.get(name) != digest:
+                raise InputError(folder / name, "changed while `evaluate` ran (the gate was chosen for the file "
+                                                "as it was when evaluate started): run `evaluate` again")
+        path = folder / CASCADE_FILE
         with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+            tmp.write_text(json.dumps(dataclasses.replace(self, sha256=now).to_json(), indent=2) + "\n")
         return path
+
+
+def bundle_files(models: dict[str, Any]) -> list[str]:
+    """The file names a bundle's "models" entry lists (role -> a file name, or a list of them), each
+    followed by its sidecar JSON. ValueError for anything but plain file names."""
+    names = []
+    for role, value in models.items():
+        for name in [value] if isinstance(value, str) else value:
+            if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+                raise ValueError(f"models.{role}: {name!r} is not a file name in the bundle folder")
+            names += [name, Path(name).with_suffix(".json").name]
+    return names
+
+
+def file_hashes(folder: str | Path, names: list[str]) -> dict[str, str]:
+    """sha256 hex digest of each of ``names`` in ``folder``, by name (missing files left out)."""
+    found = {}
+    for name in names:
+        path = Path(folder) / name
+        if path.is_file():
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+            found[name] = digest.hexdigest()
+    return found
+
+
+def check_hashes(folder: Path, raw: dict[str, Any]) -> None:
+    """InputError unless every file cascade.json (``raw``) lists has the sha256 it records: naming the
+    file that changed, or cascade.json when it records none (written before hashes were recorded)."""
+    path = folder / CASCADE_FILE
+    recorded = raw.get("sha256")
+    if not isinstance(recorded, dict) or not recorded:
+        raise InputError(path, "records no sha256 of its model files (written by an older version), so nothing "
+                               f"shows it was chosen for the models next to it: {RERUN}")
+    try:
+        names = bundle_files(raw.get("models", MODELS))
+    except (ValueError, TypeError, AttributeError) as e:
+        raise InputError(path, f"not a valid model bundle file ({e})") from None
+    now = file_hashes(folder, names)
+    for name in names:
+        if not (folder / name).is_file():
+            raise InputError(folder / name, f"missing: {CASCADE_FILE} lists it; copy the whole model folder")
+        if name not in recorded:
+            raise InputError(path, f"records no sha256 of {name}: {RERUN}")
+        if now[name] != recorded[name]:
+            if name.endswith(".keras"):
+                check_model_file(folder / name)  # cut short by a copy: say so, not "changed"
+            raise InputError(folder / name, f"changed since {CASCADE_FILE} was written (sha256 {now[name][:12]}…, "
+                                            f"recorded {str(recorded[name])[:12]}…), so the bundle's gate threshold "
+                                            f"and post-processing were chosen for another file: {RERUN}")
 
 
 def read_bundle(folder: str | Path) -> Bundle:
@@ -65,23 +142,45 @@ def read_bundle(folder: str | Path) -> Bundle:
                                     "and cascade.json (`dvc repro` writes them)")
     try:
         raw = json.loads(path.read_text())
-        bundle = Bundle(TaskSpec.from_json(raw["task"]), float(raw["gate"]["threshold"]), str(raw["gate"]["rule"]),
-                        float(raw["seg_threshold"]), PostProcessing(**raw["postprocessing"]))
+        rule = raw["gate"]["rule"]
+        if not isinstance(rule, str):
+            raise TypeError(f"gate rule {rule!r} is not a string")
+        bundle = Bundle(TaskSpec.from_json(raw["task"]), _fraction(raw["gate"]["threshold"], "gate threshold", path),
+                        rule, _fraction(raw["seg_threshold"], "seg_threshold", path),
+                        PostProcessing(**raw["postprocessing"]), raw.get("sha256") or {})
     except FileNotFoundError:
         raise InputError(path, "missing: `evaluate` writes it (the gate threshold and task spec of these "
                                "models); run `dvc repro`") from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise InputError(path, f"not a valid model bundle file ({type(e).__name__}: {e})") from None
-    for name, value in (("gate threshold", bundle.threshold), ("seg_threshold", bundle.seg_threshold)):
-        if not 0.0 <= value <= 1.0:
-            raise InputError(path, f"{name} {value} is outside [0, 1]")
     post = bundle.post
     if isinstance(post.min_component_px, bool) or not isinstance(post.min_component_px, int) \
             or post.min_component_px < 0 or not isinstance(post.keep_largest_component, bool):
         raise InputError(path, f"postprocessing {asdict(post)} needs a whole min_component_px >= 0 and a "
                                "true/false keep_largest_component")
     task_from_sidecars(folder, expected=bundle.task)
+    check_hashes(folder, raw)
     return bundle
+
+
+def _fraction(value: Any, name: str, path: Path) -> float:
+    """A bundle field that must be a number in [0, 1]: true/false, strings and NaN are refused (InputError)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(path, f"{name} {json.dumps(value)} is not a number in [0, 1]")
+    if not 0.0 <= value <= 1.0:
+        raise InputError(path, f"{name} {float(value)} is outside [0, 1]")
+    return float(value)
+
+
+def check_model_file(path: Path) -> None:
+    """InputError naming ``path`` when it is empty or no complete .keras (zip) archive: cut short by an
+    interrupted copy or save (Keras itself calls both "file not found")."""
+    size = path.stat().st_size
+    if size == 0:
+        raise InputError(path, "empty model file (0 bytes): an interrupted copy or save? Copy or train it again")
+    if not zipfile.is_zipfile(path):
+        raise InputError(path, f"truncated or not a Keras file ({size} bytes, no complete .keras zip archive): "
+                               "copy or train it again")
 
 
 def task_from_sidecars(folder: str | Path, expected: TaskSpec | None = None) -> TaskSpec:
@@ -89,9 +188,12 @@ def task_from_sidecars(folder: str | Path, expected: TaskSpec | None = None) -> 
     naming the sidecar that disagrees with the other, or with ``expected``. Sidecars written before
     the intensity record read as {"mode": "as_stored"}."""
     specs = []
-    for name in (CLASSIFIER_FILE, SEGMENTER_FILE):
+    for role, name in (("classifier", CLASSIFIER_FILE), ("segmenter", SEGMENTER_FILE)):
         sidecar = load_sidecar(Path(folder) / name)
         where = (Path(folder) / name).with_suffix(".json")
+        kind = sidecar.get("kind") or role  # sidecars record the model's role ("kind") since training wrote them
+        if kind != role:
+            raise InputError(where, f"describes a {kind!r} model, but {name} is the bundle's {role}")
         size = sidecar.get("input_size")
         try:
             if not isinstance(size, int):

@@ -7,6 +7,7 @@ the others get an empty mask. Optional per-patient post-processing then cleans t
 from __future__ import annotations
 
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import keras
 import numpy as np
 
 from pipeline.errors import InputError
+from pipeline.evaluation.bundle import check_model_file
 from pipeline.evaluation.metrics import predicted_positive
 from pipeline.evaluation.postprocess import PostProcessing
 from pipeline.models.batches import fixed_batches
@@ -60,6 +62,47 @@ def predict_in_batches(model: keras.Model, images: np.ndarray, batch_size: int =
     return np.concatenate(outputs).astype(np.float32)
 
 
+def load_model_file(path: str | Path) -> keras.Model:
+    """A .keras model loaded in safe mode; InputError naming the file when it is missing, empty, cut short
+    or no Keras file at all (Keras itself calls all of these "file not found")."""
+    import pipeline.models.nets  # noqa: F401  (registers the custom layers, losses and metrics)
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "model file not found; train it with `dvc repro` first")
+    if path.is_file():
+        check_model_file(path)
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:  # a damaged archive, a foreign file
+        raise InputError(path, f"not a readable .keras model ({type(e).__name__}: {e})") from None
+
+
+def check_role(model: keras.Model, role: str, path: str | Path) -> None:
+    """InputError naming ``path`` unless ``model``'s output fits ``role``: a classifier gives one tumour
+    probability per slice, [N, 1]; a segmenter a one-channel map of its input's size, [N, S, S, 1]."""
+    inputs, outputs = _shape(model.input_shape), _shape(model.output_shape)
+    size = inputs[1:3] if inputs is not None and len(inputs) == 4 else ["S", "S"]
+    expected = {"classifier": ["N", 1], "segmenter": ["N", *size, 1]}
+    if outputs == expected[role]:
+        return
+    other = next(r for r in expected if r != role)
+    swapped = f" (a {other}'s output: are the two model files swapped?)" if outputs == expected[other] else ""
+    raise InputError(path, f"is not a {role}: it outputs {_describe(outputs)} for input {_describe(inputs)}, a "
+                           f"{role} gives {_describe(expected[role])}{swapped}")
+
+
+def _shape(shape: object) -> list | None:
+    """A Keras shape tuple as a list with "N" for the batch axis; None for several inputs or outputs."""
+    if not isinstance(shape, tuple) or any(isinstance(d, (tuple, list)) for d in shape):
+        return None
+    return ["N", *shape[1:]]
+
+
+def _describe(shape: list | None) -> str:
+    return "several tensors" if shape is None else "[" + ", ".join(str(d) for d in shape) + "]"
+
+
 @dataclass
 class Cascade:
     """A loaded classifier + segmenter pair with its operating point."""
@@ -73,18 +116,13 @@ class Cascade:
 
     @classmethod
     def load(cls, classifier_path: str | Path, segmenter_path: str | Path, threshold: float, **kwargs) -> Cascade:
-        """Load both models (safe_mode) with the gate ``threshold``; ``kwargs`` set the other fields."""
-        import pipeline.models.nets  # noqa: F401  (registers the custom layers, losses and metrics)
-
-        models = []
-        for path in (classifier_path, segmenter_path):
-            if not Path(path).exists():
-                raise InputError(path, "model file not found; train it with `dvc repro` first")
-            try:
-                models.append(keras.saving.load_model(path, compile=False, safe_mode=True))
-            except (OSError, ValueError, KeyError, TypeError) as e:  # a truncated zip, a foreign file
-                raise InputError(path, f"not a readable .keras model ({type(e).__name__}: {e})") from None
-        return cls(models[0], models[1], float(threshold), **kwargs)
+        """Load both models (safe_mode) with the gate ``threshold``; ``kwargs`` set the other fields. InputError
+        naming the file for a missing, empty or truncated file, or a model of the wrong role (``check_role``)."""
+        classifier = load_model_file(classifier_path)
+        check_role(classifier, "classifier", classifier_path)
+        segmenter = load_model_file(segmenter_path)
+        check_role(segmenter, "segmenter", segmenter_path)
+        return cls(classifier, segmenter, float(threshold), **kwargs)
 
     def classify(self, images: np.ndarray) -> np.ndarray:
         """Tumour probability per slice: float32 [N] for uint8 [N, H, W, 3]."""

@@ -10,7 +10,7 @@ import pandas as pd
 from pipeline.data.slices import SliceStore
 from pipeline.data.split import read_split
 from pipeline.errors import ParamsError
-from pipeline.evaluation.bundle import CASCADE_FILE, Bundle, task_from_sidecars
+from pipeline.evaluation.bundle import CASCADE_FILE, MODELS, Bundle, bundle_files, file_hashes, task_from_sidecars
 from pipeline.evaluation.cascade import Cascade
 from pipeline.evaluation.gallery import explain_test_slices, patient_triptychs
 from pipeline.evaluation.postprocess import PostProcessing
@@ -49,6 +49,7 @@ def run(params: Params) -> None:
     start = time.perf_counter()
     store = SliceStore(SLICES_DIR)
     split = read_split(str(SPLIT_CSV))
+    chosen_for = file_hashes(MODELS_DIR, bundle_files(MODELS))  # the files the gate is chosen for, as loaded now
     # The gate threshold is chosen below; the segmenter's pixel threshold is the one it was trained with.
     cascade = Cascade.load(CLASSIFIER, SEGMENTER, threshold=0.5,
                            seg_threshold=float(load_sidecar(SEGMENTER)["threshold"]))
@@ -99,10 +100,13 @@ def run(params: Params) -> None:
         (out / "gallery.json").write_text(json_text(gallery))
         (out / "cases.json").write_text(json_text(
             patient_triptychs(store, test_patients, test_slices, scored.seg_masks, out / "images", post)))
-        bundle = Bundle(task_from_sidecars(MODELS_DIR), threshold, str(e.threshold), cascade.seg_threshold, post)
+        bundle = Bundle(task_from_sidecars(MODELS_DIR), threshold, str(e.threshold), cascade.seg_threshold, post,
+                        chosen_for)
         check(metrics, name="evaluate's metrics")
         (out / METRICS_FULL_JSON.relative_to(EVAL_DIR)).write_text(json_text(metrics))
-    bundle.write(MODELS_DIR)  # models/ now holds all that predict needs (pipeline.evaluation.bundle)
+        # models/ now holds all that predict needs (pipeline.evaluation.bundle); refused, and reports/eval left as
+        # it was, when a model file changed while this ran
+        bundle.write(MODELS_DIR)
     with atomic_path(METRICS_JSON) as tmp:
         tmp.write_text(json_text(headline(metrics)))
     t = metrics["test"]

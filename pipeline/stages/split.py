@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 # What the stage reads and writes besides code: dvc.yaml declares exactly these (tests/test_dvc_graph.py).
 READS = (SLICES_DIR,)
 WRITES = (SPLIT_CSV,)
+# Read when set, but no DVC dep (it may be unset): params.yaml's `split` section is.
+READS_FROM_PARAMS = ("${split.file}",)
 
 
 def run(params: Params) -> None:

@@ -436,12 +436,13 @@ def read_kaggle_3m(path: Path, task: TaskSpec, *, min_brain_fraction: float, lab
 
 def write_kaggle_3m_masks(case: Case, mask: np.ndarray, folder: Path) -> WrittenMask:
     """kaggle_3m masks ``<case>_<n>_mask.tif`` (uint8 0/255) in ``folder``, one per slice of mask bool
-    [D, S, S], each at its input slice's own size (nearest neighbour from S)."""
+    [D, S, S], each at its input slice's own size (nearest neighbour from S). The input's own mask files play
+    no part: a case with some of them missing, orphaned or broken is written in full like any other."""
     source = Path(case.meta["path"])
     if source.is_file():
         paths = {int(case.slice_numbers[0]): source}
     else:
-        numbers, images, _ = slice_files(source)
+        numbers, images = _image_slices(source)
         paths = dict(zip(numbers, images, strict=True))
     names, area = [], np.zeros(len(mask), np.int64)
     for k, n in enumerate(case.slice_numbers):
