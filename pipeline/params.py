@@ -26,6 +26,10 @@ THRESHOLD_RULES = ("youden", "f1", "patient_dice")
 # kaggle_3m TIFF intensities: stored uint8 values as they are, or rescaled per case and channel over brain
 # pixels to the data.clip_percentiles range (as every NIfTI volume is).
 INTENSITIES = ("as_stored", "per_volume")
+# train.schedule: "fixed" trains exactly train.epochs with a poly-decaying learning rate and keeps the last
+# weights; "early_stop" stops when the validation metric has not improved for `patience` epochs (halving the
+# learning rate on plateaus) and keeps the best epoch's weights.
+SCHEDULES = ("fixed", "early_stop")
 MAX_IMAGE_SIZE = 1024  # pixels a side; kaggle_3m slices are 256, BraTS 240
 
 
@@ -98,8 +102,11 @@ class TrainParams:
     batch_size: int
     seed: int
     mixed_precision: bool
+    schedule: str = "fixed"  # fixed | early_stop (see SCHEDULES)
+    deterministic: bool = True  # the backend's deterministic ops (pipeline.models.training.enable_deterministic_ops)
 
     def validate(self) -> None:
+        _one_of("train.schedule", self.schedule, SCHEDULES)
         _in_range("train.lr", self.lr, 1e-8, 1)
         _in_range("train.epochs", self.epochs, 1, 10_000)
         _in_range("train.batch_size", self.batch_size, 1, 4096)

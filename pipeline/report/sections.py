@@ -184,6 +184,10 @@ def _training_summary(summary: Mapping[str, Any]) -> str:
     parts = []
     if summary.get("epochs_trained") is not None:
         parts.append(f"{count(summary['epochs_trained'])} epochs")
+    if summary.get("schedule") == "fixed":
+        parts.append("fixed schedule (poly learning-rate decay), the last weights kept")
+    elif summary.get("schedule") == "early_stop":
+        parts.append("early stopping, the best epoch's weights kept")
     best = [(k, v) for k, v in summary.items() if k.startswith("best_") and k != "best_epoch"]
     if summary.get("best_epoch") is not None:
         parts.append(f"best epoch {count(summary['best_epoch'])}"

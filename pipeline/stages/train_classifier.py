@@ -65,7 +65,8 @@ def run(params: Params) -> None:
         trainer.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy",
                       metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")])
 
-    training = TrainingRun.start(TRAIN_CLASSIFIER_DIR, "val_auc", p.patience, len(train) * t.batch_size)
+    training = TrainingRun.start(TRAIN_CLASSIFIER_DIR, "val_auc", p.patience, len(train) * t.batch_size,
+                                 t.schedule, t.epochs)
     warmup = min(p.warmup_epochs, t.epochs) if info["pretrained"] else 0
     if warmup:
         set_trainable_stages(model, info, 0)

@@ -62,8 +62,10 @@ def run(params: Params) -> None:
     model.compile(optimizer=keras.optimizers.Adam(t.lr),
                   loss=get_loss(p.loss, p.tversky_alpha, p.tversky_beta, p.focal_gamma),
                   metrics=[DiceAt(0.5), IoUAt(0.5)])
-    training = TrainingRun.start(TRAIN_SEGMENTER_DIR, "val_dice", p.patience, len(train) * t.batch_size)
-    training.fit(model, train, val, max(1, round(t.epochs * p.epochs_factor)))
+    epochs = max(1, round(t.epochs * p.epochs_factor))
+    training = TrainingRun.start(TRAIN_SEGMENTER_DIR, "val_dice", p.patience, len(train) * t.batch_size,
+                                 t.schedule, epochs)
+    training.fit(model, train, val, epochs)
     summary = training.finish({"parameters": model.count_params()})
 
     sidecar = {
