@@ -84,8 +84,10 @@ class SplitParams:
     test: float
     seed: int
     file: str | None = None  # a CSV (patient_id, split) to take the split from; None or "": the seeded random split
+    folds: int = 1  # > 1: cross-validation folds over the non-test patients (pipeline.data.split.assign_folds)
 
     def validate(self) -> None:
+        _in_range("split.folds", self.folds, 1, 100)
         for name in ("train", "val", "test"):
             _in_range(f"split.{name}", getattr(self, name), 0, 1)
         if abs(self.train + self.val + self.test - 1) > 1e-6:

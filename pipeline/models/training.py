@@ -24,7 +24,7 @@ from dvclive import Live
 from pipeline.errors import InputError
 from pipeline.params import TrainParams
 from pipeline.data.slices import SliceStore
-from pipeline.data.split import read_split, split_manifest
+from pipeline.data.split import fold_split, read_split, split_manifest
 from pipeline.writing import atomic_path
 
 log = logging.getLogger(__name__)
@@ -98,12 +98,17 @@ def set_batchnorm_momentum(model: keras.Model, momentum: float = SCRATCH_BN_MOME
     return len(layers)
 
 
-def training_rows(store: SliceStore, split_csv: str | Path) -> dict[str, pd.DataFrame]:
+def training_rows(store: SliceStore, split_csv: str | Path, fold: int | None = None) -> dict[str, pd.DataFrame]:
     """Manifest rows of the train and val patients: {"train": rows, "val": rows}.
 
-    Test patients are dropped here, so no stage that trains or tunes can see them.
+    fold: with cross-validation folds in the split, fold model `fold`'s rows (``fold_split``: its own fold's
+    patients are "val", the other folds' "train"). Test patients are dropped here, so no stage that trains
+    or tunes can see them.
     """
-    rows = split_manifest(store.manifest, read_split(str(split_csv)))
+    split = read_split(str(split_csv))
+    if fold is not None:
+        split = fold_split(split, fold)
+    rows = split_manifest(store.manifest, split)
     parts = {name: rows[rows.split == name].reset_index(drop=True) for name in ("train", "val")}
     for name, part in parts.items():
         if part.empty:
