@@ -2,10 +2,13 @@
 
     models/classifier.keras + classifier.json   the gate (training writes the sidecar)
     models/segmenter.keras  + segmenter.json    the delineation
+    models/folds/<kind>/fold_<f>.keras + .json   split.folds > 1: fold models 1..k-1 (fold 0 is the file above)
     models/cascade.json                          written by ``evaluate``: the task spec (image size,
                                                  channels, intensity scaling, target region), the gate
                                                  threshold chosen on validation patients, the
-                                                 segmenter's pixel threshold and the post-processing
+                                                 segmenter's pixel threshold, the post-processing, and
+                                                 the model files of each kind (several: an ensemble,
+                                                 whose probabilities are averaged)
 
 Copy the folder anywhere and ``Predictor.from_dir(folder)`` predicts exactly as the workspace did,
 whatever params.yaml or reports/ say there.
@@ -39,12 +42,15 @@ class Bundle:
     threshold_rule: str
     seg_threshold: float
     post: PostProcessing
+    classifiers: tuple[str, ...] = (CLASSIFIER_FILE,)  # model files in the folder; several: their mean
+    segmenters: tuple[str, ...] = (SEGMENTER_FILE,)
+    chosen_on: str = "val"  # "val", or "oof": out-of-fold predictions of the cross-validation folds
 
     def to_json(self) -> dict[str, Any]:
         return {"task": self.task.to_json(),
-                "gate": {"threshold": self.threshold, "rule": self.threshold_rule, "chosen_on": "val"},
+                "gate": {"threshold": self.threshold, "rule": self.threshold_rule, "chosen_on": self.chosen_on},
                 "seg_threshold": self.seg_threshold, "postprocessing": asdict(self.post),
-                "models": {"classifier": CLASSIFIER_FILE, "segmenter": SEGMENTER_FILE}}
+                "models": {"classifier": list(self.classifiers), "segmenter": list(self.segmenters)}}
 
     def write(self, folder: str | Path) -> Path:
         """Write ``folder/cascade.json`` atomically; returns its path."""
@@ -65,8 +71,14 @@ def read_bundle(folder: str | Path) -> Bundle:
                                     "and cascade.json (`dvc repro` writes them)")
     try:
         raw = json.loads(path.read_text())
+        listed = raw.get("models") or {}
+        files = [tuple([names] if isinstance(names, str) else names)  # one file name, or a list (an ensemble)
+                 for names in (listed.get("classifier", CLASSIFIER_FILE), listed.get("segmenter", SEGMENTER_FILE))]
+        if not all(files) or not all(isinstance(name, str) for names in files for name in names):
+            raise ValueError(f"models must name a file or a list of files of each kind, got {listed}")
         bundle = Bundle(TaskSpec.from_json(raw["task"]), float(raw["gate"]["threshold"]), str(raw["gate"]["rule"]),
-                        float(raw["seg_threshold"]), PostProcessing(**raw["postprocessing"]))
+                        float(raw["seg_threshold"]), PostProcessing(**raw["postprocessing"]), *files,
+                        chosen_on=str(raw["gate"].get("chosen_on", "val")))
     except FileNotFoundError:
         raise InputError(path, "missing: `evaluate` writes it (the gate threshold and task spec of these "
                                "models); run `dvc repro`") from None
@@ -80,16 +92,22 @@ def read_bundle(folder: str | Path) -> Bundle:
             or post.min_component_px < 0 or not isinstance(post.keep_largest_component, bool):
         raise InputError(path, f"postprocessing {asdict(post)} needs a whole min_component_px >= 0 and a "
                                "true/false keep_largest_component")
+    for name in (*bundle.classifiers, *bundle.segmenters):
+        if not (folder / name).is_file():
+            raise InputError(folder / name, f"model file listed in {CASCADE_FILE} not found")
     task_from_sidecars(folder, expected=bundle.task)
+    for classifier, segmenter in zip(bundle.classifiers[1:], bundle.segmenters[1:], strict=False):
+        task_from_sidecars(folder, expected=bundle.task, names=(classifier, segmenter))
     return bundle
 
 
-def task_from_sidecars(folder: str | Path, expected: TaskSpec | None = None) -> TaskSpec:
+def task_from_sidecars(folder: str | Path, expected: TaskSpec | None = None,
+                       names: tuple[str, str] = (CLASSIFIER_FILE, SEGMENTER_FILE)) -> TaskSpec:
     """The task spec the two models' sidecars agree on (input_size, channels, intensity); InputError
     naming the sidecar that disagrees with the other, or with ``expected``. Sidecars written before
-    the intensity record read as {"mode": "as_stored"}."""
+    the intensity record read as {"mode": "as_stored"}. names: the classifier's and the segmenter's files."""
     specs = []
-    for name in (CLASSIFIER_FILE, SEGMENTER_FILE):
+    for name in names:
         sidecar = load_sidecar(Path(folder) / name)
         where = (Path(folder) / name).with_suffix(".json")
         size = sidecar.get("input_size")

@@ -7,6 +7,7 @@ the others get an empty mask. Optional per-patient post-processing then cleans t
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,9 +54,35 @@ def predict_in_batches(model: keras.Model, images: np.ndarray, batch_size: int =
     return np.concatenate(outputs).astype(np.float32)
 
 
+class MeanOfModels:
+    """Fold models of one kind as one: ``predict_on_batch`` returns the mean of the members' outputs (the
+    ensemble of cross-validation folds); ``members`` lists them, in fold order. Stands in for a
+    keras.Model wherever the cascade only predicts (``predict_in_batches``); the first member stands
+    for the others where a single network is needed (its input shape, its layers)."""
+
+    def __init__(self, members: list[keras.Model]):
+        if not members:
+            raise ValueError("an ensemble needs at least one model")
+        self.members = list(members)
+
+    def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
+        return np.mean([np.asarray(m.predict_on_batch(x), np.float32) for m in self.members], axis=0)
+
+    def __getattr__(self, name: str):  # input_shape, output, layers, ...: the first member's
+        if name == "members":  # not set yet (copying, unpickling)
+            raise AttributeError(name)
+        return getattr(self.members[0], name)
+
+
+def members(model: keras.Model | MeanOfModels) -> list[keras.Model]:
+    """The networks behind a cascade's classifier or segmenter: its fold models, or the one model."""
+    return list(model.members) if isinstance(model, MeanOfModels) else [model]
+
+
 @dataclass
 class Cascade:
-    """A loaded classifier + segmenter pair with its operating point."""
+    """A loaded classifier + segmenter pair with its operating point. Either may be a ``MeanOfModels``
+    (cross-validation folds: their probabilities averaged)."""
 
     classifier: keras.Model
     segmenter: keras.Model
@@ -65,18 +92,23 @@ class Cascade:
     batch_size: int = 16
 
     @classmethod
-    def load(cls, classifier_path: str | Path, segmenter_path: str | Path, threshold: float, **kwargs) -> Cascade:
-        """Load both models (safe_mode) with the gate ``threshold``; ``kwargs`` set the other fields."""
+    def load(cls, classifier_path: str | Path | Sequence[str | Path], segmenter_path: str | Path | Sequence[str | Path],
+             threshold: float, **kwargs) -> Cascade:
+        """Load both models (safe_mode) with the gate ``threshold``; ``kwargs`` set the other fields.
+        A list of paths for a kind (fold models) loads them all as one ``MeanOfModels``."""
         import pipeline.models.nets  # noqa: F401  (registers the custom layers, losses and metrics)
 
         models = []
-        for path in (classifier_path, segmenter_path):
-            if not Path(path).exists():
-                raise InputError(path, "model file not found; train it with `dvc repro` first")
-            try:
-                models.append(keras.saving.load_model(path, compile=False, safe_mode=True))
-            except (OSError, ValueError, KeyError, TypeError) as e:  # a truncated zip, a foreign file
-                raise InputError(path, f"not a readable .keras model ({type(e).__name__}: {e})") from None
+        for paths in (classifier_path, segmenter_path):
+            loaded = []
+            for path in [paths] if isinstance(paths, (str, Path)) else paths:
+                if not Path(path).exists():
+                    raise InputError(path, "model file not found; train it with `dvc repro` first")
+                try:
+                    loaded.append(keras.saving.load_model(path, compile=False, safe_mode=True))
+                except (OSError, ValueError, KeyError, TypeError) as e:  # a truncated zip, a foreign file
+                    raise InputError(path, f"not a readable .keras model ({type(e).__name__}: {e})") from None
+            models.append(loaded[0] if isinstance(paths, (str, Path)) or len(loaded) == 1 else MeanOfModels(loaded))
         return cls(models[0], models[1], float(threshold), **kwargs)
 
     def classify(self, images: np.ndarray) -> np.ndarray:

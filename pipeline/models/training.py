@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from dvclive import Live
 from pipeline.errors import InputError
 from pipeline.params import TrainParams
 from pipeline.data.slices import SliceStore
-from pipeline.data.split import fold_split, read_split, split_manifest
+from pipeline.data.split import fold_count, fold_split, read_split, split_manifest
 from pipeline.writing import atomic_path
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,20 @@ def training_rows(store: SliceStore, split_csv: str | Path, fold: int | None = N
         if part.empty:
             raise InputError(split_csv, f"the {name} split has no slices")
     return parts
+
+
+def fold_runs(split_csv: str | Path, folder: str | Path, live_dir: str | Path) -> list[int | None]:
+    """The models a training stage trains, from the split: [None] for a single split, else the folds
+    0..k-1 (``training_rows``' fold argument). Empties ``folder`` (models/folds/<kind>) and
+    ``live_dir``/folds first, and leaves them (empty with one split), so a stage's outputs never
+    mix runs with different fold counts."""
+    k = fold_count(read_split(str(split_csv)))
+    for path in (Path(folder), Path(live_dir) / "folds"):
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+    if k > 1:
+        log.info("cross-validation: training %d fold models", k)
+    return [None] if k == 1 else list(range(k))
 
 
 class LiveLogger(keras.callbacks.Callback):
