@@ -304,3 +304,13 @@ def test_three_folds_through_split_training_evaluate_and_predict(tmp_path, monke
     assert len(bundle["models"]["classifier"]) == 3 and len(bundle["models"]["segmenter"]) == 3
     predictor = Predictor.from_dir("models")
     assert len(members(predictor.cascade.classifier)) == 3
+
+
+def test_listed_model_files_stay_inside_the_folder(tmp_path):
+    folder = tmp_path / "models"
+    write_fold_bundle(folder, 2)
+    raw = json.loads((folder / "cascade.json").read_text())
+    raw["models"]["classifier"][1] = "../elsewhere.keras"
+    (folder / "cascade.json").write_text(json.dumps(raw))
+    with pytest.raises(InputError, match="inside the model folder"):
+        read_bundle(folder)

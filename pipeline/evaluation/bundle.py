@@ -93,6 +93,8 @@ def read_bundle(folder: str | Path) -> Bundle:
         raise InputError(path, f"postprocessing {asdict(post)} needs a whole min_component_px >= 0 and a "
                                "true/false keep_largest_component")
     for name in (*bundle.classifiers, *bundle.segmenters):
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise InputError(path, f"model file {name!r} must be a path inside the model folder")
         if not (folder / name).is_file():
             raise InputError(folder / name, f"model file listed in {CASCADE_FILE} not found")
     task_from_sidecars(folder, expected=bundle.task)
