@@ -115,6 +115,26 @@ def test_out_of_fold_scores_come_from_the_patients_own_fold_only(store_and_split
     assert moved - set(split.patient_id[split.split == "test"]) == own
 
 
+def test_fold_models_train_without_their_folds_patients(store_and_split, tmp_path):
+    """What each fold's training stage reads (``training_rows``): fold f's patients are its validation rows
+    only, never its training rows; no test patient on either side; every non-test patient validates once."""
+    from pipeline.models.training import training_rows
+
+    store, split = store_and_split
+    split.to_csv(tmp_path / "split.csv", index=False)
+    test = set(split.patient_id[split.split == "test"])
+    validated = []
+    for fold in range(FOLDS):
+        rows = training_rows(store, tmp_path / "split.csv", fold)
+        own = set(split.patient_id[split.fold == fold])
+        assert set(rows["val"].patient_id) == own
+        assert set(rows["train"].patient_id) == set(split.patient_id) - own - test
+        validated += sorted(own)
+    assert sorted(validated) == sorted(set(split.patient_id) - test)
+    with pytest.raises(InputError, match="train fold by fold"):  # with folds, a model is a fold's
+        training_rows(store, tmp_path / "split.csv")
+
+
 def test_the_gate_is_chosen_on_out_of_fold_scores_only(store_and_split):
     """Changing the ensemble (what scores the test patients, and what trained on every non-test patient)
     leaves the threshold where it was; changing a fold model moves it."""

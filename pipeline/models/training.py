@@ -109,6 +109,8 @@ def training_rows(store: SliceStore, split_csv: str | Path, fold: int | None = N
     split = read_split(str(split_csv))
     if fold is not None:
         split = fold_split(split, fold)
+    elif "fold" in split:
+        raise InputError(split_csv, "has cross-validation folds (split.folds > 1): the models train fold by fold")
     rows = split_manifest(store.manifest, split)
     parts = {name: rows[rows.split == name].reset_index(drop=True) for name in ("train", "val")}
     for name, part in parts.items():
