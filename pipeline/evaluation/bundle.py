@@ -2,11 +2,15 @@
 
     models/classifier.keras + classifier.json   the gate (training writes the sidecar)
     models/segmenter.keras  + segmenter.json    the delineation
+    models/folds/<kind>/fold_<f>.keras + .json   split.folds > 1: fold models 1..k-1 (fold 0 is the file above)
     models/cascade.json                          written by ``evaluate``: the task spec (image size,
                                                  channels, intensity scaling, target region), the gate
-                                                 threshold chosen on validation patients, the
-                                                 segmenter's pixel threshold and the post-processing,
-                                                 and the sha256 of every model file and sidecar it lists
+                                                 threshold chosen on validation (or out-of-fold)
+                                                 patients, the segmenter's pixel threshold, the
+                                                 post-processing, the model files of each kind
+                                                 (several: an ensemble, whose probabilities are
+                                                 averaged) and the sha256 of every model file and
+                                                 sidecar it lists
 
 Copy the folder anywhere and ``Predictor.from_dir(folder)`` predicts exactly as the workspace did,
 whatever params.yaml or reports/ say there. The bundle is one unit: ``read_bundle`` refuses it when a
@@ -24,7 +28,7 @@ import json
 import math
 import zipfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pipeline.data.task import TaskSpec
@@ -36,7 +40,7 @@ from pipeline.writing import atomic_path, remove_stale_temporaries
 CLASSIFIER_FILE = "classifier.keras"
 SEGMENTER_FILE = "segmenter.keras"
 CASCADE_FILE = "cascade.json"
-# Role -> the model file(s) of the bundle; each model's sidecar JSON sits next to it (same stem).
+# Role -> the model file(s) of a single-split bundle; each model's sidecar JSON sits next to it (same stem).
 MODELS: dict[str, str | list[str]] = {"classifier": CLASSIFIER_FILE, "segmenter": SEGMENTER_FILE}
 RERUN = "re-run `evaluate` (`dvc repro`) to choose the gate for the models there now"
 
@@ -51,22 +55,29 @@ class Bundle:
     threshold_rule: str
     seg_threshold: float
     post: PostProcessing
+    classifiers: tuple[str, ...] = (CLASSIFIER_FILE,)  # model files in the folder; several: their mean
+    segmenters: tuple[str, ...] = (SEGMENTER_FILE,)
+    chosen_on: str = "val"  # "val", or "oof": out-of-fold predictions of the cross-validation folds
     # File name -> sha256 hex digest of each model file and sidecar (``bundle_files``) the gate was chosen for;
     # empty: hashed from the folder when written.
     sha256: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def models(self) -> dict[str, list[str]]:
+        return {"classifier": list(self.classifiers), "segmenter": list(self.segmenters)}
+
     def to_json(self) -> dict[str, Any]:
         return {"task": self.task.to_json(),
-                "gate": {"threshold": self.threshold, "rule": self.threshold_rule, "chosen_on": "val"},
+                "gate": {"threshold": self.threshold, "rule": self.threshold_rule, "chosen_on": self.chosen_on},
                 "seg_threshold": self.seg_threshold, "postprocessing": asdict(self.post),
-                "models": MODELS, "sha256": self.sha256}
+                "models": self.models, "sha256": self.sha256}
 
     def write(self, folder: str | Path) -> Path:
         """Write ``folder/cascade.json`` atomically with the sha256 of each listed model file and sidecar;
         returns its path. With ``sha256`` given (``evaluate`` hashes the files it loads, before scoring),
         InputError naming a file that no longer matches: it changed while the gate was being chosen."""
         folder = Path(folder)
-        names = bundle_files(MODELS)
+        names = bundle_files(self.models)
         remove_stale_temporaries([folder / name for name in (*names, CASCADE_FILE)])
         now = file_hashes(folder, names)
         for name, digest in self.sha256.items():
@@ -80,14 +91,19 @@ class Bundle:
 
 
 def bundle_files(models: dict[str, Any]) -> list[str]:
-    """The file names a bundle's "models" entry lists (role -> a file name, or a list of them), each
-    followed by its sidecar JSON. ValueError for anything but plain file names."""
+    """The files a bundle's "models" entry lists (role -> a path relative to the bundle folder, or a list
+    of them), each followed by its sidecar JSON. ValueError for anything but relative paths inside it."""
     names = []
     for role, value in models.items():
-        for name in [value] if isinstance(value, str) else value:
-            if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
-                raise ValueError(f"models.{role}: {name!r} is not a file name in the bundle folder")
-            names += [name, Path(name).with_suffix(".json").name]
+        listed = [value] if isinstance(value, str) else value
+        if not listed:
+            raise ValueError(f"models.{role}: names no file")
+        for name in listed:
+            path = PurePosixPath(name) if isinstance(name, str) else None
+            if path is None or path.is_absolute() or ".." in path.parts or str(path) in ("", ".") \
+                    or "\\" in name:
+                raise ValueError(f"models.{role}: {name!r} is not a path inside the bundle folder")
+            names += [str(path), str(path.with_suffix(".json"))]
     return names
 
 
@@ -145,9 +161,14 @@ def read_bundle(folder: str | Path) -> Bundle:
         rule = raw["gate"]["rule"]
         if not isinstance(rule, str):
             raise TypeError(f"gate rule {rule!r} is not a string")
+        listed = raw.get("models") or MODELS
+        bundle_files(listed)  # ValueError for a path outside the folder
+        files = [tuple([names] if isinstance(names, str) else names)  # one file name, or a list (an ensemble)
+                 for names in (listed["classifier"], listed["segmenter"])]
         bundle = Bundle(TaskSpec.from_json(raw["task"]), _fraction(raw["gate"]["threshold"], "gate threshold", path),
                         rule, _fraction(raw["seg_threshold"], "seg_threshold", path),
-                        PostProcessing(**raw["postprocessing"]), raw.get("sha256") or {})
+                        PostProcessing(**raw["postprocessing"]), *files,
+                        chosen_on=str(raw["gate"].get("chosen_on", "val")), sha256=raw.get("sha256") or {})
     except FileNotFoundError:
         raise InputError(path, "missing: `evaluate` writes it (the gate threshold and task spec of these "
                                "models); run `dvc repro`") from None
@@ -158,7 +179,12 @@ def read_bundle(folder: str | Path) -> Bundle:
             or post.min_component_px < 0 or not isinstance(post.keep_largest_component, bool):
         raise InputError(path, f"postprocessing {asdict(post)} needs a whole min_component_px >= 0 and a "
                                "true/false keep_largest_component")
+    for name in (*bundle.classifiers, *bundle.segmenters):
+        if not (folder / name).is_file():
+            raise InputError(folder / name, f"model file listed in {CASCADE_FILE} not found")
     task_from_sidecars(folder, expected=bundle.task)
+    for classifier, segmenter in zip(bundle.classifiers[1:], bundle.segmenters[1:], strict=False):
+        task_from_sidecars(folder, expected=bundle.task, names=(classifier, segmenter))
     check_hashes(folder, raw)
     return bundle
 
@@ -183,12 +209,13 @@ def check_model_file(path: Path) -> None:
                                "copy or train it again")
 
 
-def task_from_sidecars(folder: str | Path, expected: TaskSpec | None = None) -> TaskSpec:
+def task_from_sidecars(folder: str | Path, expected: TaskSpec | None = None,
+                       names: tuple[str, str] = (CLASSIFIER_FILE, SEGMENTER_FILE)) -> TaskSpec:
     """The task spec the two models' sidecars agree on (input_size, channels, intensity); InputError
     naming the sidecar that disagrees with the other, or with ``expected``. Sidecars written before
-    the intensity record read as {"mode": "as_stored"}."""
+    the intensity record read as {"mode": "as_stored"}. names: the classifier's and the segmenter's files."""
     specs = []
-    for role, name in (("classifier", CLASSIFIER_FILE), ("segmenter", SEGMENTER_FILE)):
+    for role, name in zip(("classifier", "segmenter"), names, strict=True):
         sidecar = load_sidecar(Path(folder) / name)
         where = (Path(folder) / name).with_suffix(".json")
         kind = sidecar.get("kind") or role  # sidecars record the model's role ("kind") since training wrote them
