@@ -332,5 +332,5 @@ def test_listed_model_files_stay_inside_the_folder(tmp_path):
     raw = json.loads((folder / "cascade.json").read_text())
     raw["models"]["classifier"][1] = "../elsewhere.keras"
     (folder / "cascade.json").write_text(json.dumps(raw))
-    with pytest.raises(InputError, match="inside the model folder"):
+    with pytest.raises(InputError, match="is not a path inside the bundle folder"):
         read_bundle(folder)

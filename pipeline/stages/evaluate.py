@@ -124,7 +124,8 @@ def run(params: Params) -> None:
         (out / "cases.json").write_text(json_text(
             patient_triptychs(store, test_patients, test_slices, scored.seg_masks, out / "images", post)))
         bundle = Bundle(task_from_sidecars(MODELS_DIR), threshold, str(e.threshold), cascade.seg_threshold, post,
-                        tuple(listed["classifier"]), tuple(listed["segmenter"]), chosen_on, chosen_for)
+                        classifiers=tuple(listed["classifier"]), segmenters=tuple(listed["segmenter"]),
+                        chosen_on=chosen_on, sha256=chosen_for)
         check(metrics, name="evaluate's metrics")
         (out / METRICS_FULL_JSON.relative_to(EVAL_DIR)).write_text(json_text(metrics))
         # models/ now holds all that predict needs (pipeline.evaluation.bundle); refused, and reports/eval left as
