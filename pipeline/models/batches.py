@@ -28,10 +28,10 @@ import keras
 import numpy as np
 import pandas as pd
 
-from pipeline.models.augment import augment_batch
-from pipeline.params import AugmentParams
 from pipeline.data.slices import SliceStore
 from pipeline.data.task import target_mask
+from pipeline.models.augment import augment_batch
+from pipeline.params import AugmentParams
 
 log = logging.getLogger(__name__)
 

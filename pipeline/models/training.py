@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 from dvclive import Live
 
-from pipeline.errors import InputError
-from pipeline.params import TrainParams
 from pipeline.data.slices import SliceStore
 from pipeline.data.split import fold_count, fold_split, read_split, split_manifest
+from pipeline.errors import InputError
+from pipeline.params import TrainParams
 from pipeline.writing import atomic_path
 
 log = logging.getLogger(__name__)

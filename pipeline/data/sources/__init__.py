@@ -22,15 +22,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pipeline.data.case import Case
-from pipeline.data.task import TaskSpec
-from pipeline.errors import InputError
-from pipeline.params import DataParams
 from pipeline.data.slices import Skipped  # the record write_store lists in skipped.csv
 from pipeline.data.sources import registry
 from pipeline.data.sources.brats import read_brats2021_case, read_decathlon_case
 from pipeline.data.sources.layout import CaseReader
 from pipeline.data.sources.lgg import read_lgg_case, read_lgg_slice
 from pipeline.data.sources.volume import normalise_volume, to_scan_space
+from pipeline.data.task import TaskSpec
+from pipeline.errors import InputError
+from pipeline.params import DataParams
 
 __all__ = [
     "Skipped", "detect_layout", "reading_task", "list_case_paths", "read_cases", "read_lgg_case", "read_lgg_slice",

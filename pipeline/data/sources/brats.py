@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.case import Case
-from pipeline.data.task import TaskSpec
-from pipeline.errors import InputError
 from pipeline.data.sources.files import check_file, is_ignored, list_folder
 from pipeline.data.sources.layout import CaseReader, Layout, check_labels_mode
 from pipeline.data.sources.volume import (
@@ -40,6 +38,8 @@ from pipeline.data.sources.volume import (
     volume_case,
     write_volume_mask,
 )
+from pipeline.data.task import TaskSpec
+from pipeline.errors import InputError
 
 log = logging.getLogger(__name__)
 

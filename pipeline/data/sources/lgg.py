@@ -33,12 +33,12 @@ import pandas as pd
 import tifffile
 
 from pipeline.data.case import Case
-from pipeline.data.task import TaskSpec
-from pipeline.errors import InputError
-from pipeline.sequences import LGG_CHANNELS
 from pipeline.data.sources.files import check_file, is_ignored, list_folder
 from pipeline.data.sources.layout import CaseReader, Layout, WrittenMask, check_labels_mode
 from pipeline.data.sources.volume import intensity_record, normalise_volume
+from pipeline.data.task import TaskSpec
+from pipeline.errors import InputError
+from pipeline.sequences import LGG_CHANNELS
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.errors import InputError
 from pipeline.data.sources.brats import BRATS2021, DECATHLON
 from pipeline.data.sources.files import file_problem
 from pipeline.data.sources.layout import Layout
 from pipeline.data.sources.lgg import KAGGLE_3M
+from pipeline.errors import InputError
 
 _LAYOUTS: list[Layout] = [KAGGLE_3M, BRATS2021, DECATHLON]
 

@@ -47,10 +47,10 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation
 from nibabel.spatialimages import HeaderDataError
 
 from pipeline.data.case import Case
-from pipeline.data.task import TaskSpec
-from pipeline.errors import InputError
 from pipeline.data.sources.files import check_file
 from pipeline.data.sources.layout import WrittenMask
+from pipeline.data.task import TaskSpec
+from pipeline.errors import InputError
 
 # nibabel prints its warnings (e.g. "pixdim[1,2,3] should be non-zero") on stderr through a handler of its
 # own; without it they reach the pipeline's log once, as warnings naming nibabel.
