@@ -44,6 +44,7 @@ def test_bundle_round_trip(tmp_path: Path) -> None:
     (lambda b: b["task"].update(channels=["t1", "flair"]), "3 channels"),
     (lambda b: b["task"].update(regions={"tumour": [4]}), "target regions"),
     (lambda b: b["task"].update(image_size=256), "models take 128 px"),
+    (lambda b: b["task"].update(image_size=2048), "not a multiple of 32 pixels up to 1024"),
     (lambda b: b["task"]["intensity"].update(mode="as_stored"), "per_volume intensities"),
     (lambda b: b["task"].update(intensity=None), "as_stored intensities"),
     (lambda b: b["task"]["intensity"].update(mode="zscore"), "intensity mode 'zscore'"),

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.params import MAX_IMAGE_SIZE
 from pipeline.sequences import INTENSITIES, SEQUENCES
 
 # Region name -> the label values it is made of (None: every non-zero label).
@@ -84,6 +85,6 @@ class TaskSpec:
         if clip is not None and not (isinstance(clip, list) and len(clip) == 2 and 0 <= clip[0] < clip[1] <= 100):
             raise ValueError(f"clip_percentiles {clip!r} is not [low, high] with 0 <= low < high <= 100")
         size = raw["image_size"]
-        if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 32:
-            raise ValueError(f"image_size {size!r} is not a multiple of 32 pixels")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 32 or size > MAX_IMAGE_SIZE:
+            raise ValueError(f"image_size {size!r} is not a multiple of 32 pixels up to {MAX_IMAGE_SIZE}")
         return cls(size, channels, intensity, raw.get("target", TARGET))
