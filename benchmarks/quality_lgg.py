@@ -7,11 +7,14 @@ in a fresh process in a scratch copy of the pipeline, so the workspace is untouc
     python benchmarks/quality_lgg.py --root /tmp/lgg50 --size 128            # the recipe at 128 px
     python benchmarks/quality_lgg.py --root /tmp/lgg50 --size 128 --defaults # today's defaults
     python benchmarks/quality_lgg.py --root R --set train.epochs=40 --keep /tmp/run1
+    python benchmarks/quality_lgg.py --root /tmp/lgg50 --size 128 --set split.folds=5  # out-of-fold figures
 
-Prints {"benchmark": "quality_lgg", "settings", "patients": {split: n}, "dice_patient_mean",
+Prints {"benchmark": "quality_lgg", "settings", "patients": {split: n}, "folds", "val_dice_patient_mean" /
+"_median" / "_p5", "val_auc" (validation patients; with split.folds > 1 every non-test patient, out of fold),
+"val_dice_patient_mean_per_fold", "val_dice_patient_mean_sd", then the test split's "dice_patient_mean",
 "dice_patient_median", "dice_patient_p5", "hd95_median", "auc", "auc_ci", "sensitivity", "specificity",
 "segmenter_dice_slice", "pointing_game", "pointing_chance", "threshold", "stage_seconds": {stage: s},
-"total_seconds"} (test split).
+"total_seconds"}.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,12 +79,16 @@ def headline(workdir: Path) -> dict[str, Any]:
     full = json.loads((workdir / "reports" / "eval" / "metrics_full.json").read_text())
     test = full["test"]
     clf, cascade, explain = test["classifier"], test["cascade"], test.get("explain", {})
-    split = {}
-    for line in (workdir / "data" / "split.csv").read_text().splitlines()[1:]:
-        name = line.rsplit(",", 1)[1]
-        split[name] = split.get(name, 0) + 1
+    split = pd.read_csv(workdir / "data" / "split.csv")
+    val, folds = full["val"]["cascade"], full["cross_validation"]
     return {
-        "patients": split,
+        "patients": {name: int(n) for name, n in split.split.value_counts().sort_index().items()},
+        "folds": folds["folds"],
+        # validation patients (split.folds > 1: every non-test patient, out of fold), and the spread over folds
+        "val_dice_patient_mean": val["dice_patient_mean"], "val_dice_patient_median": val["dice_patient_median"],
+        "val_dice_patient_p5": val["dice_patient_p5"], "val_auc": full["val"]["classifier"]["auc"],
+        "val_dice_patient_mean_per_fold": folds["dice_patient_mean_per_fold"],
+        "val_dice_patient_mean_sd": folds["dice_patient_mean_sd"],
         "dice_patient_mean": cascade["dice_patient_mean"], "dice_patient_median": cascade["dice_patient_median"],
         "dice_patient_p5": cascade["dice_patient_p5"], "hd95_median": cascade["hd95_median"],
         "auc": clf["auc"], "auc_ci": [clf["auc_ci_low"], clf["auc_ci_high"]],
