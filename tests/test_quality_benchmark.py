@@ -1,0 +1,32 @@
+"""benchmarks/quality_lgg.py reads the figures it prints from evaluate's outputs (a fake run here)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+from fake_outputs import write_fake_outputs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("quality_lgg", ROOT / "benchmarks" / "quality_lgg.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_headline_reads_test_and_out_of_fold_figures(tmp_path):
+    run = write_fake_outputs(tmp_path, n_patients=12)
+    split = pd.read_csv(run.split_csv)
+    split["fold"] = [i % 2 if s != "test" else None for i, s in enumerate(split.split)]  # a fold column last
+    split.to_csv(run.split_csv, index=False)
+    got = load_benchmark().headline(tmp_path)
+    assert got["patients"] == split.split.value_counts().to_dict()  # counted by split, not by the last column
+    metrics = run.metrics
+    assert got["dice_patient_mean"] == metrics["test"]["cascade"]["dice_patient_mean"]
+    assert got["val_dice_patient_mean"] == metrics["val"]["cascade"]["dice_patient_mean"]
+    assert got["val_dice_patient_mean_per_fold"] == metrics["cross_validation"]["dice_patient_mean_per_fold"]
+    assert got["folds"] == metrics["cross_validation"]["folds"]
