@@ -22,7 +22,7 @@ from pipeline.errors import ParamsError
 from pipeline.models.registry import BACKBONES, HEADS, LOSSES, SEGMENTERS
 from pipeline.sequences import INTENSITIES, SEQUENCES
 
-SOURCES = ("demo", "lgg", "brats2021", "decathlon")
+SOURCES = ("demo", "lgg", "brats2021", "brats2023", "decathlon")
 # evaluate.threshold rules chosen on validation patients (besides sensitivity:X and a fixed number):
 # slice-level Youden J or F1, or the gate that maximises the cascade's mean per-patient Dice.
 THRESHOLD_RULES = ("youden", "f1", "patient_dice")
