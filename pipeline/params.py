@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.data.regions import TARGETS
 from pipeline.errors import ParamsError
 from pipeline.models.registry import BACKBONES, HEADS, LOSSES, SEGMENTERS
 from pipeline.sequences import INTENSITIES, SEQUENCES
@@ -39,9 +40,11 @@ class DataParams:
     min_brain_fraction: float
     on_error: str
     intensity: str = "as_stored"  # kaggle_3m TIFFs: as_stored | per_volume (volumes are always per_volume)
+    target: str = "whole_tumour"  # whole_tumour | regions (one segmenter output per region of pipeline.data.regions)
 
     def validate(self) -> None:
         _one_of("data.source", self.source, SOURCES)
+        _one_of("data.target", self.target, TARGETS)
         _one_of("data.on_error", self.on_error, ("fail", "skip"))
         _one_of("data.intensity", self.intensity, INTENSITIES)
         if self.image_size < 32 or self.image_size % 32:

@@ -164,3 +164,38 @@ def test_shared_brats_cases_read_with_the_right_regions(relative: str, kind: str
     native = np.asarray(nib.load(seg).dataobj)
     for region, members in EDITION_REGIONS[edition].items():
         assert region_mask(case.labels, region).sum() == np.isin(native, members).sum() > 0, region
+
+
+# --- data.target "regions": training targets and the cascade's nested masks --------------------------------
+
+def test_region_batches_give_one_mask_channel_per_region(tmp_path: Path) -> None:
+    from pipeline.models.batches import SliceBatches
+
+    write_brats2021(tmp_path / "brats", patients=1, slices=12, size=64, seed=5)
+    write_store(read_cases(params("brats2021", tmp_path / "brats")), tmp_path / "store")
+    store = SliceStore(tmp_path / "store")
+    rows = store.manifest[store.manifest.has_tumour]
+    x, y = SliceBatches(store, rows, 4, "mask", regions=REGIONS)[0]
+    assert x.shape[:3] == y.shape[:3] and y.shape[3] == 3 and y[..., 0].any()
+    labels = store.read_rows(rows.iloc[:4])[1]
+    np.testing.assert_array_equal(y, region_masks(labels, REGIONS).astype(np.float32))
+    assert (y[..., 2] <= y[..., 1]).all() and (y[..., 1] <= y[..., 0]).all()  # nested
+    _, whole = SliceBatches(store, rows, 4, "mask")[0]
+    np.testing.assert_array_equal(whole[..., 0], y[..., 0])
+
+
+def test_combine_regions_gates_cleans_and_nests() -> None:
+    from pipeline.evaluation.cascade import combine_regions
+    from pipeline.evaluation.postprocess import PostProcessing
+
+    probabilities = np.zeros((3, 8, 8, 3), np.float32)
+    probabilities[:, 2:6, 2:6, 0] = 0.9  # whole tumour on every slice
+    probabilities[:, 3:5, 3:5, 1] = 0.9  # core inside it
+    probabilities[:, 0, 0, 1] = 0.9  # core outside the whole tumour: cut
+    probabilities[:, 3:7, 3:7, 2] = 0.9  # enhancing, partly outside the core: cut to it
+    gated = np.array([True, True, False])
+    masks = combine_regions(probabilities, gated, 0.5, REGIONS, PostProcessing(0, True))
+    assert masks.shape == (3, 8, 8, 3) and not masks[2].any()
+    assert (masks[..., 2] <= masks[..., 1]).all() and (masks[..., 1] <= masks[..., 0]).all()
+    np.testing.assert_array_equal(masks[:2, ..., 1], masks[:2, ..., 2])  # enhancing = the core here
+    assert masks[0, ..., 0].sum() == 16 and masks[0, ..., 1].sum() == 4 and not masks[:, 0, 0, 1].any()

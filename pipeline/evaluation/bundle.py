@@ -204,6 +204,9 @@ def task_from_sidecars(folder: str | Path, expected: TaskSpec | None = None) -> 
             raise InputError(where, str(e)) from None
         specs.append((spec, where))
     (classifier, classifier_json), (segmenter, segmenter_json) = specs
+    # The classifier gates on the whole tumour whatever the target; the segmenter's sidecar says which it is.
+    target = load_sidecar(Path(folder) / SEGMENTER_FILE).get("target", classifier.target)
+    classifier, segmenter = (dataclasses.replace(spec, target=target) for spec in (classifier, segmenter))
     if segmenter != classifier:
         raise InputError(segmenter_json, f"segmenter takes {_describe(segmenter)} but the classifier "
                                          f"{_describe(classifier)}")
