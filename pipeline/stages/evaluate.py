@@ -14,6 +14,7 @@ from pipeline.evaluation.bundle import CASCADE_FILE, MODELS, Bundle, bundle_file
 from pipeline.evaluation.cascade import Cascade
 from pipeline.evaluation.gallery import explain_test_slices, patient_triptychs
 from pipeline.evaluation.postprocess import PostProcessing
+from pipeline.evaluation.region_scores import write_region_outputs
 from pipeline.evaluation.schema import check, headline
 from pipeline.evaluation.scoring import (
     EVAL_SPLITS,
@@ -100,8 +101,10 @@ def run(params: Params) -> None:
         (out / "gallery.json").write_text(json_text(gallery))
         (out / "cases.json").write_text(json_text(
             patient_triptychs(store, test_patients, test_slices, scored.seg_masks, out / "images", post)))
-        bundle = Bundle(task_from_sidecars(MODELS_DIR), threshold, str(e.threshold), cascade.seg_threshold, post,
-                        chosen_for)
+        task = task_from_sidecars(MODELS_DIR)
+        if len(task.regions) > 1:  # data.target "regions": every region scored, tabled and drawn
+            write_region_outputs(scored, store, cascade, task.regions, out)
+        bundle = Bundle(task, threshold, str(e.threshold), cascade.seg_threshold, post, chosen_for)
         check(metrics, name="evaluate's metrics")
         (out / METRICS_FULL_JSON.relative_to(EVAL_DIR)).write_text(json_text(metrics))
         # models/ now holds all that predict needs (pipeline.evaluation.bundle); refused, and reports/eval left as
