@@ -18,10 +18,9 @@ from typing import Any
 
 import yaml
 
-from pipeline.data.regions import TARGETS
 from pipeline.errors import ParamsError
 from pipeline.models.registry import BACKBONES, HEADS, LOSSES, SEGMENTERS
-from pipeline.sequences import INTENSITIES, SEQUENCES
+from pipeline.sequences import INTENSITIES, SEQUENCES, TARGETS
 
 SOURCES = ("demo", "lgg", "brats2021", "brats2023", "decathlon")
 # evaluate.threshold rules chosen on validation patients (besides sensitivity:X and a fixed number):

@@ -24,6 +24,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from pipeline.sequences import TARGETS  # data.target's values (their home: what params.yaml may name)
+
 WHOLE_TUMOUR = "whole_tumour"
 REGIONS: tuple[str, ...] = (
     WHOLE_TUMOUR,  # every tumour label (LGG: its mask)
@@ -32,8 +34,6 @@ REGIONS: tuple[str, ...] = (
 )
 _WT, _TC, _ET = REGIONS[:3]
 
-# data.target: the whole tumour alone (one segmenter output; the LGG recipe), or every region in REGIONS.
-TARGETS = ("whole_tumour", "regions")
 
 # Case.source -> dataset label value -> the regions that label belongs to (0, background, belongs to none).
 LABEL_TABLES: dict[str, dict[int, tuple[str, ...]]] = {
