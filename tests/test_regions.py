@@ -199,3 +199,15 @@ def test_combine_regions_gates_cleans_and_nests() -> None:
     assert (masks[..., 2] <= masks[..., 1]).all() and (masks[..., 1] <= masks[..., 0]).all()
     np.testing.assert_array_equal(masks[:2, ..., 1], masks[:2, ..., 2])  # enhancing = the core here
     assert masks[0, ..., 0].sum() == 16 and masks[0, ..., 1].sum() == 4 and not masks[:, 0, 0, 1].any()
+
+
+def test_ingest_declares_every_data_key_but_the_target() -> None:
+    """Switching data.target retrains the segmenter but does not re-ingest; any other data key re-ingests."""
+    import dataclasses
+
+    import yaml
+
+    stages = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]
+    declared = {key.split(".", 1)[1] for key in stages["ingest"]["params"] if key.startswith("data.")}
+    assert declared == {f.name for f in dataclasses.fields(DataParams)} - {"target"}
+    assert "data.target" in stages["train_segmenter"]["params"]
