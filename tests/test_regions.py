@@ -211,3 +211,38 @@ def test_ingest_declares_every_data_key_but_the_target() -> None:
     declared = {key.split(".", 1)[1] for key in stages["ingest"]["params"] if key.startswith("data.")}
     assert declared == {f.name for f in dataclasses.fields(DataParams)} - {"target"}
     assert "data.target" in stages["train_segmenter"]["params"]
+
+
+def test_region_scores_of_a_perfect_segmenter(tmp_path: Path) -> None:
+    """A segmenter that outputs the reference regions scores Dice 1, no volume error, sensitivity and
+    specificity 1 for every region, at the gate it is given."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from pipeline.evaluation.postprocess import PostProcessing
+    from pipeline.evaluation.region_scores import region_patient_rows, region_summary
+    from pipeline.evaluation.scoring import Scored
+
+    write_brats2021(tmp_path / "brats", patients=3, slices=12, size=64, seed=8)
+    write_store(read_cases(params("brats2021", tmp_path / "brats")), tmp_path / "store")
+    store = SliceStore(tmp_path / "store")
+
+    class Perfect(SimpleNamespace):
+        def segment_regions(self, images: np.ndarray) -> np.ndarray:  # the reference of the patient asked for
+            labels = next(np.asarray(store.labels(pid)) for pid in store.patient_ids
+                          if np.array_equal(np.asarray(store.images(pid)), images))
+            return region_masks(labels, REGIONS).astype(np.float32)
+
+    slices = store.manifest.assign(split=["val" if i % 2 else "test" for i in pd.factorize(store.manifest.patient_id)[0]],
+                                   probability=1.0)
+    cascade = Perfect(threshold=0.5, seg_threshold=0.5, post=PostProcessing())
+    rows, masks = region_patient_rows(Scored(slices, {}, {}), store, cascade, REGIONS)
+    assert len(rows) == 3 * len(REGIONS)
+    there = rows[rows.has_region]
+    assert len(there) and (there.dice == 1).all() and (there.sensitivity == 1).all() and (there.volume_error == 0).all()
+    assert (rows.specificity == 1).all() and (rows.volume_unit == "ml").all()
+    summary = region_summary(rows, REGIONS)
+    assert summary["test"]["enhancing_tumour"]["dice_slice_mean"] == 1.0
+    for pid, predicted in masks.items():
+        np.testing.assert_array_equal(predicted, region_masks(np.asarray(store.labels(pid)), REGIONS))
