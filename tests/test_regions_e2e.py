@@ -110,6 +110,7 @@ def test_regions_train_evaluate_report_and_predict_every_edition(tmp_path: Path,
         enhancing = {"brats2021": 4, "brats2023": 3, "decathlon": 3}[edition]
         assert r["region_volumes_ml"]["enhancing_tumour"] == pytest.approx((labels == enhancing).sum() * voxel_ml)
         assert set(r["validation_regions"]) == set(REGIONS)
+        assert r["outputs"]["overlays"] and all((folder / o).is_file() for o in r["outputs"]["overlays"])
         found[edition] = r
         index = write_run_index(results, tmp_path / "out" / edition / "predictions.json")
         assert set(index["validation_regions"]) == set(REGIONS)

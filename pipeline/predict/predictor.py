@@ -16,7 +16,8 @@ Outputs per case (``out_dir/<case id>/``, each folder written atomically):
   header copied from the input scan, so it overlays in 3D Slicer / ITK-SNAP);
 - kaggle_3m TIFFs: ``<case>_<n>_mask.tif`` per slice, uint8 0/255 at the input slice's own size;
 - ``overlays/slice_<n>.png``: FLAIR with the predicted outline (magenta; the reference mask in green
-  when the input has one), for every slice with predicted tumour;
+  when the input has one), for every slice with predicted tumour; with one output per region, reference |
+  prediction with a colour per region and a legend (``pipeline.evaluation.region_overlays``);
 - a segmenter with one output per region (data.target "regions"), volumes: ``<case id>_labels.nii.gz``,
   the nested regions as a label map in the input's voxel grid and its edition's own label numbers
   (``write_regions``);
@@ -48,7 +49,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.data.case import Case
-from pipeline.data.regions import LABEL_TABLES, from_region_masks, region_mask, to_dataset_labels
+from pipeline.data.regions import LABEL_TABLES, from_region_masks, region_mask, region_masks, to_dataset_labels
 from pipeline.data.sources import registry
 from pipeline.data.sources.volume import to_scan_space, write_volume_labels
 from pipeline.data.task import TaskSpec
@@ -57,6 +58,7 @@ from pipeline.evaluation.bundle import CLASSIFIER_FILE, SEGMENTER_FILE, read_bun
 from pipeline.evaluation.cascade import Cascade, combine, combine_regions
 from pipeline.evaluation.explain import overlay_png
 from pipeline.evaluation.postprocess import PostProcessing
+from pipeline.evaluation.region_overlays import region_overlay_png
 from pipeline.evaluation.validation import cohort_summary, score_case, score_regions
 from pipeline.paths import MODELS_DIR
 from pipeline.predict.discovery import InputItem, find_inputs
@@ -439,13 +441,18 @@ def _write_overlays(p: Prediction, folder: Path) -> list[str]:
     channels = list(p.case.channels)
     flair = channels.index("flair") if "flair" in channels else len(channels) // 2
     truth = p.case.mask if p.case.meta.get("has_labels") else None
+    if p.region_masks is not None:  # a colour per region, reference (empty without labels) | prediction, a legend
+        truth = region_masks(p.case.labels, p.regions) if truth is not None else np.zeros_like(p.region_masks)
     names = []
     for k in np.flatnonzero(p.mask.any(axis=(1, 2))):
         n = int(p.case.slice_numbers[k])
         name = f"slice_{n:03d}.png"
         title = f"slice {n}  p={p.probabilities[k]:.2f}"
-        overlay_png(p.case.image[k, ..., flair], None, truth[k] if truth is not None else None, folder / name,
-                    title=title, pred_mask=p.mask[k])
+        if p.region_masks is not None:
+            region_overlay_png(p.case.image[k], flair, truth[k], p.region_masks[k], p.regions, folder / name, title)
+        else:
+            overlay_png(p.case.image[k, ..., flair], None, truth[k] if truth is not None else None, folder / name,
+                        title=title, pred_mask=p.mask[k])
         names.append(name)
     return names
 
