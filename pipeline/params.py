@@ -20,9 +20,9 @@ import yaml
 
 from pipeline.errors import ParamsError
 from pipeline.models.registry import BACKBONES, HEADS, LOSSES, SEGMENTERS
-from pipeline.sequences import INTENSITIES, SEQUENCES
+from pipeline.sequences import INTENSITIES, SEQUENCES, TARGETS
 
-SOURCES = ("demo", "lgg", "brats2021", "decathlon")
+SOURCES = ("demo", "lgg", "brats2021", "brats2023", "decathlon")
 # evaluate.threshold rules chosen on validation patients (besides sensitivity:X and a fixed number):
 # slice-level Youden J or F1, or the gate that maximises the cascade's mean per-patient Dice.
 THRESHOLD_RULES = ("youden", "f1", "patient_dice")
@@ -43,9 +43,11 @@ class DataParams:
     min_brain_fraction: float
     on_error: str
     intensity: str = "as_stored"  # kaggle_3m TIFFs: as_stored | per_volume (volumes are always per_volume)
+    target: str = "whole_tumour"  # whole_tumour | regions (one segmenter output per region of pipeline.data.regions)
 
     def validate(self) -> None:
         _one_of("data.source", self.source, SOURCES)
+        _one_of("data.target", self.target, TARGETS)
         _one_of("data.on_error", self.on_error, ("fail", "skip"))
         _one_of("data.intensity", self.intensity, INTENSITIES)
         if self.image_size < 32 or self.image_size % 32:

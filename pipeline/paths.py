@@ -17,6 +17,7 @@ TRAIN_SEGMENTER_DIR = REPORTS_DIR / "train_segmenter"
 EVAL_DIR = REPORTS_DIR / "eval"
 METRICS_JSON = REPORTS_DIR / "metrics.json"  # the headline (DVC metrics), see pipeline/evaluation/schema.py
 METRICS_FULL_JSON = EVAL_DIR / "metrics_full.json"  # every metric of evaluate
+REGION_METRICS_JSON = EVAL_DIR / "regions.json"  # per-region metrics (data.target: regions)
 REPORT_HTML = REPORTS_DIR / "index.html"
 
 

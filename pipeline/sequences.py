@@ -13,3 +13,6 @@ LGG_CHANNELS = ("t1", "flair", "t1gd")
 # stored uint8 values as they are, or rescaled per case and channel over brain pixels to the
 # data.clip_percentiles range (as every NIfTI volume is).
 INTENSITIES = ("as_stored", "per_volume")
+# data.target: the whole tumour alone (one segmenter output; the LGG recipe), or every region of
+# pipeline.data.regions.REGIONS (one segmenter output each).
+TARGETS = ("whole_tumour", "regions")

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.data.task import TARGET_REGIONS, TaskSpec, target_mask
+from pipeline.data.regions import REGIONS
+from pipeline.data.task import TaskSpec, target_mask
 from pipeline.errors import InputError
 from pipeline.evaluation.bundle import Bundle, read_bundle
 from pipeline.evaluation.postprocess import PostProcessing
@@ -43,6 +44,8 @@ def test_bundle_round_trip(tmp_path: Path) -> None:
     (lambda b: b["gate"].update(threshold=1.5), "outside"),
     (lambda b: b["task"].update(channels=["t1", "flair"]), "3 channels"),
     (lambda b: b["task"].update(regions={"tumour": [4]}), "target regions"),
+    (lambda b: b["task"].update(regions=["whole_tumour", "tumour_core"]), "target regions"),
+    (lambda b: b["task"].update(target="core"), "target 'core'"),
     (lambda b: b["task"].update(image_size=256), "models take 128 px"),
     (lambda b: b["task"].update(image_size=2048), "not a multiple of 32 pixels up to 1024"),
     (lambda b: b["task"]["intensity"].update(mode="as_stored"), "per_volume intensities"),
@@ -90,9 +93,19 @@ def test_missing_pieces_are_named(tmp_path: Path) -> None:
 
 
 def test_target_mask_is_every_nonzero_label_for_the_tumour_region() -> None:
-    labels = np.array([[0, 1, 2], [4, 0, 3]], np.uint8)  # BraTS 1/2/4 and Decathlon 1/2/3 alike
+    labels = np.array([[0, 1, 3], [7, 0, 1]], np.uint8)  # the pipeline's region map (pipeline.data.regions)
     np.testing.assert_array_equal(target_mask(labels), labels > 0)
-    assert TARGET_REGIONS == {"tumour": None}
+    np.testing.assert_array_equal(target_mask(labels, "enhancing_tumour"), labels == 7)
+    assert TaskSpec(64, ("t1", "flair", "t1gd"), {}).regions == ("whole_tumour",)
+    assert TaskSpec(64, ("t1", "flair", "t1gd"), {}, "regions").regions == REGIONS
+
+
+def test_a_bundle_from_before_the_regions_reads_as_whole_tumour() -> None:
+    old = {"image_size": 64, "channels": ["t1", "flair", "t1gd"], "intensity": None, "target": "tumour",
+           "regions": {"tumour": None}}
+    assert TaskSpec.from_json(old).target == "whole_tumour"
+    spec = TaskSpec(64, ("t1", "flair", "t1gd"), {"mode": "as_stored", "clip_percentiles": None}, "regions")
+    assert TaskSpec.from_json(spec.to_json()) == spec
 
 
 # --- issue 22: a bundle that cannot lie

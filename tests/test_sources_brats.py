@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from bad_files import BAD_ENTRIES, make_bad_entry
 
+from pipeline.data.regions import to_region_labels
 from pipeline.data.sources import (
     Skipped,
     detect_layout,
@@ -155,14 +156,14 @@ def test_brats2021_labels_spacing_and_meta(tmp_path: Path) -> None:
     folder = write_brats_case(tmp_path)
     case = read_brats2021_case(folder, *reading(min_brain_fraction=0.5))
     assert case.patient_id == CASE and case.source == "brats2021"
-    assert set(np.unique(case.labels)) == {0, 1, 2, 4}
+    assert set(np.unique(case.labels)) == {0, 1, 3, 7}  # the region map of 2, 1, 4 (pipeline.data.regions)
     assert case.meta["label_names"][4] == "enhancing tumour" and case.meta["has_labels"] is True
     assert case.slice_numbers.tolist() == list(range(2, 10))  # slices without brain dropped
     assert case.image.shape == (8, 32, 32, 3) and case.spacing_mm == (1.0, 1.0, 1.0)
     resized = read_brats2021_case(folder, *reading(image_size=64))
     assert resized.geometry["fit"] == "resize" and resized.image.shape[1:3] == (64, 64)
     assert resized.spacing_mm == pytest.approx((30 / 64, 28 / 64, 1.0))
-    assert set(np.unique(resized.labels)) <= {0, 1, 2, 4}
+    assert set(np.unique(resized.labels)) <= {0, 1, 3, 7}
 
 
 @pytest.mark.parametrize("spellings", [
@@ -197,7 +198,7 @@ def test_brats2021_without_seg_is_unlabelled_unless_required(tmp_path: Path) -> 
 def test_to_scan_space_round_trip(tmp_path: Path) -> None:
     for name, affine in (("lps", LPS), ("permuted", PERMUTED)):
         folder = write_brats_case(tmp_path / name, affine=affine)
-        original = np.asarray(nib.load(folder / f"{CASE}_seg.nii.gz").dataobj)
+        original = to_region_labels(np.asarray(nib.load(folder / f"{CASE}_seg.nii.gz").dataobj), "brats2021")
         for how in (reading(), reading(min_brain_fraction=0.5), reading(image_size=24)):
             case = read_brats2021_case(folder, *how)
             back = to_scan_space(case.labels, case.geometry)
@@ -225,7 +226,7 @@ def test_same_scan_in_both_layouts_gives_identical_slices(tmp_path: Path) -> Non
     assert decathlon.patient_id == "BRATS_001" and decathlon.source == "decathlon"
     np.testing.assert_array_equal(decathlon.image, brats.image)
     np.testing.assert_array_equal(decathlon.slice_numbers, brats.slice_numbers)
-    np.testing.assert_array_equal(decathlon.labels, np.vectorize(BRATS_TO_DECATHLON.get)(brats.labels))
+    np.testing.assert_array_equal(decathlon.labels, brats.labels)  # both editions' labels -> the same regions
     assert decathlon.meta["label_names"] == {0: "background", 1: "edema", 2: "non-enhancing tumor", 3: "enhancing tumour"}
     assert decathlon.geometry == brats.geometry
 
@@ -388,10 +389,10 @@ def test_empty_or_unrecognised_brats_folders(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no NIfTI files") as e:
         list(read_cases(params(root=root)))
     assert e.value.path == root / "case_without_files"
-    with pytest.raises(InputError, match="no BraTS 2021 case folders"):
+    with pytest.raises(InputError, match="no BraTS case folders"):
         list(read_cases(params(root=tmp_path / "root" / "case_without_files")))
     case = write_brats_case(tmp_path / "single")
-    with pytest.raises(InputError, match="one BraTS 2021 case folder"):
+    with pytest.raises(InputError, match="one BraTS case folder"):
         list(read_cases(params(root=case)))
 
 

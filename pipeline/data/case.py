@@ -2,7 +2,8 @@
 
 Convention (shared by all readers; everything after ingest depends on it):
 - ``image``: uint8 [D, H, W, C], channels last, D axial slices, channels named in ``channels``.
-- ``labels``: uint8 [D, H, W] label map, 0 = background. The binary target is ``pipeline.data.task.target_mask(labels)``.
+- ``labels``: uint8 [D, H, W] the pipeline's region map (bit i: in ``pipeline.data.regions.REGIONS[i]``; readers map
+  their edition's label numbers to it), 0 = background. The whole tumour is ``pipeline.data.task.target_mask(labels)``.
 - ``slice_numbers``: int [D], the slice's number in the original scan (LGG: the ``n`` of
   ``<case>_<n>.tif``; volumes: the z index in canonical orientation).
 - ``geometry``: for volumes, what is needed to write a [D, H, W] prediction back in the
@@ -25,7 +26,7 @@ class Case:
     patient_id: str
     image: np.ndarray  # uint8 [D, H, W, C]
     labels: np.ndarray  # uint8 [D, H, W]
-    source: str  # "lgg" | "brats2021" | "decathlon" (demo data is read through these readers)
+    source: str  # "lgg" | "brats2021" | "brats2023" | "decathlon" (its label table: pipeline.data.regions)
     channels: tuple[str, ...]  # names of the C channels, e.g. ("t1", "flair", "t1gd")
     slice_numbers: np.ndarray  # int [D]
     spacing_mm: tuple[float, float, float] | None = None  # (row, col, slice) of stored slices

@@ -1,4 +1,5 @@
-"""Synthetic brain-MRI patients written in the real on-disk layouts (kaggle_3m TIFFs, BraTS 2021 NIfTI).
+"""Synthetic brain-MRI patients written in the real on-disk layouts (kaggle_3m TIFFs; BraTS 2021, BraTS 2023
+and Decathlon NIfTI).
 
 The demo data goes through the same readers as real data, so the writers here reproduce the
 real layouts file for file; only the pixels are made up, by one anatomy generator for both
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import json
 import logging
 import os
 import shutil
@@ -230,22 +232,78 @@ def write_brats2021(root: Path, patients: int, slices: int, size: int = 240, see
     return names
 
 
-_BRATS_FILES = {"flair": "flair", "t1": "t1", "t1ce": "t1gd", "t2": "t2"}  # file suffix -> sequence
+def write_brats2023(root: Path, patients: int, slices: int, size: int = 240, seed: int = 0) -> list[str]:
+    """Write a synthetic BraTS 2023 set; returns the case ids: the patients of ``write_brats2021`` (same
+    seed, same pixels) as ``root/BraTS-GLI-<5 digits>-000/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz`` with the
+    2023 labels (0, 1 necrotic core, 2 edema, 3 enhancing; seg float32, as the published files)."""
+    names = [f"BraTS-GLI-{name.rsplit('_', 1)[1]}-000" for name in brats_case_names(seed, patients)]
+
+    def fill(tmp: Path) -> None:
+        def one(i: int) -> None:
+            _write_brats_patient(tmp / names[i], seed, i, slices, size, edition="brats2023")
+
+        with ThreadPoolExecutor(_workers()) as pool:
+            list(pool.map(one, range(patients)))
+
+    _write_atomically(Path(root), fill)
+    return names
 
 
-def _write_brats_patient(folder: Path, seed: int, i: int, slices: int, size: int) -> None:
-    """Generate patient i and write its five NIfTI files into folder."""
+# file suffix -> sequence, per edition, in the order the files are written
+_BRATS_FILES = {
+    "brats2021": {"_flair": "flair", "_t1": "t1", "_t1ce": "t1gd", "_t2": "t2", "_seg": "seg"},
+    "brats2023": {"-t2f": "flair", "-t1n": "t1", "-t1c": "t1gd", "-t2w": "t2", "-seg": "seg"},
+}
+
+
+def _write_brats_patient(folder: Path, seed: int, i: int, slices: int, size: int, edition: str = "brats2021") -> None:
+    """Generate patient i and write its five NIfTI files into folder, named and labelled as ``edition``."""
     rng, has_tumour, low_contrast = _patient_plan(seed, "brats2021", i)
     z_lo = rng.uniform(-0.98, -0.88)
     p = generate_patient(rng, slices, size, has_tumour=has_tumour, low_contrast=low_contrast, z_range=(z_lo, 1.2))
     folder.mkdir()
     case = folder.name
     gains = rng.uniform(300, 1500, len(SEQUENCES))
-    for suffix, seq in _BRATS_FILES.items():
-        k = p.sequences.index(seq)
-        vol = np.where(p.brain, np.clip(np.rint(p.image[..., k] * gains[k]), 0, 32767), 0).astype(np.int16)
-        _save_nifti(vol, folder / f"{case}_{suffix}.nii.gz")
-    _save_nifti(p.labels, folder / f"{case}_seg.nii.gz")
+    for suffix, seq in _BRATS_FILES[edition].items():
+        if seq == "seg":
+            data = p.labels if edition == "brats2021" else np.where(p.labels == 4, 3, p.labels).astype(np.float32)
+        else:
+            k = p.sequences.index(seq)
+            data = np.where(p.brain, np.clip(np.rint(p.image[..., k] * gains[k]), 0, 32767), 0).astype(np.int16)
+        _save_nifti(data, folder / f"{case}{suffix}.nii.gz")
+
+
+DECATHLON_MODALITY = {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}  # Task01_BrainTumour's channels
+DECATHLON_LABELS = {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"}
+_BRATS_TO_DECATHLON = np.array([0, 2, 1, 0, 3], np.uint8)  # BraTS 2021 label -> Decathlon label
+
+
+def write_decathlon(root: Path, patients: int, slices: int, size: int = 240, seed: int = 0) -> list[str]:
+    """Write the patients of ``write_brats2021`` (same seed, same pixels) as a Decathlon Task01 folder:
+    ``root/dataset.json``, ``imagesTr/BRATS_<k>.nii.gz`` (4D, channels FLAIR, T1w, t1gd, T2w) and
+    ``labelsTr/BRATS_<k>.nii.gz`` (0, 1 edema, 2 non-enhancing, 3 enhancing); returns the case ids."""
+    names = [f"BRATS_{k + 1:03d}" for k in range(patients)]
+
+    def fill(tmp: Path) -> None:
+        (tmp / "imagesTr").mkdir()
+        (tmp / "labelsTr").mkdir()
+        for i, name in enumerate(names):
+            _write_brats_patient(tmp / "one", seed, i, slices, size)
+            case = next((tmp / "one").glob("*_seg.nii.gz")).name[: -len("_seg.nii.gz")]
+            volumes = [nib.load(tmp / "one" / f"{case}_{suffix}.nii.gz")
+                       for suffix in ("flair", "t1", "t1ce", "t2")]
+            stacked = np.stack([np.asarray(v.dataobj) for v in volumes], axis=-1)
+            nib.save(nib.Nifti1Image(stacked, volumes[0].affine), tmp / "imagesTr" / f"{name}.nii.gz")
+            seg = nib.load(tmp / "one" / f"{case}_seg.nii.gz")
+            labels = _BRATS_TO_DECATHLON[np.asarray(seg.dataobj)]
+            nib.save(nib.Nifti1Image(labels, seg.affine), tmp / "labelsTr" / f"{name}.nii.gz")
+            shutil.rmtree(tmp / "one")
+        (tmp / "dataset.json").write_text(json.dumps({
+            "name": "BRATS", "modality": DECATHLON_MODALITY, "labels": DECATHLON_LABELS, "numTraining": patients,
+            "training": [{"image": f"./imagesTr/{n}.nii.gz", "label": f"./labelsTr/{n}.nii.gz"} for n in names]}))
+
+    _write_atomically(Path(root), fill)
+    return names
 
 
 def _save_nifti(volume: np.ndarray, path: Path) -> None:

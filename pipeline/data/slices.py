@@ -8,7 +8,7 @@ Layout of a store folder (``data/slices``)::
     patients.json         per patient: source, channels, spacing_mm, geometry, meta, file stem
     skipped.csv           cases skipped with data.on_error=skip: path, reason
     arrays/<stem>.image.npy   uint8 [n, H, W, 3], channels last
-    arrays/<stem>.labels.npy  uint8 [n, H, W] label map (0 = background)
+    arrays/<stem>.labels.npy  uint8 [n, H, W] region map (0 = background; ``pipeline.data.regions``)
 
 ``write_store`` writes into a temporary sibling folder and renames it into place only when
 every case has been written, so a failed ingest never leaves a half-written store.

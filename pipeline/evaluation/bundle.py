@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pipeline.data.regions import TARGETS
 from pipeline.data.task import TaskSpec
 from pipeline.errors import InputError
 from pipeline.evaluation.postprocess import PostProcessing
@@ -231,6 +232,11 @@ def task_from_sidecars(folder: str | Path, expected: TaskSpec | None = None,
             raise InputError(where, str(e)) from None
         specs.append((spec, where))
     (classifier, classifier_json), (segmenter, segmenter_json) = specs
+    # The classifier gates on the whole tumour whatever the target; the segmenter's sidecar says which it is.
+    target = load_sidecar(Path(folder) / SEGMENTER_FILE).get("target", classifier.target)
+    if target not in TARGETS:
+        raise InputError(segmenter_json, f"target {target!r} is not one of {', '.join(TARGETS)}")
+    classifier, segmenter = (dataclasses.replace(spec, target=target) for spec in (classifier, segmenter))
     if segmenter != classifier:
         raise InputError(segmenter_json, f"segmenter takes {_describe(segmenter)} but the classifier "
                                          f"{_describe(classifier)}")

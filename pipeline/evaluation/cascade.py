@@ -2,6 +2,9 @@
 
 The classifier scores every slice; slices scoring at or above the threshold go to the segmenter;
 the others get an empty mask. Optional per-patient post-processing then cleans the 3D mask.
+A segmenter with one output per region (data.target "regions") gives the whole tumour in its first
+channel, which the gate, the threshold choice and the whole-tumour metrics use as they are; ``combine_regions``
+makes the masks of every region: gated, post-processed whole tumour, each inner region cut to its parent.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from pipeline.data.regions import nest
 from pipeline.errors import InputError
 from pipeline.evaluation.bundle import check_model_file
 from pipeline.evaluation.metrics import predicted_positive
-from pipeline.evaluation.postprocess import PostProcessing
+from pipeline.evaluation.postprocess import PostProcessing, remove_small_components
 from pipeline.models.batches import fixed_batches
 from pipeline.models.nets.segmenter import PIXEL_THRESHOLD
 
@@ -40,6 +44,23 @@ def combine(seg_probabilities: np.ndarray, gated: np.ndarray, seg_threshold: flo
     gated: bool [D]. Returns bool [D, H, W]: empty on slices the classifier rejected.
     """
     return gated_mask(seg_probabilities >= seg_threshold, gated, post)
+
+
+def combine_regions(seg_probabilities: np.ndarray, gated: np.ndarray, seg_threshold: float, regions: tuple[str, ...],
+                    post: PostProcessing | None = None) -> np.ndarray:
+    """The cascade's masks of every region of one patient, nested.
+
+    seg_probabilities: float [D, H, W, R], the segmenter's R region outputs (``regions``, whole tumour first);
+    gated bool [D]. Returns bool [D, H, W, R]: channel 0 as ``combine`` gives it (post-processing included),
+    every other region thresholded, gated, without components under post.min_component_px, and cut to its
+    parent region (enhancing inside core inside whole: ``pipeline.data.regions.nest``).
+    """
+    masks = (np.asarray(seg_probabilities) >= seg_threshold) & np.asarray(gated, bool)[:, None, None, None]
+    masks[..., 0] = combine(seg_probabilities[..., 0], gated, seg_threshold, post)
+    if post is not None and post.min_component_px > 0:
+        for i in range(1, masks.shape[-1]):
+            masks[..., i] = remove_small_components(masks[..., i], post.min_component_px)
+    return nest(masks, regions)
 
 
 def gated_mask(seg_mask: np.ndarray, gated: np.ndarray, post: PostProcessing | None = None) -> np.ndarray:
@@ -81,10 +102,11 @@ def load_model_file(path: str | Path) -> keras.Model:
 
 def check_role(model: keras.Model, role: str, path: str | Path) -> None:
     """InputError naming ``path`` unless ``model``'s output fits ``role``: a classifier gives one tumour
-    probability per slice, [N, 1]; a segmenter a one-channel map of its input's size, [N, S, S, 1]."""
+    probability per slice, [N, 1]; a segmenter a map of its input's size, one channel per region, [N, S, S, R]."""
     inputs, outputs = _shape(model.input_shape), _shape(model.output_shape)
     size = inputs[1:3] if inputs is not None and len(inputs) == 4 else ["S", "S"]
-    expected = {"classifier": ["N", 1], "segmenter": ["N", *size, 1]}
+    channels = outputs[-1] if outputs is not None and len(outputs) == 4 and isinstance(outputs[-1], int) else 1
+    expected = {"classifier": ["N", 1], "segmenter": ["N", *size, max(channels, 1)]}
     if outputs == expected[role]:
         return
     other = next(r for r in expected if r != role)
@@ -162,8 +184,30 @@ class Cascade:
         return predict_in_batches(self.classifier, images, self.batch_size).reshape(len(images))
 
     def segment(self, images: np.ndarray) -> np.ndarray:
-        """Tumour probability per pixel: float32 [N, H, W] (first output channel)."""
+        """Tumour probability per pixel: float32 [N, H, W] (first output channel: the whole tumour)."""
         return predict_in_batches(self.segmenter, images, self.batch_size)[..., 0]
+
+    def segment_regions(self, images: np.ndarray) -> np.ndarray:
+        """Every region's probability per pixel: float32 [N, H, W, R] (R: the segmenter's output channels)."""
+        return predict_in_batches(self.segmenter, images, self.batch_size)
+
+    @property
+    def n_regions(self) -> int:
+        """The segmenter's output channels: 1 (whole tumour) or one per region."""
+        return int(self.segmenter.output_shape[-1])
+
+    def predict_regions(self, images: np.ndarray, regions: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """``predict_volume`` for a segmenter with one output per region of ``regions``: probabilities float32 [D],
+        gated bool [D], seg_probabilities float32 [D, H, W, R] (zero where not gated), region_masks bool
+        [D, H, W, R] (``combine_regions``) and mask bool [D, H, W], the whole tumour."""
+        probabilities = self.classify(images)
+        gated = gate(probabilities, self.threshold)
+        seg = np.zeros((*images.shape[:3], len(regions)), np.float32)
+        if gated.any():
+            seg[gated] = self.segment_regions(np.asarray(images)[gated])
+        masks = combine_regions(seg, gated, self.seg_threshold, regions, self.post)
+        return {"probabilities": probabilities, "gated": gated, "seg_probabilities": seg, "region_masks": masks,
+                "mask": masks[..., 0]}
 
     def predict_volume(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Run the cascade on one patient's slices uint8 [D, H, W, 3].

@@ -2,7 +2,8 @@
 
 - ``METRICS``: ``reports/eval/metrics_full.json``, everything `evaluate` measures, nested;
 - ``HEADLINE``: ``reports/metrics.json``, the DVC metrics file (``dvc exp show``, ``dvc metrics diff``):
-  a few test-split figures, flat, each a path into METRICS.
+  a few test-split figures, flat, each a path into METRICS;
+- ``REGION_METRICS``: ``reports/eval/regions.json``, per-region figures, written with data.target "regions" only.
 
 `evaluate` checks what it writes against these (``check``), the report reads the full file, the test
 fixtures write through ``check`` too, and docs/outputs.md's metrics section is generated from here
@@ -14,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from pipeline.data.regions import REGIONS
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,27 @@ METRICS = Group("every metric of `evaluate`; a value is null where it is undefin
     "test": Group("metrics of the test patients (split.folds > 1: scored by the ensemble, the mean of the folds' "
                   "probabilities)", {
         **SPLIT.keys, "explain": EXPLAIN}),
+})
+
+REGION = Group("one region's nested cascade masks (whole-tumour gate and post-processing) against the reference", {
+    "dice_slice_mean": "mean Dice over the slices where the reference has the region",
+    "dice_patient_mean": "per-patient 3-D Dice, mean over patients with the region",
+    "dice_patient_median": "per-patient 3-D Dice, median over patients with the region",
+    "hd95_mean": "95th-percentile Hausdorff distance, mean over patients with the region where it is defined",
+    "hd95_median": "95th-percentile Hausdorff distance, median over those patients",
+    "hd95_unit": '"mm" when the voxel size is known, else "px"',
+    "sensitivity_mean": "voxel sensitivity TP / (TP + FN), mean over patients with the region",
+    "specificity_mean": "voxel specificity TN / (TN + FP) over the stored slices, mean over every patient",
+    "volume_error_mean": "predicted minus reference volume, mean over patients with the region, in volume_unit",
+    "volume_error_abs_mean": "absolute volume error, mean over patients with the region, in volume_unit",
+    "volume_unit": '"ml" when the voxel size is known, else "px" (voxels)',
+    "n_patients": "patients with the region",
+    "n_slices": "slices with the region",
+})
+# reports/eval/regions.json (data.target "regions" only): a group per split, a REGION per region of pipeline.data.regions.
+REGION_METRICS = Group("per-region metrics of a segmenter with one output per region (data.target: regions)", {
+    split: Group(f"the {name} patients, a group per region", {region: REGION for region in REGIONS})
+    for split, name in (("val", "validation"), ("test", "test"))
 })
 
 # Headline key -> its path in METRICS. Short keys: `dvc exp show` must fit a 160-column terminal.

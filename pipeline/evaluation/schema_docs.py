@@ -10,8 +10,8 @@ import logging
 import re
 from pathlib import Path
 
-from pipeline.evaluation.schema import HEADLINE, METRICS, Group, SchemaError, describe
-from pipeline.paths import METRICS_FULL_JSON, METRICS_JSON, REPORTS_DIR
+from pipeline.evaluation.schema import HEADLINE, METRICS, REGION_METRICS, Group, SchemaError, describe
+from pipeline.paths import METRICS_FULL_JSON, METRICS_JSON, REGION_METRICS_JSON, REPORTS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,8 @@ def markdown() -> str:
     lines += [f"  - `{key}` — {describe(path)} (`{path}` of `{full}`)" for key, path in HEADLINE.items()]
     lines.append(f"- `{full}` — {METRICS.doc}:")
     lines += _group_lines(METRICS, "", 1, {})
+    lines.append(f"- `{REGION_METRICS_JSON.relative_to(REPORTS_DIR).as_posix()}` — {REGION_METRICS.doc}:")
+    lines += _group_lines(REGION_METRICS, "", 1, {})
     return "\n".join(lines)
 
 

@@ -5,7 +5,8 @@ BraTS 2021 ``_seg``, Decathlon ``labelsTr``) and ``cohort_summary`` over the run
 answers "how do these models do on a new cohort". Scores are computed at the models' resolution
 (the slices the cascade saw), with the same metric functions and conventions as ``evaluate``:
 3-D Dice per case, HD95 (MONAI convention; mm when the voxel size is known, else px), and volume
-error (predicted minus true tumour volume).
+error (predicted minus true tumour volume). With a segmenter of one output per region, ``score_regions``
+scores each region the same way.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ from typing import Any
 import numpy as np
 
 from pipeline.data.case import Case
+from pipeline.data.task import target_mask
 from pipeline.evaluation import metrics as m
 
 # Statistics of per-case values reported for the cohort (``metrics.summarise`` keys).
 COHORT_STATS = ("mean", "std", "median", "p5", "p25", "p75", "p95", "n")
 
 
-def score_case(case: Case, pred_mask: np.ndarray) -> dict[str, Any] | None:
-    """Scores of one case's predicted mask bool [D, S, S] against ``case.mask``; None when unlabelled.
+def score_case(case: Case, pred_mask: np.ndarray, truth: np.ndarray | None = None) -> dict[str, Any] | None:
+    """Scores of one case's predicted mask bool [D, S, S] against ``truth`` (default ``case.mask``, the whole
+    tumour); None when unlabelled.
 
     Returns dice (3-D; 1.0 when both are empty), hd95 (NaN when exactly one is empty), hd95_unit
     ("mm" or "px"), truth_volume and pred_volume and volume_error (pred - truth) in volume_unit
@@ -33,7 +36,7 @@ def score_case(case: Case, pred_mask: np.ndarray) -> dict[str, Any] | None:
     """
     if not case.meta.get("has_labels"):
         return None
-    truth, pred = case.mask, np.asarray(pred_mask, bool)
+    truth, pred = (case.mask if truth is None else np.asarray(truth, bool)), np.asarray(pred_mask, bool)
     spacing = _array_spacing(case.spacing_mm)
     voxel = float(np.prod(spacing)) / 1000.0 if spacing is not None else 1.0  # ml per voxel, or 1 px
     truth_volume, pred_volume = float(truth.sum()) * voxel, float(pred.sum()) * voxel
@@ -49,6 +52,16 @@ def score_case(case: Case, pred_mask: np.ndarray) -> dict[str, Any] | None:
         "has_tumour": bool(truth.any()),
         "tumour_detected": bool(pred.any()),
     }
+
+
+def score_regions(case: Case, region_masks: np.ndarray, regions: Sequence[str]) -> dict[str, Any] | None:
+    """``score_case`` of each region: {region: scores} for predicted masks bool [D, S, S, R] (``regions`` order)
+    against the case's own region map; None when the case is unlabelled. "has_tumour" and "tumour_detected"
+    are the region's."""
+    if not case.meta.get("has_labels"):
+        return None
+    return {region: score_case(case, region_masks[..., i], truth=target_mask(case.labels, region))
+            for i, region in enumerate(regions)}
 
 
 def cohort_summary(scores: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:

@@ -4,7 +4,8 @@
 memory-mapped store one batch at a time and yields ``(x, y)`` or ``(x, y, sample_weight)``:
 
 - x: float32 [B, H, W, 3], values 0..255 (the models normalise inside);
-- y: float32 [B, 1] (target "label": has_tumour) or float32 [B, H, W, 1] (target "mask": ``task.target_mask(labels)``);
+- y: float32 [B, 1] (target "label": has_tumour) or float32 [B, H, W, R] (target "mask": ``task.target_mask(labels,
+  region)`` for each of the R ``regions``, by default the whole tumour alone);
   target "label+mask" gives x = (images, masks [B, H, W, 1]) and y the labels, for a classifier that also
   learns where the tumour is (``pipeline.models.nets.classifier.with_localisation_loss``);
 - sample_weight: float32 [B], only when ``class_weight`` is given.
@@ -28,6 +29,7 @@ import keras
 import numpy as np
 import pandas as pd
 
+from pipeline.data.regions import WHOLE_TUMOUR
 from pipeline.data.slices import SliceStore
 from pipeline.data.task import target_mask
 from pipeline.models.augment import augment_batch
@@ -119,13 +121,14 @@ class SliceBatches(keras.utils.PyDataset):
     within each pass over a class (the smaller class is cycled); ``len(rows) // batch_size``
     batches an epoch. class_weight: {0: w0, 1: w1} -> per-sample weights as a third element.
     workers, use_multiprocessing, max_queue_size: how ``fit`` runs ``__getitem__`` (PyDataset).
+    regions: the mask channels of target "mask" (``pipeline.data.regions``), whole tumour first.
     """
 
     def __init__(self, store: SliceStore, rows: pd.DataFrame, batch_size: int, target: str = "label",
                  augment: AugmentParams | None = None, shuffle: bool = False, seed: int = 0,
                  class_weight: dict[int, float] | None = None, balanced: bool = False,
                  workers: int = DEFAULT_WORKERS, use_multiprocessing: bool = DEFAULT_USE_MULTIPROCESSING,
-                 max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE):
+                 max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE, regions: tuple[str, ...] = (WHOLE_TUMOUR,)):
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         _check_target(target)
         if batch_size < 1:
@@ -136,6 +139,7 @@ class SliceBatches(keras.utils.PyDataset):
         self.rows = rows.reset_index(drop=True)
         self.batch_size = batch_size
         self.target = target
+        self.regions = tuple(regions)
         self.augment = augment if augment is not None and augment.enabled else None
         self.shuffle = shuffle or balanced  # balanced batches are random batches
         self.seed = seed
@@ -185,9 +189,9 @@ class SliceBatches(keras.utils.PyDataset):
         rng = np.random.default_rng([self.seed, epoch, index])
         x, labels = augment_batch(images, labels if self.target != "label" else None, rng, self.augment)
         has_tumour = self._has_tumour[chosen]
-        y = _targets(self.target, has_tumour, labels)
+        y = _targets(self.target, has_tumour, labels, self.regions)
         if self.target == "label+mask":
-            x = (x, _targets("mask", has_tumour, labels))
+            x = (x, _targets("mask", has_tumour, labels, self.regions))
         if self.class_weight is None:
             return x, y
         weights = np.array([self.class_weight.get(int(t), 1.0) for t in has_tumour], np.float32)
@@ -246,8 +250,10 @@ def _check_target(target: str) -> None:
         raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
 
 
-def _targets(target: str, has_tumour: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
-    """y for a batch: float32 [B, 1] labels (targets "label", "label+mask") or [B, H, W, 1] binary masks."""
+def _targets(target: str, has_tumour: np.ndarray, labels: np.ndarray | None,
+             regions: tuple[str, ...] = (WHOLE_TUMOUR,)) -> np.ndarray:
+    """y for a batch: float32 [B, 1] labels (targets "label", "label+mask") or [B, H, W, R] binary masks, one
+    channel per region of ``regions``."""
     if target in ("label", "label+mask"):
         return has_tumour.astype(np.float32).reshape(-1, 1)
-    return target_mask(labels).astype(np.float32)[..., None]
+    return np.stack([target_mask(labels, region) for region in regions], axis=-1).astype(np.float32)

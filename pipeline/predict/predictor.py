@@ -16,9 +16,13 @@ Outputs per case (``out_dir/<case id>/``, each folder written atomically):
   header copied from the input scan, so it overlays in 3D Slicer / ITK-SNAP);
 - kaggle_3m TIFFs: ``<case>_<n>_mask.tif`` per slice, uint8 0/255 at the input slice's own size;
 - ``overlays/slice_<n>.png``: FLAIR with the predicted outline (magenta; the reference mask in green
-  when the input has one), for every slice with predicted tumour;
+  when the input has one), for every slice with predicted tumour; with one output per region, reference |
+  prediction with a colour per region and a legend (``pipeline.evaluation.region_overlays``);
+- a segmenter with one output per region (data.target "regions"), volumes: ``<case id>_labels.nii.gz``,
+  the nested regions as a label map in the input's voxel grid and its edition's own label numbers
+  (``write_regions``);
 - ``summary.json``: see ``Predictor.write_case``; with ground truth in the input, its scores
-  (``pipeline.evaluation.validation``);
+  (``pipeline.evaluation.validation``), per region too;
 - ``.pipeline-predict``: the marker that lets a later run replace this folder (no other folder is
   ever replaced, and no output folder may be, contain or lie inside an input).
 
@@ -45,14 +49,17 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.data.case import Case
+from pipeline.data.regions import LABEL_TABLES, from_region_masks, region_mask, region_masks, to_dataset_labels
 from pipeline.data.sources import registry
+from pipeline.data.sources.volume import to_scan_space, write_volume_labels
 from pipeline.data.task import TaskSpec
 from pipeline.errors import InputError, PipelineError, one_line
 from pipeline.evaluation.bundle import read_bundle
-from pipeline.evaluation.cascade import Cascade, combine, members
+from pipeline.evaluation.cascade import Cascade, combine, combine_regions, members
 from pipeline.evaluation.explain import overlay_png
 from pipeline.evaluation.postprocess import PostProcessing
-from pipeline.evaluation.validation import cohort_summary, score_case
+from pipeline.evaluation.region_overlays import region_overlay_png
+from pipeline.evaluation.validation import cohort_summary, score_case, score_regions
 from pipeline.paths import MODELS_DIR
 from pipeline.predict.discovery import InputItem, find_inputs
 from pipeline.writing import atomic_dir, atomic_path, check_no_overlap, json_text
@@ -70,7 +77,8 @@ class Prediction:
     probabilities: float32 [D] tumour probability per slice (0 for blank slices);
     gated: bool [D] slices sent to the segmenter (probability >= threshold);
     mask: bool [D, S, S] predicted tumour after post-processing;
-    blank: bool [D] slices without any non-zero pixel, not run through the models.
+    blank: bool [D] slices without any non-zero pixel, not run through the models;
+    region_masks: bool [D, S, S, R] nested masks of ``regions`` (a segmenter with one output per region), else None.
     """
 
     case: Case
@@ -79,6 +87,8 @@ class Prediction:
     mask: np.ndarray
     blank: np.ndarray
     threshold: float
+    region_masks: np.ndarray | None = None
+    regions: tuple[str, ...] = ()
 
     @property
     def case_id(self) -> str:
@@ -168,13 +178,19 @@ class Predictor:
         # The cascade runs on the non-blank slices without post-processing; post-processing (3D) then
         # sees the whole volume, blank slices included, exactly as Cascade.predict_volume would.
         plain = dataclasses.replace(self.cascade, post=PostProcessing())
-        found = plain.predict_volume(images[~blank])
+        regions = self.task.regions
+        several = len(regions) > 1  # one output per region: nested masks of every region (combine_regions)
+        found = plain.predict_regions(images[~blank], regions) if several else plain.predict_volume(images[~blank])
         probabilities = np.zeros(len(images), np.float32)
         gated = np.zeros(len(images), bool)
-        seg = np.zeros(images.shape[:3], np.float32)
+        seg = np.zeros(images.shape[:3] + ((len(regions),) if several else ()), np.float32)
         probabilities[~blank] = found["probabilities"]
         gated[~blank] = found["gated"]
         seg[~blank] = found["seg_probabilities"]
+        if several:
+            region_masks = combine_regions(seg, gated, self.cascade.seg_threshold, regions, self.cascade.post)
+            return {"probabilities": probabilities, "gated": gated, "seg_probabilities": seg,
+                    "mask": region_masks[..., 0], "region_masks": region_masks, "blank": blank}
         mask = combine(seg, gated, self.cascade.seg_threshold, self.cascade.post)
         return {"probabilities": probabilities, "gated": gated, "seg_probabilities": seg, "mask": mask,
                 "blank": blank}
@@ -189,7 +205,8 @@ class Predictor:
             raise InputError(where, f"slices are {case.image.shape[1]}x{case.image.shape[2]}; the models take "
                                     f"{self.image_size}x{self.image_size} (read it with image_size={self.image_size})")
         out = self.predict_volume(case.image)
-        return Prediction(case, out["probabilities"], out["gated"], out["mask"], out["blank"], self.threshold)
+        return Prediction(case, out["probabilities"], out["gated"], out["mask"], out["blank"], self.threshold,
+                          out.get("region_masks"), self.task.regions if "region_masks" in out else ())
 
     # --- paths -----------------------------------------------------------------------------------
 
@@ -253,7 +270,9 @@ class Predictor:
         seg_threshold, postprocessing, n_slices, slices_with_tumour (slice numbers), tumour_area_unit
         ("px" of the input slices), voxel_mm (input voxel size, null for TIFFs), tumour_volume_ml (null
         without spacing), channels, image_size, model_files, outputs (file names in ``folder``), and
-        slices: [{slice, probability, segmented, blank, tumour_px, tumour_mm2}] per slice.
+        slices: [{slice, probability, segmented, blank, tumour_px, tumour_mm2}] per slice. A segmenter with one
+        output per region adds region_volumes_ml {region: ml} and validation_regions {region: scores} (null
+        without labels), and outputs "labels" (the label map, ``write_regions``).
         """
         case = p.case
         layout = (registry.for_kind(item.layout) if item is not None else None) or registry.for_source(case.source)
@@ -265,6 +284,7 @@ class Predictor:
             written = layout.write_prediction(case, p.mask, tmp)  # the mask in the input's own format
             area_px, pixel_mm2, voxel_mm = written.tumour_px, written.pixel_mm2, written.voxel_mm
             overlays = _write_overlays(p, tmp / "overlays")
+            regions = write_regions(p, tmp) if p.region_masks is not None else {}
             tumour_slices = p.slices_with_tumour
             summary = {
                 "case_id": p.case_id,
@@ -285,10 +305,13 @@ class Predictor:
                 "tumour_volume_ml": (float(area_px.sum() * np.prod(voxel_mm) / 1000.0) if voxel_mm is not None
                                      else None),
                 "validation": score_case(case, p.mask),
+                **({"region_volumes_ml": regions["volumes_ml"],
+                    "validation_regions": score_regions(case, p.region_masks, p.regions)} if regions else {}),
                 "channels": list(self.channels),
                 "image_size": self.image_size,
                 "model_files": self.model_files,
-                "outputs": {**written.outputs, "overlays": [f"overlays/{name}" for name in overlays]},
+                "outputs": {**written.outputs, **({"labels": regions["labels"]} if regions.get("labels") else {}),
+                            "overlays": [f"overlays/{name}" for name in overlays]},
                 "slices": [
                     {"slice": int(n), "probability": float(prob), "segmented": bool(g), "blank": bool(b),
                      "tumour_px": int(px), "tumour_mm2": float(px * pixel_mm2) if pixel_mm2 is not None else None}
@@ -397,6 +420,25 @@ def _prefetch(pool: ThreadPoolExecutor, read: Any, items: list[InputItem]) -> It
         yield current
 
 
+# ------------------------------------------------------------------------------------------- regions
+
+
+def write_regions(p: Prediction, folder: Path) -> dict[str, Any]:
+    """A segmenter with one output per region: for a volume, ``<case id>_labels.nii.gz``, the nested region masks
+    as a label map in the input's voxel grid and its edition's own label numbers (BraTS 2021 0/1/2/4, BraTS 2023
+    0/1/2/3, Decathlon 0/1/2/3: ``pipeline.data.regions.to_dataset_labels``), and each region's volume in ml
+    counted in that grid. Returns {"labels": file name or None, "volumes_ml": {region: ml or None}}; kaggle_3m
+    TIFF slices (no voxel size, a mask format only) get no label map and null volumes."""
+    codes = from_region_masks(p.region_masks, p.regions)  # the pipeline's region map [D, S, S]
+    if p.case.geometry is None or p.case.source not in LABEL_TABLES:
+        return {"labels": None, "volumes_ml": dict.fromkeys(p.regions)}
+    name, _ = write_volume_labels(p.case, to_dataset_labels(codes, p.case.source), folder)
+    scan = to_scan_space(codes, p.case.geometry)  # the same voxels as the file, in the pipeline's region bits
+    affine = np.asarray(p.case.geometry["affine"], dtype=float)
+    voxel_ml = float(np.prod(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))) / 1000.0
+    return {"labels": name, "volumes_ml": {r: float(region_mask(scan, r).sum()) * voxel_ml for r in p.regions}}
+
+
 # ------------------------------------------------------------------------------------------- overlays
 
 
@@ -405,13 +447,18 @@ def _write_overlays(p: Prediction, folder: Path) -> list[str]:
     channels = list(p.case.channels)
     flair = channels.index("flair") if "flair" in channels else len(channels) // 2
     truth = p.case.mask if p.case.meta.get("has_labels") else None
+    if p.region_masks is not None:  # a colour per region, reference (empty without labels) | prediction, a legend
+        truth = region_masks(p.case.labels, p.regions) if truth is not None else np.zeros_like(p.region_masks)
     names = []
     for k in np.flatnonzero(p.mask.any(axis=(1, 2))):
         n = int(p.case.slice_numbers[k])
         name = f"slice_{n:03d}.png"
         title = f"slice {n}  p={p.probabilities[k]:.2f}"
-        overlay_png(p.case.image[k, ..., flair], None, truth[k] if truth is not None else None, folder / name,
-                    title=title, pred_mask=p.mask[k])
+        if p.region_masks is not None:
+            region_overlay_png(p.case.image[k], flair, truth[k], p.region_masks[k], p.regions, folder / name, title)
+        else:
+            overlay_png(p.case.image[k, ..., flair], None, truth[k] if truth is not None else None, folder / name,
+                        title=title, pred_mask=p.mask[k])
         names.append(name)
     return names
 
@@ -427,6 +474,10 @@ def write_run_index(results: list[dict[str, Any]], path: Path) -> dict[str, Any]
         "cases": [{k: v for k, v in r.items() if k not in ("slices", "outputs")} for r in results],
         "validation": cohort_summary([r.get("validation") for r in results if r["status"] == "ok"]),
     }
+    regions = [r["validation_regions"] for r in results if r["status"] == "ok" and r.get("validation_regions")]
+    if regions:  # a segmenter with one output per region: the cohort per region
+        index["validation_regions"] = {region: cohort_summary([scores[region] for scores in regions])
+                                       for region in regions[0]}
     with atomic_path(path) as tmp:
         tmp.write_text(json_text(index))
     return index

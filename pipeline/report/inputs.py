@@ -54,6 +54,9 @@ class ReportInputs:
     skipped: pd.DataFrame | None
     sidecars: dict[str, dict[str, Any]]
     missing: list[str] = field(default_factory=list)
+    # data.target "regions" only (absent otherwise, and not missed): eval/regions.json and eval/region_cases.json
+    region_metrics: dict[str, Any] = field(default_factory=dict)
+    region_cases: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _under(reports_dir: Path, path: Path) -> Path:
@@ -100,6 +103,8 @@ def load_inputs(reports_dir: Path, slices_dir: Path, split_csv: Path, models_dir
         sidecars={name: _read_json(Path(models_dir) / f"{name}.json", {}, missing) or {}
                   for name in ("classifier", "segmenter")},
         missing=missing,
+        region_metrics=_read_json(_under(reports_dir, paths.REGION_METRICS_JSON), {}, None) or {},
+        region_cases=_read_json(eval_dir / "region_cases.json", [], None) or [],
     )
 
 

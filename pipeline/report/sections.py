@@ -17,6 +17,7 @@ from pipeline.params import Params
 from pipeline.report import figures
 from pipeline.report.formatting import MISSING, as_float, ci, count, data_uri, get, num, pct, truthy
 from pipeline.report.inputs import ReportInputs
+from pipeline.report.regions import regions_section
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ def report_context(inputs: ReportInputs, params: Params, git: str) -> dict[str, 
         "run": _run_summary(inputs, params),
         "classifier": _classifier_section(inputs, threshold),
         "dice": _dice_section(inputs, images),
+        "regions": regions_section(inputs, images),
         "explain": _explain_section(inputs, images),
         "training": _training_section(inputs),
     }

@@ -17,6 +17,7 @@ from pipeline.evaluation.bundle import CASCADE_FILE, Bundle, bundle_files, file_
 from pipeline.evaluation.cascade import Cascade, members
 from pipeline.evaluation.gallery import explain_test_slices, patient_triptychs
 from pipeline.evaluation.postprocess import PostProcessing
+from pipeline.evaluation.region_scores import write_region_outputs
 from pipeline.evaluation.schema import check, headline
 from pipeline.evaluation.scoring import (
     EVAL_SPLITS,
@@ -123,7 +124,10 @@ def run(params: Params) -> None:
         (out / "gallery.json").write_text(json_text(gallery))
         (out / "cases.json").write_text(json_text(
             patient_triptychs(store, test_patients, test_slices, scored.seg_masks, out / "images", post)))
-        bundle = Bundle(task_from_sidecars(MODELS_DIR), threshold, str(e.threshold), cascade.seg_threshold, post,
+        task = task_from_sidecars(MODELS_DIR)
+        if len(task.regions) > 1:  # data.target "regions": every region scored, tabled and drawn
+            write_region_outputs(scored, store, cascade, task.regions, out)
+        bundle = Bundle(task, threshold, str(e.threshold), cascade.seg_threshold, post,
                         classifiers=tuple(listed["classifier"]), segmenters=tuple(listed["segmenter"]),
                         chosen_on=chosen_on, sha256=chosen_for)
         check(metrics, name="evaluate's metrics")

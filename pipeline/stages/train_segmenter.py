@@ -1,5 +1,6 @@
 """Stage `train_segmenter`: train the segmenter (segmenter.arch: ResUNet, U-Net ...) on tumour-positive slices
--> models/segmenter.keras (with split.folds > 1, one per fold: ``pipeline.paths.fold_model``)."""
+-> models/segmenter.keras (with split.folds > 1, one per fold: ``pipeline.paths.fold_model``), one sigmoid
+output per region of data.target (whole tumour; or every region)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import keras
 import numpy as np
 import pandas as pd
 
+from pipeline.data.regions import target_regions
 from pipeline.data.slices import SliceStore
 from pipeline.models.batches import SliceBatches
 from pipeline.models.losses import get_loss
@@ -59,12 +61,13 @@ def run(params: Params) -> None:
     store = SliceStore(SLICES_DIR)
     folds = fold_runs(SPLIT_CSV, SEGMENTER_FOLDS, TRAIN_SEGMENTER_DIR)
     for fold in folds:
-        train(params.train, params.augment, params.segmenter, store, fold, len(folds))
+        train(params.train, params.augment, params.segmenter, params.data.target, store, fold, len(folds))
 
 
-def train(t: TrainParams, augment: AugmentParams, p: SegmenterParams, store: SliceStore, fold: int | None,
-          folds: int) -> None:
-    """Train one segmenter: the single split's (fold None), or fold model `fold` of `folds`."""
+def train(t: TrainParams, augment: AugmentParams, p: SegmenterParams, target: str, store: SliceStore,
+          fold: int | None, folds: int) -> None:
+    """Train one segmenter for data.target ``target``: the single split's (fold None), or fold model `fold`
+    of `folds`."""
     keras.backend.clear_session()
     setup(t)
     rows = training_rows(store, SPLIT_CSV, fold)
@@ -73,13 +76,15 @@ def train(t: TrainParams, augment: AugmentParams, p: SegmenterParams, store: Sli
     train_rows = segmenter_rows(rows["train"], p.negative_fraction, t.seed)
     val_rows = segmenter_rows(rows["val"], p.negative_fraction, t.seed)
     size = store.image_shape[0]
-    model = build_segmenter(p.arch, size, p.filters, out_channels=1)
+    regions = target_regions(target)  # one sigmoid output per region, whole tumour first
+    model = build_segmenter(p.arch, size, p.filters, out_channels=len(regions))
     set_batchnorm_momentum(model)  # trained from scratch
-    log.info("%s %s at %d px (%d parameters); %d train slices, %d val slices", SEGMENTERS[p.arch].description,
-             list(p.filters), size, model.count_params(), len(train_rows), len(val_rows))
+    log.info("%s %s at %d px (%d parameters) for %s; %d train slices, %d val slices", SEGMENTERS[p.arch].description,
+             list(p.filters), size, model.count_params(), ", ".join(regions), len(train_rows), len(val_rows))
 
-    train = SliceBatches(store, train_rows, t.batch_size, "mask", augment, shuffle=True, seed=t.seed)
-    val = SliceBatches(store, val_rows, t.batch_size, "mask", None, shuffle=False, seed=t.seed)
+    train = SliceBatches(store, train_rows, t.batch_size, "mask", augment, shuffle=True, seed=t.seed,
+                         regions=regions)
+    val = SliceBatches(store, val_rows, t.batch_size, "mask", None, shuffle=False, seed=t.seed, regions=regions)
     model.compile(optimizer=keras.optimizers.Adam(t.lr),
                   loss=get_loss(p.loss, p.tversky_alpha, p.tversky_beta, p.focal_gamma),
                   metrics=[DiceAt(PIXEL_THRESHOLD), IoUAt(PIXEL_THRESHOLD)])
@@ -95,7 +100,8 @@ def train(t: TrainParams, augment: AugmentParams, p: SegmenterParams, store: Sli
         "channels": store_channels(store),
         "intensity": store_intensity(store),
         "input_range": "uint8 values 0..255 as float32, channels last; per-image standardisation is inside the model",
-        "output_channels": ["tumour"],
+        "target": target,
+        "output_channels": list(regions),
         "arch": p.arch,
         "architecture": SEGMENTERS[p.arch].description,
         "filters": list(p.filters),

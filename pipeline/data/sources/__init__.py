@@ -2,7 +2,8 @@
 
 Every layout is declared once, in its reader module, and listed in the registry
 (``pipeline.data.sources.registry``): kaggle_3m TIFF folders (data.source "lgg" and "demo"), BraTS 2021
-case folders ("brats2021"), Medical Segmentation Decathlon task folders ("decathlon").
+case folders ("brats2021", also 2017 and 2018), BraTS 2023 case folders ("brats2023"), Medical Segmentation
+Decathlon task folders ("decathlon"); every reader maps its labels to the regions of ``pipeline.data.regions``.
 
 ``read_cases(data)`` streams the cases under ``data.root`` one at a time with the layout that
 ``data.source`` names, each read as ``reading_task(data)`` specifies and cut at data.min_brain_fraction

@@ -1,7 +1,11 @@
-"""Readers for the two BraTS layouts: BraTS 2021 case folders and the Medical Segmentation Decathlon.
+"""Readers for the BraTS layouts: BraTS 2017-2021 and BraTS 2023 case folders, and the Medical Segmentation
+Decathlon.
 
-BraTS 2021: ``<root>/<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz`` (3D, one sequence a file);
-sequence spellings such as t1gd, T1CE, t1c and seg/segm are accepted. Labels 0/1/2/4.
+BraTS 2021 (and 2017, 2018): ``<root>/<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz`` (3D, one sequence a
+file); sequence spellings such as t1gd, T1CE, t1c and seg/segm are accepted. Labels 0/1/2/4.
+BraTS 2023: ``<root>/BraTS-GLI-xxxxx-xxx/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz``, labels 0/1/2/3 (3: enhancing);
+a case folder is 2023's when its files use the 2023 spellings t1n, t2w or t2f.
+Every reader maps its edition's label numbers to the pipeline's regions (``pipeline.data.regions``) at once.
 Decathlon (Task01_BrainTumour): ``<root>/dataset.json``, ``imagesTr/<name>.nii.gz`` (4D, last axis
 = the channels named in dataset.json "modality") and ``labelsTr/<name>.nii.gz``; label values and
 names come from dataset.json "labels". Files starting with "._" (macOS junk) are ignored.
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.case import Case
+from pipeline.data.regions import label_table, to_region_labels
 from pipeline.data.sources.files import check_file, is_ignored, list_folder
 from pipeline.data.sources.layout import CaseReader, Layout, check_labels_mode
 from pipeline.data.sources.volume import (
@@ -49,6 +54,15 @@ BRATS2021_LABELS = {
     2: "peritumoral edema",
     4: "enhancing tumour",
 }
+BRATS2023_LABELS = {
+    0: "background",
+    1: "necrotic tumour core",
+    2: "peritumoral edema",
+    3: "enhancing tumour",
+}
+# File-name tokens that only BraTS 2023 uses (its t1c is also a 2021 spelling of t1ce).
+BRATS2023_TOKENS = ("t1n", "t2w", "t2f")
+_EDITION_LABELS = {"brats2021": BRATS2021_LABELS, "brats2023": BRATS2023_LABELS}
 SEGMENTATION_NAMES = ("seg", "segm", "segmentation", "label", "labels")
 # Task01_BrainTumour's channels, used only for a lone 4D file without a dataset.json.
 DECATHLON_DEFAULT_MODALITY = {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}
@@ -90,10 +104,21 @@ def is_brats2021_case(folder: Path) -> bool:
         return False
 
 
+def is_brats2023_case(folder: Path) -> bool:
+    """A BraTS case folder whose files use the 2023 spellings (``<case>-t2f.nii.gz`` ...)."""
+    try:
+        files = brats2021_files(folder)
+    except InputError:
+        return False
+    tokens = {re.split(r"[_-]", nifti_stem(path))[-1].lower() for path in files.values()}
+    return any(kind != "seg" for kind in files) and bool(tokens & set(BRATS2023_TOKENS))
+
+
 def read_brats2021_case(folder: Path, task: TaskSpec, min_brain_fraction: float, *, require_labels: bool = False,
-                        on_bad_labels: str = "fail") -> Case:
-    """One BraTS 2021 case folder -> Case (image [D, S, S, 3] of task.channels, labels 0/1/2/4), the axial
-    slices with a brain fraction >= ``min_brain_fraction`` (see ``volume_case``).
+                        on_bad_labels: str = "fail", edition: str = "brats2021") -> Case:
+    """One BraTS case folder -> Case (image [D, S, S, 3] of task.channels, labels: the pipeline's region map
+    of the edition's labels, 0/1/2/4 for "brats2021", 0/1/2/3 for "brats2023"), the axial slices with a
+    brain fraction >= ``min_brain_fraction`` (see ``volume_case``).
 
     Reads only the sequences in task.channels plus the segmentation, concurrently. Without a
     segmentation file the labels are zeros and meta["has_labels"] is False, unless
@@ -121,7 +146,7 @@ def read_brats2021_case(folder: Path, task: TaskSpec, min_brain_fraction: float,
         try:
             seg = pending["seg"].result()
             check_same_grid(seg, reference)
-            labels = check_labels(seg.data, tuple(BRATS2021_LABELS), files["seg"])
+            labels = to_region_labels(check_labels(seg.data, (0, *label_table(edition)), files["seg"]), edition)
         except InputError as e:
             if on_bad_labels != "warn":
                 raise
@@ -129,13 +154,13 @@ def read_brats2021_case(folder: Path, task: TaskSpec, min_brain_fraction: float,
             wanted.remove("seg")
     return volume_case(
         patient_id=folder.name,
-        source="brats2021",
+        source=edition,
         channels={sequence: loaded[sequence].data for sequence in task.channels},
         labels=labels,
         reference=reference,
         task=task,
         min_brain_fraction=min_brain_fraction,
-        label_names=BRATS2021_LABELS,
+        label_names=_EDITION_LABELS[edition],
         meta={"path": str(folder), "files": {kind: str(files[kind]) for kind in wanted}},
     )
 
@@ -225,7 +250,8 @@ def read_decathlon_case(
     labels = None
     if label_path is not None:
         check_same_grid(loaded[1], image)
-        labels = check_labels(loaded[1].data, tuple(label_names), Path(label_path))
+        labels = to_region_labels(check_labels(loaded[1].data, (0, *label_table("decathlon")), Path(label_path)),
+                                  "decathlon")
     files = {"image": str(image_path)} | ({"labels": str(label_path)} if label_path is not None else {})
     return volume_case(
         patient_id=nifti_stem(image_path),
@@ -254,6 +280,22 @@ def _dataset_spec(image_path: Path, dataset_json: Path | Mapping[str, Any] | Non
 
 # --- the two layouts: detect, list, read one case, write a prediction ---------------------------------
 
+def brats_edition(folder: Path) -> str:
+    """"brats2023" for a case folder with the 2023 file names, else "brats2021" (2017-2021 names)."""
+    return "brats2023" if is_brats2023_case(folder) else "brats2021"
+
+
+def detect_brats2023(path: Path) -> str | None:
+    """"brats2023_case" (a folder of ``-t1n -t1c -t2w -t2f`` NIfTIs), "brats2023_root" (a folder of such
+    folders) or None."""
+    if not path.is_dir():
+        return None
+    if is_brats2023_case(path):
+        return "brats2023_case"
+    folders = [p for p in list_folder(path) if p.is_dir() and not is_ignored(p)]
+    return "brats2023_root" if any(is_brats2023_case(p) for p in folders) else None
+
+
 def detect_brats2021(path: Path) -> str | None:
     """"brats2021_case" (a folder of sequence NIfTIs), "brats2021_root" (a folder of such folders) or
     None. A single 3D NIfTI is an InputError: it is one sequence, and its case folder is the input."""
@@ -272,20 +314,23 @@ def detect_brats2021(path: Path) -> str | None:
 
 
 def list_brats2021_cases(root: Path, task: TaskSpec, min_brain_fraction: float) -> list[tuple[Path, CaseReader]]:
-    """Every case folder of a BraTS 2021 root, each read with its segmentation required."""
+    """Every case folder of a BraTS root (2017-2021 or 2023 file names), each read with its segmentation
+    required and its own edition's label table (``brats_edition``)."""
     if is_brats2021_case(root):
-        raise InputError(root, "this is one BraTS 2021 case folder; data.root must be the folder holding case folders")
+        raise InputError(root, "this is one BraTS case folder; data.root must be the folder holding case folders")
     folders = [p for p in list_folder(root) if p.is_dir() and not is_ignored(p)]
     if not folders:
-        raise InputError(root, "no BraTS 2021 case folders found")
-    return [(f, partial(read_brats2021_case, f, task, min_brain_fraction, require_labels=True)) for f in folders]
+        raise InputError(root, "no BraTS case folders found (BraTS 2017-2021 or 2023)")
+    return [(f, partial(read_brats2021_case, f, task, min_brain_fraction, require_labels=True, edition=brats_edition(f)))
+            for f in folders]
 
 
 def read_brats2021(path: Path, task: TaskSpec, *, min_brain_fraction: float, labels: str) -> Case:
-    """One BraTS 2021 case folder -> Case; as ``Layout.read`` says."""
+    """One BraTS case folder -> Case, read with its edition's labels (``brats_edition``); as ``Layout.read`` says."""
     check_labels_mode(labels)
     required = labels == "required"
-    return read_brats2021_case(path, task, min_brain_fraction, require_labels=required, on_bad_labels="fail" if required else "warn")
+    return read_brats2021_case(path, task, min_brain_fraction, require_labels=required,
+                               on_bad_labels="fail" if required else "warn", edition=brats_edition(Path(path)))
 
 
 def detect_decathlon(path: Path) -> str | None:
@@ -359,6 +404,19 @@ BRATS2021 = Layout(
     write_prediction=write_volume_mask,
     folder_hint="BraTS NIfTI files or case folders",
     cases_hint="BraTS 2021 case folders",
+)
+
+BRATS2023 = Layout(
+    name="brats2023",
+    sources=("brats2023",),
+    case_kinds=("brats2023_case",),
+    root_kinds=("brats2023_root",),
+    detect=detect_brats2023,
+    list_cases=list_brats2021_cases,
+    read=read_brats2021,
+    write_prediction=write_volume_mask,
+    folder_hint="BraTS 2023 case folders (-t1n -t1c -t2w -t2f)",
+    cases_hint="BraTS 2023 case folders",
 )
 
 DECATHLON = Layout(

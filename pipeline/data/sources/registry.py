@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.data.sources.brats import BRATS2021, DECATHLON
+from pipeline.data.sources.brats import BRATS2021, BRATS2023, DECATHLON
 from pipeline.data.sources.files import file_problem
 from pipeline.data.sources.layout import Layout
 from pipeline.data.sources.lgg import KAGGLE_3M
 from pipeline.errors import InputError
 
-_LAYOUTS: list[Layout] = [KAGGLE_3M, BRATS2021, DECATHLON]
+_LAYOUTS: list[Layout] = [KAGGLE_3M, BRATS2023, BRATS2021, DECATHLON]  # 2023 first: 2021 reads its folders too
 
 
 def layouts() -> tuple[Layout, ...]:

@@ -387,6 +387,24 @@ def to_scan_space(masks: np.ndarray, geometry: Mapping[str, Any]) -> np.ndarray:
     return scan
 
 
+def write_volume_labels(case: Case, labels: np.ndarray, folder: Path) -> tuple[str, np.ndarray]:
+    """``<case id>_labels.nii.gz`` in ``folder``: a label map uint8 [D, S, S] at the models' resolution (values in
+    the input edition's own numbering, ``pipeline.data.regions.to_dataset_labels``) in the input's voxel grid
+    and header, as ``write_volume_mask`` writes a mask. Returns the file name and the array [X, Y, Z] written."""
+    files = case.meta.get("files", {})
+    reference = Path(files.get("image") or files[case.channels[0]])
+    scan = to_scan_space(np.asarray(labels, np.uint8), case.geometry)
+    image = nib.Nifti1Image(scan, np.asarray(case.geometry["affine"], dtype=float), nib.load(reference).header.copy())
+    image.set_data_dtype(np.uint8)
+    image.header.set_slope_inter(1.0, 0.0)
+    image.header.set_intent("label")
+    image.header["cal_min"], image.header["cal_max"] = 0, int(scan.max())
+    image.header["descrip"] = f"{case.source} labels (python -m pipeline predict)".encode()[:79]
+    name = f"{case.patient_id}_labels.nii.gz"
+    nib.save(image, folder / name)
+    return name, scan
+
+
 def write_volume_mask(case: Case, mask: np.ndarray, folder: Path) -> WrittenMask:
     """``<case id>_mask.nii.gz`` in ``folder``: mask bool [D, S, S] as uint8 0/1 in the input's voxel grid,
     with the input's header (shape, affine, orientation), so it overlays the scan in any viewer. Its
