@@ -55,13 +55,14 @@ def run_stage(stage: str, params: Params, work: Path) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("weights, seed, localisation_weight", [("imagenet", 0, 0.0), ("none", 1, 1.0)])
 def test_tiny_classifier_run_beats_chance(demo_workdir, weights, seed, localisation_weight):
-    """ResNet50, 5 epochs at 64 px on the default demo set (432 training slices) from random initialisation:
-    as the default run trains it (`weights: imagenet`, the download fails offline, seed 0), and with other
-    random draws and the localisation loss (`weights: none`, seed 1, `classifier.localisation_weight: 1`).
+    """ResNet50, 3 epochs at 64 px on the default demo set (432 training slices) from random initialisation,
+    on the default fixed schedule (poly learning-rate decay, last weights kept): as the default run trains it
+    (`weights: imagenet`, the download fails offline, seed 0), and with other random draws and the
+    localisation loss (`weights: none`, seed 1, `classifier.localisation_weight: 1`).
 
-    Validation AUC over the 5 epochs (seeded, CPU): default path 0.89, 0.90, 0.92, 0.94, 0.96;
-    `weights: none`, seed 1, localisation loss: 0.83, 0.90, 0.95, 0.94, 0.92 (without it: 0.80, 0.88,
-    0.90, 0.96, 0.57). Asserted: best >= 0.85. Before residual
+    Validation AUC over the 3 epochs (seeded, deterministic ops, CPU): default path 0.880, 0.897, 0.903;
+    `weights: none`, seed 1, localisation loss: 0.861, 0.912, 0.931. Asserted: best >= 0.85. (With early
+    stopping and 5 epochs, before the fixed schedule: 0.89-0.96 and 0.83-0.95.) Before residual
     branches were zero-initialised (`zero_init_residual_branches`), `weights: none` at seed 0 stayed at
     0.43-0.67 over 10 epochs, also at lr 3e-4 and 1e-4.
     """
@@ -78,11 +79,12 @@ def test_tiny_classifier_run_beats_chance(demo_workdir, weights, seed, localisat
 
 @pytest.mark.slow
 def test_tiny_segmenter_run_beats_empty_and_full_masks(demo_workdir):
-    """ResUNet 16-32-64-128 at 64 px, 8 epochs on the tumour slices of the training patients.
+    """ResUNet 16-32-64-128 at 64 px, 3 epochs on the tumour slices of the training patients.
 
     Baselines on the same validation slices: an empty mask scores Dice 0 on every tumour slice;
     an all-tumour mask scores 2|T| / (|T| + H*W), computed below (0.052 on the default demo set).
-    Measured: best validation Dice 0.886 (0.78 after the first epoch); asserted >= 0.5 and at
+    Measured (fixed schedule): validation Dice 0.781, 0.827, 0.832 over the 3 epochs (8 epochs with early
+    stopping reached 0.886); asserted >= 0.5 and at
     least 0.3 above the all-tumour baseline.
     """
     work, params = demo_workdir
