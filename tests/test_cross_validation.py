@@ -334,3 +334,30 @@ def test_listed_model_files_stay_inside_the_folder(tmp_path):
     (folder / "cascade.json").write_text(json.dumps(raw))
     with pytest.raises(InputError, match="is not a path inside the bundle folder"):
         read_bundle(folder)
+
+
+def test_evaluate_refuses_models_trained_for_another_split(tmp_path):
+    """A model whose sidecar lists a patient it would now score (a test patient; with folds, one of its own
+    fold) was trained for another split: evaluate stops with one line naming it, before scoring."""
+    from pipeline.evaluation.scoring import check_models_never_saw
+
+    split = pd.DataFrame({"patient_id": ["a", "b", "c", "d", "t"], "split": ["train"] * 4 + ["test"],
+                          "fold": [0, 0, 1, 1, None]})
+    paths = []
+    for f, trained_on in enumerate((["c", "d"], ["a", "b"])):
+        path = tmp_path / f"fold_{f}.keras"
+        (tmp_path / f"fold_{f}.json").write_text(json.dumps({"trained_on": trained_on}))
+        paths.append([path])
+    check_models_never_saw(split, paths)  # each fold model trained on the other fold only
+    (tmp_path / "fold_1.json").write_text(json.dumps({"trained_on": ["a", "c"]}))  # c is fold 1's own
+    with pytest.raises(InputError, match=r"fold_1.keras: was trained on 1 patient\(s\) that evaluate scores with it \(c\)"):
+        check_models_never_saw(split, paths)
+    (tmp_path / "fold_1.json").write_text(json.dumps({"trained_on": ["a", "t"]}))  # t is a test patient
+    with pytest.raises(InputError, match=r"\(t\)"):
+        check_models_never_saw(split, paths)
+    single = split.drop(columns="fold").assign(split=["train", "train", "val", "val", "test"])
+    (tmp_path / "fold_0.json").write_text(json.dumps({"trained_on": ["a", "b", "c"]}))  # c: a val patient
+    with pytest.raises(InputError, match=r"fold_0.keras: .*\(c\)"):
+        check_models_never_saw(single, paths[:1])
+    (tmp_path / "fold_0.json").write_text(json.dumps({"kind": "classifier"}))  # written before trained_on
+    check_models_never_saw(single, paths[:1])

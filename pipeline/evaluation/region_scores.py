@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from pipeline.evaluation import metrics as m
 from pipeline.evaluation.cascade import Cascade, combine_regions, gate
 from pipeline.evaluation.region_overlays import region_cases
 from pipeline.evaluation.schema import REGION_METRICS, check
-from pipeline.evaluation.scoring import EVAL_SPLITS, Scored, patient_spacing
+from pipeline.evaluation.scoring import EVAL_SPLITS, Scored, patient_spacing, scorer_of
 from pipeline.writing import json_text
 
 log = logging.getLogger(__name__)
@@ -50,15 +52,20 @@ def patient_region_masks(cascade: Cascade, images: np.ndarray, probabilities: np
     return combine_regions(seg, gated, cascade.seg_threshold, regions, cascade.post)
 
 
-def region_patient_rows(scored: Scored, store: SliceStore, cascade: Cascade,
-                        regions: tuple[str, ...]) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """A row per (val/test patient, region) and each patient's masks bool [D, H, W, R]."""
+def region_patient_rows(scored: Scored, store: SliceStore, cascade: Cascade, regions: tuple[str, ...],
+                        fold_cascades: Sequence[Cascade] | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """A row per (val/test patient, region) and each patient's masks bool [D, H, W, R]. With folds each
+    patient is segmented by the models ``score_patients`` scored it with (out of fold: its own fold's), at
+    ``cascade``'s chosen gate and post-processing."""
     rows: list[dict[str, Any]] = []
     masks: dict[str, np.ndarray] = {}
     for pid, group in scored.slices.groupby("patient_id", sort=True):
         group = group.sort_values("slice_index")
         images = store.images(pid)
-        predicted = patient_region_masks(cascade, images, group.probability.to_numpy(), regions)
+        scorer = scorer_of(group, cascade, fold_cascades)
+        if scorer is not cascade:  # a fold's models, at the gate and post-processing chosen for all
+            scorer = replace(scorer, threshold=cascade.threshold, post=cascade.post)
+        predicted = patient_region_masks(scorer, images, group.probability.to_numpy(), regions)
         masks[pid] = predicted
         labels = np.asarray(store.labels(pid))
         spacing, unit = patient_spacing(store, pid)
@@ -117,11 +124,11 @@ def _median(values: pd.Series) -> float:
 
 
 def write_region_outputs(scored: Scored, store: SliceStore, cascade: Cascade, regions: tuple[str, ...],
-                         out: Path) -> dict[str, dict[str, dict[str, Any]]]:
+                         out: Path, fold_cascades: Sequence[Cascade] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
     """Score every region (cascade at its chosen gate and post-processing) and write, into the evaluate
     folder ``out`` (being written): regions.csv (a row per patient and region), regions.json (``region_summary``,
     checked against ``schema.REGION_METRICS``) and region_cases.json with its overlays in images/."""
-    patients, masks = region_patient_rows(scored, store, cascade, regions)
+    patients, masks = region_patient_rows(scored, store, cascade, regions, fold_cascades)
     summary = region_summary(patients, regions)
     check(summary, REGION_METRICS, name="evaluate's region metrics")
     patients.to_csv(out / "regions.csv", index=False)

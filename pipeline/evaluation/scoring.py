@@ -17,6 +17,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from pipeline.errors import InputError
 from pipeline.evaluation import metrics as m
 from pipeline.evaluation.cascade import Cascade, gate, gated_mask
 from pipeline.evaluation.postprocess import PostProcessing
+from pipeline.models.training import load_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,33 @@ def out_of_fold_split(split: pd.DataFrame) -> pd.DataFrame:
     return split.assign(split=np.where(split.split == "test", "test", "val"))
 
 
+def check_models_never_saw(split: pd.DataFrame, fold_models: Sequence[Sequence[str | Path]]) -> None:
+    """InputError naming a model file whose sidecar lists, among the patients it trained on, one that evaluate
+    would score with it: a test patient (every model scores them, in the ensemble), a validation patient, or
+    with folds a patient of its own fold. That is a model trained for another split (split.csv changed since).
+    fold_models[f]: fold f's model files (the single split's as fold 0). Sidecars without ``trained_on``
+    (written before it was recorded) are not checked."""
+    split = out_of_fold_split(split)
+    test = set(split.patient_id[split.split == "test"])
+    for f, paths in enumerate(fold_models):
+        own = split.patient_id[split.fold == f] if "fold" in split else split.patient_id[split.split == "val"]
+        scored = test | set(own)
+        for path in paths:
+            seen = sorted(scored & set(load_sidecar(path).get("trained_on") or ()))
+            if seen:
+                raise InputError(path, f"was trained on {len(seen)} patient(s) that evaluate scores with it "
+                                       f"({', '.join(seen[:3])}{', ...' if len(seen) > 3 else ''}): it was trained "
+                                       "for another split; re-run the training stages (`dvc repro`)")
+
+
+def scorer_of(patient_rows: pd.DataFrame, cascade: Cascade, fold_cascades: Sequence[Cascade] | None) -> Cascade:
+    """The cascade that scores one patient (its rows): with folds, a patient with a fold (``fold`` column) is
+    scored by ``fold_cascades[fold]`` alone, never by a model that trained on it; others (test, or no folds)
+    by ``cascade`` (with folds: the ensemble)."""
+    fold = patient_rows.fold.iloc[0] if fold_cascades is not None and "fold" in patient_rows else None
+    return fold_cascades[int(fold)] if fold is not None and not pd.isna(fold) else cascade
+
+
 def score_patients(store: SliceStore, split: pd.DataFrame, cascade: Cascade,
                    fold_cascades: Sequence[Cascade] | None = None) -> Scored:
     """Run the classifier and the segmenter on every slice of the val and test patients.
@@ -73,8 +102,7 @@ def score_patients(store: SliceStore, split: pd.DataFrame, cascade: Cascade,
     for pid, index in tqdm(rows.groupby("patient_id", sort=False).groups.items(), desc="scoring patients",
                            unit="patient", leave=False):
         images = store.images(pid)
-        fold = rows.fold[index[0]] if fold_cascades is not None else None
-        scorer = fold_cascades[int(fold)] if fold is not None and not pd.isna(fold) else cascade
+        scorer = scorer_of(rows.loc[index], cascade, fold_cascades)
         probabilities[index] = scorer.classify(images)
         seg_masks[pid] = scorer.segment(images) >= scorer.seg_threshold
         truth[pid] = target_mask(store.labels(pid))

@@ -21,6 +21,7 @@ from pipeline.evaluation.region_scores import write_region_outputs
 from pipeline.evaluation.schema import check, headline
 from pipeline.evaluation.scoring import (
     EVAL_SPLITS,
+    check_models_never_saw,
     choose_postprocessing,
     choose_threshold,
     evaluate_split,
@@ -64,6 +65,7 @@ def run(params: Params) -> None:
     segmenters = [fold_model(SEGMENTER, f) for f in range(folds)]
     listed = {"classifier": [str(p.relative_to(MODELS_DIR)) for p in classifiers],
               "segmenter": [str(p.relative_to(MODELS_DIR)) for p in segmenters]}
+    check_models_never_saw(split, list(zip(classifiers, segmenters, strict=True)))  # not trained for another split
     chosen_for = file_hashes(MODELS_DIR, bundle_files(listed))  # the files the gate is chosen for, as loaded now
     # The gate threshold is chosen below; the segmenter's pixel threshold is the one it was trained with.
     # With folds: their ensemble (test patients).
@@ -126,7 +128,7 @@ def run(params: Params) -> None:
             patient_triptychs(store, test_patients, test_slices, scored.seg_masks, out / "images", post)))
         task = task_from_sidecars(MODELS_DIR)
         if len(task.regions) > 1:  # data.target "regions": every region scored, tabled and drawn
-            write_region_outputs(scored, store, cascade, task.regions, out)
+            write_region_outputs(scored, store, cascade, task.regions, out, fold_cascades)
         bundle = Bundle(task, threshold, str(e.threshold), cascade.seg_threshold, post,
                         classifiers=tuple(listed["classifier"]), segmenters=tuple(listed["segmenter"]),
                         chosen_on=chosen_on, sha256=chosen_for)

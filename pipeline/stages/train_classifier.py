@@ -116,6 +116,7 @@ def train(t: TrainParams, augment: AugmentParams, p: ClassifierParams, store: Sl
         "weights_source": info["weights_source"],
         "threshold": None,  # chosen on validation patients by `evaluate` (reports/eval/threshold.json)
         "fold": fold,  # null: the single split's model; else this fold model's fold (its validation patients)
+        "trained_on": sorted(rows["train"].patient_id.unique()),  # evaluate refuses to score these with it
         "folds": folds,
         "training": summary,
         "params": {"train": vars(t), "augment": vars(augment), "classifier": vars(p)},

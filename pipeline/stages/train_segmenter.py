@@ -108,6 +108,7 @@ def train(t: TrainParams, augment: AugmentParams, p: SegmenterParams, target: st
         "loss": p.loss,
         "threshold": PIXEL_THRESHOLD,
         "fold": fold,  # null: the single split's model; else this fold model's fold (its validation patients)
+        "trained_on": sorted(rows["train"].patient_id.unique()),  # evaluate refuses to score these with it
         "folds": folds,
         "training": summary,
         "params": {"train": vars(t), "augment": vars(augment), "segmenter": vars(p)},
