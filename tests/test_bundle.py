@@ -62,6 +62,10 @@ def test_bundle_round_trip(tmp_path: Path) -> None:
     (lambda b: b.pop("sha256"), r"records no sha256 of its model files .*re-run `evaluate` \(`dvc repro`\)"),
     (lambda b: b["sha256"].pop("segmenter.json"), "records no sha256 of segmenter.json"),
     (lambda b: b["models"].update(segmenter="../segmenter.keras"), "is not a path inside the bundle folder"),
+    (lambda b: b.update(models={}), "models must list the classifier and the segmenter files"),
+    (lambda b: b["models"].update(classifier=["classifier.keras", "classifier.keras"]), "listed twice"),
+    (lambda b: b["models"].update(classifier=["classifier.keras", "other.keras"]), "2 classifiers but 1 segmenters"),
+    (lambda b: b["gate"].update(chosen_on=["x"]), "chosen_on"),
 ])
 def test_bad_bundle_is_one_line_naming_the_file(change, message: str, tmp_path: Path) -> None:
     folder = _bundle_dir(tmp_path)
@@ -193,3 +197,15 @@ def test_writing_the_bundle_removes_what_killed_runs_left_in_the_folder(tmp_path
     Bundle(TASK, 0.42, "youden", 0.5, PostProcessing(10, True)).write(folder)
     assert not [p for p in stale if p.exists()] and live.exists() and notes.exists()
     assert read_bundle(folder).threshold == 0.42
+
+
+def test_a_listed_file_that_links_out_of_the_folder_is_refused(tmp_path: Path) -> None:
+    """The bundle is one folder: a listed path inside it that is a link to a file elsewhere is refused."""
+    folder = _bundle_dir(tmp_path)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    for name in ("segmenter.keras", "segmenter.json"):
+        (folder / name).rename(outside / name)
+        (folder / name).symlink_to(outside / name)
+    with pytest.raises(InputError, match="lies outside the model folder"):
+        read_bundle(folder)

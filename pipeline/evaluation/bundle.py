@@ -122,22 +122,21 @@ def file_hashes(folder: str | Path, names: list[str]) -> dict[str, str]:
     return found
 
 
-def check_hashes(folder: Path, raw: dict[str, Any]) -> None:
-    """InputError unless every file cascade.json (``raw``) lists has the sha256 it records: naming the
-    file that changed, or cascade.json when it records none (written before hashes were recorded)."""
+def check_hashes(folder: Path, bundle: Bundle) -> None:
+    """InputError unless every file ``bundle`` (as read from cascade.json) lists has the sha256 it records:
+    naming the file that changed, or cascade.json when it records none (written before hashes were recorded)."""
     path = folder / CASCADE_FILE
-    recorded = raw.get("sha256")
+    recorded = bundle.sha256
     if not isinstance(recorded, dict) or not recorded:
         raise InputError(path, "records no sha256 of its model files (written by an older version), so nothing "
                                f"shows it was chosen for the models next to it: {RERUN}")
-    try:
-        names = bundle_files(raw.get("models", MODELS))
-    except (ValueError, TypeError, AttributeError) as e:
-        raise InputError(path, f"not a valid model bundle file ({e})") from None
+    names = bundle_files(bundle.models)
     now = file_hashes(folder, names)
     for name in names:
         if not (folder / name).is_file():
             raise InputError(folder / name, f"missing: {CASCADE_FILE} lists it; copy the whole model folder")
+        if not (folder / name).resolve().is_relative_to(folder.resolve()):
+            raise InputError(folder / name, "lies outside the model folder (a link?): a bundle is one folder")
         if name not in recorded:
             raise InputError(path, f"records no sha256 of {name}: {RERUN}")
         if now[name] != recorded[name]:
@@ -162,14 +161,23 @@ def read_bundle(folder: str | Path) -> Bundle:
         rule = raw["gate"]["rule"]
         if not isinstance(rule, str):
             raise TypeError(f"gate rule {rule!r} is not a string")
-        listed = raw.get("models") or MODELS
-        bundle_files(listed)  # ValueError for a path outside the folder
+        listed = raw.get("models", MODELS)
+        if not isinstance(listed, dict) or set(listed) != {"classifier", "segmenter"}:
+            raise ValueError(f"models must list the classifier and the segmenter files, got {listed!r}")
+        names = bundle_files(listed)  # ValueError for a path outside the folder
+        if len(set(names)) != len(names):
+            raise ValueError("a model file is listed twice")
         files = [tuple([names] if isinstance(names, str) else names)  # one file name, or a list (an ensemble)
                  for names in (listed["classifier"], listed["segmenter"])]
+        if len(files[0]) != len(files[1]):
+            raise ValueError(f"{len(files[0])} classifiers but {len(files[1])} segmenters: one of each per fold")
+        chosen_on = raw["gate"].get("chosen_on", "val")
+        if chosen_on not in ("val", "oof"):
+            raise ValueError(f"gate chosen_on {chosen_on!r} is not val or oof")
         bundle = Bundle(TaskSpec.from_json(raw["task"]), _fraction(raw["gate"]["threshold"], "gate threshold", path),
                         rule, _fraction(raw["seg_threshold"], "seg_threshold", path),
                         PostProcessing(**raw["postprocessing"]), *files,
-                        chosen_on=str(raw["gate"].get("chosen_on", "val")), sha256=raw.get("sha256") or {})
+                        chosen_on=chosen_on, sha256=raw.get("sha256") or {})
     except FileNotFoundError:
         raise InputError(path, "missing: `evaluate` writes it (the gate threshold and task spec of these "
                                "models); run `dvc repro`") from None
@@ -183,10 +191,9 @@ def read_bundle(folder: str | Path) -> Bundle:
     for name in (*bundle.classifiers, *bundle.segmenters):
         if not (folder / name).is_file():
             raise InputError(folder / name, f"model file listed in {CASCADE_FILE} not found")
-    task_from_sidecars(folder, expected=bundle.task)
-    for classifier, segmenter in zip(bundle.classifiers[1:], bundle.segmenters[1:], strict=False):
+    for classifier, segmenter in zip(bundle.classifiers, bundle.segmenters, strict=True):
         task_from_sidecars(folder, expected=bundle.task, names=(classifier, segmenter))
-    check_hashes(folder, raw)
+    check_hashes(folder, bundle)
     return bundle
 
 
@@ -233,7 +240,7 @@ def task_from_sidecars(folder: str | Path, expected: TaskSpec | None = None,
         specs.append((spec, where))
     (classifier, classifier_json), (segmenter, segmenter_json) = specs
     # The classifier gates on the whole tumour whatever the target; the segmenter's sidecar says which it is.
-    target = load_sidecar(Path(folder) / SEGMENTER_FILE).get("target", classifier.target)
+    target = load_sidecar(Path(folder) / names[1]).get("target", classifier.target)
     if target not in TARGETS:
         raise InputError(segmenter_json, f"target {target!r} is not one of {', '.join(TARGETS)}")
     classifier, segmenter = (dataclasses.replace(spec, target=target) for spec in (classifier, segmenter))
