@@ -265,3 +265,19 @@ def test_brats2021_reads_back_through_the_brats_reader(brats: tuple[Path, list[s
         assert case.image.shape[1:] == (48, 48, 3)
         assert set(np.unique(case.labels).tolist()) <= {0, 1, 3, 7}  # the region map of BraTS 0, 2, 1, 4
         assert int((case.labels > 0).sum()) == int((seg > 0).sum())
+
+
+def test_demo_writer_removes_what_a_killed_run_left(tmp_path):
+    """The demo stage writes its folder atomically (``pipeline.writing.atomic_dir``): a temporary folder that a
+    killed run left next to it is removed by the next run; nothing else there is touched."""
+    import subprocess
+
+    done = subprocess.Popen(["true"])
+    done.wait()
+    left = tmp_path / f".kaggle_3m.tmp-{done.pid}-abc123"
+    (left / "TCGA_XX_0000_20000101").mkdir(parents=True)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    demo.write_kaggle_3m(tmp_path / "kaggle_3m", patients=3, slices_per_patient=4, image_size=64, seed=0)
+    assert not left.exists() and notes.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kaggle_3m", "notes.txt"]

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +34,7 @@ import tifffile
 from pipeline.data.anatomy import generate_patient
 from pipeline.params import DemoParams
 from pipeline.sequences import LGG_CHANNELS, SEQUENCES
+from pipeline.writing import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -60,33 +60,10 @@ def _patient_plan(seed: int, layout: str, i: int) -> tuple[np.random.Generator, 
 
 
 def _write_atomically(root: Path, fill: Callable[[Path], None]) -> None:
-    """Run fill(tmp) on a fresh folder next to root, then put it in root's place (replacing it)."""
-    root = Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
-    try:
+    """Run fill(tmp) on a fresh folder next to root, then put it in root's place (``atomic_dir``: replacing
+    a folder, never a link or a file; what a killed run left next to it is removed first)."""
+    with atomic_dir(root) as tmp:
         fill(tmp)
-        os.chmod(tmp, 0o755)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if root.exists() or root.is_symlink():
-        old = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".old", dir=root.parent))
-        old.rmdir()
-        root.rename(old)
-    try:
-        tmp.rename(root)
-    except BaseException:
-        if old is not None:
-            old.rename(root)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old)
-        else:
-            old.unlink()
 
 
 def lgg_case_names(seed: int, patients: int) -> list[str]:
