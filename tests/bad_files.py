@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -106,3 +107,18 @@ def write_brats_case(parent: Path, name: str, shape: tuple[int, int, int], margi
     seg[tumour] = 2
     nib.save(nib.Nifti1Image(seg, np.eye(4)), folder / f"{name}_seg.nii.gz")
     return folder
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every entry under ``root`` -> the sha256 of a file's bytes, "dir", or "link -> target" (links not
+    followed): compare two to show that nothing under ``root`` changed."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        key = str(path.relative_to(root))
+        if path.is_symlink():
+            found[key] = f"link -> {path.readlink()}"
+        elif path.is_dir():
+            found[key] = "dir"
+        else:
+            found[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -10,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from bad_files import tree_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's headless Chromium: apt-get install -y chromium
@@ -43,20 +43,6 @@ def chromium(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., subproce
 # Built once per session and shared by every module that needs them. No test may write into one: each is
 # checked at the end of the session against the digest it had when built (a test that needs to change one
 # copies it first, e.g. ``tiny_repo.copy_repo``).
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    """Every entry under ``root`` -> the sha256 of a file's bytes, "dir", or the target of a link."""
-    found = {}
-    for path in sorted(root.rglob("*")):
-        key = str(path.relative_to(root))
-        if path.is_symlink():
-            found[key] = f"link -> {path.readlink()}"
-        elif path.is_dir():
-            found[key] = "dir"
-        else:
-            found[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return found
 
 
 def unchanged_after_session(root: Path, name: str) -> Iterator[Path]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import hashlib
 import json
 import re
 import shutil
@@ -28,7 +27,7 @@ import pandas as pd
 import pytest
 import tifffile
 import yaml
-from bad_files import junk, make_bad_entry, truncate, write_brats_case, write_compressed_tiff
+from bad_files import junk, make_bad_entry, tree_digest, truncate, write_brats_case, write_compressed_tiff
 
 import pipeline.models.nets  # noqa: F401  (registers the custom layers)
 from pipeline.__main__ import main
@@ -712,20 +711,6 @@ def models(tiny_bundle: Path) -> Path:
 # ------------------------------------------------------------------------------------------ tests
 
 
-def tree(root: Path) -> dict[str, str]:
-    """Every entry under ``root`` -> sha256 of a file, "dir", or "link -> target" (links not followed)."""
-    found = {}
-    for path in sorted(root.rglob("*")):
-        key = str(path.relative_to(root))
-        if path.is_symlink():
-            found[key] = f"link -> {path.readlink()}"
-        elif path.is_dir():
-            found[key] = "dir"
-        else:
-            found[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return found
-
-
 @pytest.mark.timeout(120, method="thread")
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
@@ -736,8 +721,8 @@ def test_bad_input(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     run = case.build(tmp_path, models)
     capsys.readouterr()
     caplog.clear()
-    inputs = {root: tree(root) if root.is_dir() else None for root in run.inputs}
-    before = tree(tmp_path)
+    inputs = {root: tree_digest(root) if root.is_dir() else None for root in run.inputs}
+    before = tree_digest(tmp_path)
 
     code = main(run.argv)
 
@@ -745,12 +730,12 @@ def test_bad_input(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     assert "Traceback" not in stderr and not [r for r in caplog.records if r.exc_info], stderr
     assert code == case.exit, stderr
     for root, digest in inputs.items():
-        assert (tree(root) if root.is_dir() else None) == digest, f"an input byte changed under {root}"
+        assert (tree_digest(root) if root.is_dir() else None) == digest, f"an input byte changed under {root}"
     if case.exit == 2:
         lines = stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: {run.names}: "), stderr
         assert re.search(case.message, lines[0]), lines[0]
-        after = tree(tmp_path)
+        after = tree_digest(tmp_path)
         changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
         changed -= {k for k in changed if k not in before and after[k] == "dir"  # an empty parent (data/) is
                     and not any(v != "dir" for j, v in after.items() if j.startswith(f"{k}/"))}  # no output

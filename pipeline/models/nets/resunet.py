@@ -26,6 +26,20 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "tumour_mask"
 
 
+def check_encoder_decoder(image_size: int, filters: Sequence[int], out_channels: int) -> list[int]:
+    """The widths of an encoder-decoder's levels as ints; ValueError unless there are at least two positive
+    ones, ``image_size`` survives the len(filters) - 1 halvings, and ``out_channels`` >= 1."""
+    filters = [int(f) for f in filters]
+    if len(filters) < 2 or any(f < 1 for f in filters):
+        raise ValueError(f"filters: need at least two positive widths, got {filters}")
+    factor = 2 ** (len(filters) - 1)
+    if image_size < factor or image_size % factor:
+        raise ValueError(f"image_size {image_size} must be a multiple of {factor} for {len(filters)} levels")
+    if out_channels < 1:
+        raise ValueError(f"out_channels must be >= 1, got {out_channels}")
+    return filters
+
+
 def residual_unit(x: keras.KerasTensor, filters: int, strides: int, name: str, first: bool = False) -> keras.KerasTensor:
     """Pre-activation residual unit: [B, H, W, C] -> [B, H/strides, W/strides, filters].
 
@@ -56,14 +70,7 @@ def build_resunet(image_size: int, filters: Sequence[int] = (16, 32, 64, 128, 25
     "tumour_mask" is [B, image_size, image_size, out_channels] sigmoid probabilities (float32).
     The default (16, 32, 64, 128, 256) has about 2.08M parameters.
     """
-    filters = [int(f) for f in filters]
-    if len(filters) < 2 or any(f < 1 for f in filters):
-        raise ValueError(f"filters: need at least two positive widths, got {filters}")
-    factor = 2 ** (len(filters) - 1)
-    if image_size < factor or image_size % factor:
-        raise ValueError(f"image_size {image_size} must be a multiple of {factor} for {len(filters)} levels")
-    if out_channels < 1:
-        raise ValueError(f"out_channels must be >= 1, got {out_channels}")
+    filters = check_encoder_decoder(image_size, filters, out_channels)
 
     image = keras.Input((image_size, image_size, 3), dtype="float32", name=INPUT_NAME)
     x = PerImageStandardization(name="standardize")(image)

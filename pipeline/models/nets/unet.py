@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import keras
 
 from pipeline.models.nets.layers import PerImageStandardization
-from pipeline.models.nets.resunet import INPUT_NAME, OUTPUT_NAME
+from pipeline.models.nets.resunet import INPUT_NAME, OUTPUT_NAME, check_encoder_decoder
 
 
 def conv_block(x: keras.KerasTensor, filters: int, name: str) -> keras.KerasTensor:
@@ -41,14 +41,7 @@ def build_unet(image_size: int, filters: Sequence[int] = (32, 64, 128, 256, 512)
     output "tumour_mask" is [B, image_size, image_size, out_channels] sigmoid probabilities (float32).
     The default (32, 64, 128, 256, 512) has about 7.77M parameters.
     """
-    filters = [int(f) for f in filters]
-    if len(filters) < 2 or any(f < 1 for f in filters):
-        raise ValueError(f"filters: need at least two positive widths, got {filters}")
-    factor = 2 ** (len(filters) - 1)
-    if image_size < factor or image_size % factor:
-        raise ValueError(f"image_size {image_size} must be a multiple of {factor} for {len(filters)} levels")
-    if out_channels < 1:
-        raise ValueError(f"out_channels must be >= 1, got {out_channels}")
+    filters = check_encoder_decoder(image_size, filters, out_channels)
 
     image = keras.Input((image_size, image_size, 3), dtype="float32", name=INPUT_NAME)
     x = PerImageStandardization(name="standardize")(image)
