@@ -8,6 +8,10 @@
                                                  segmenter's pixel threshold and the post-processing,
                                                  and the sha256 of every model file and sidecar it lists
 
+``python -m pipeline export -o DIR`` (``pipeline.export``) writes the same bundle with the models as ONNX
+(classifier.onnx, segmenter.onnx; cascade.json "format": "onnx", its "models" naming them and its sha256
+theirs); the sidecars and everything else are the same.
+
 Copy the folder anywhere and ``Predictor.from_dir(folder)`` predicts exactly as the workspace did,
 whatever params.yaml or reports/ say there. The bundle is one unit: ``read_bundle`` refuses it when a
 listed file is not the one ``evaluate`` chose the gate for (a retrained classifier, a sidecar edited
@@ -30,7 +34,7 @@ from typing import Any
 from pipeline.data.task import TaskSpec
 from pipeline.errors import InputError
 from pipeline.evaluation.postprocess import PostProcessing
-from pipeline.models.training import load_sidecar
+from pipeline.models.sidecar import load_sidecar
 from pipeline.writing import atomic_path, remove_stale_temporaries
 
 CLASSIFIER_FILE = "classifier.keras"
@@ -38,6 +42,8 @@ SEGMENTER_FILE = "segmenter.keras"
 CASCADE_FILE = "cascade.json"
 # Role -> the model file(s) of the bundle; each model's sidecar JSON sits next to it (same stem).
 MODELS: dict[str, str | list[str]] = {"classifier": CLASSIFIER_FILE, "segmenter": SEGMENTER_FILE}
+# cascade.json "format" -> the suffix of its model files (a cascade.json without "format" is "keras").
+FORMATS = {"keras": ".keras", "onnx": ".onnx"}
 RERUN = "re-run `evaluate` (`dvc repro`) to choose the gate for the models there now"
 
 
@@ -54,19 +60,25 @@ class Bundle:
     # File name -> sha256 hex digest of each model file and sidecar (``bundle_files``) the gate was chosen for;
     # empty: hashed from the folder when written.
     sha256: dict[str, str] = field(default_factory=dict)
+    models: dict[str, Any] = field(default_factory=lambda: dict(MODELS))  # role -> model file name(s)
+    format: str = "keras"  # a FORMATS key: what the model files are
 
     def to_json(self) -> dict[str, Any]:
         return {"task": self.task.to_json(),
                 "gate": {"threshold": self.threshold, "rule": self.threshold_rule, "chosen_on": "val"},
                 "seg_threshold": self.seg_threshold, "postprocessing": asdict(self.post),
-                "models": MODELS, "sha256": self.sha256}
+                "format": self.format, "models": self.models, "sha256": self.sha256}
+
+    def model_path(self, folder: str | Path, role: str) -> Path:
+        """The model file of ``role`` ("classifier", "segmenter") in the bundle ``folder``."""
+        return Path(folder) / self.models[role]
 
     def write(self, folder: str | Path) -> Path:
         """Write ``folder/cascade.json`` atomically with the sha256 of each listed model file and sidecar;
         returns its path. With ``sha256`` given (``evaluate`` hashes the files it loads, before scoring),
         InputError naming a file that no longer matches: it changed while the gate was being chosen."""
         folder = Path(folder)
-        names = bundle_files(MODELS)
+        names = bundle_files(self.models)
         remove_stale_temporaries([folder / name for name in (*names, CASCADE_FILE)])
         now = file_hashes(folder, names)
         for name, digest in self.sha256.items():
@@ -136,10 +148,12 @@ def read_bundle(folder: str | Path) -> Bundle:
     InputError naming the file for anything missing or inconsistent."""
     folder = Path(folder)
     path = folder / CASCADE_FILE
-    for model in (folder / CLASSIFIER_FILE, folder / SEGMENTER_FILE):
+    fmt, models = _listed_models(path)
+    for role in ("classifier", "segmenter"):
+        model = folder / models[role]
         if not model.is_file():
-            raise InputError(model, "model file not found; a model folder holds classifier.keras, segmenter.keras "
-                                    "and cascade.json (`dvc repro` writes them)")
+            raise InputError(model, f"model file not found; a model folder holds {models['classifier']}, "
+                                    f"{models['segmenter']} and cascade.json (`dvc repro` writes them)")
     try:
         raw = json.loads(path.read_text())
         rule = raw["gate"]["rule"]
@@ -147,7 +161,7 @@ def read_bundle(folder: str | Path) -> Bundle:
             raise TypeError(f"gate rule {rule!r} is not a string")
         bundle = Bundle(TaskSpec.from_json(raw["task"]), _fraction(raw["gate"]["threshold"], "gate threshold", path),
                         rule, _fraction(raw["seg_threshold"], "seg_threshold", path),
-                        PostProcessing(**raw["postprocessing"]), raw.get("sha256") or {})
+                        PostProcessing(**raw["postprocessing"]), raw.get("sha256") or {}, models, fmt)
     except FileNotFoundError:
         raise InputError(path, "missing: `evaluate` writes it (the gate threshold and task spec of these "
                                "models); run `dvc repro`") from None
@@ -158,9 +172,31 @@ def read_bundle(folder: str | Path) -> Bundle:
             or post.min_component_px < 0 or not isinstance(post.keep_largest_component, bool):
         raise InputError(path, f"postprocessing {asdict(post)} needs a whole min_component_px >= 0 and a "
                                "true/false keep_largest_component")
-    task_from_sidecars(folder, expected=bundle.task)
+    task_from_sidecars(folder, expected=bundle.task, models=models)
     check_hashes(folder, raw)
     return bundle
+
+
+def _listed_models(path: Path) -> tuple[str, dict[str, Any]]:
+    """The format and the models (role -> file name) cascade.json at ``path`` lists: the Keras bundle's when it
+    is missing or unreadable (``read_bundle`` says so after checking the model files). InputError for an
+    unknown format, a role without one model file, or a file that is not of the format."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "keras", dict(MODELS)
+    if not isinstance(raw, dict):
+        return "keras", dict(MODELS)
+    fmt, models = raw.get("format", "keras"), raw.get("models", MODELS)
+    if fmt not in FORMATS:
+        raise InputError(path, f"format {json.dumps(fmt)} is not one of {', '.join(FORMATS)}")
+    for role in ("classifier", "segmenter"):
+        name = models.get(role) if isinstance(models, dict) else None
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise InputError(path, f"models.{role}: {name!r} is not a file name in the bundle folder")
+        if Path(name).suffix != FORMATS[fmt]:
+            raise InputError(path, f"models.{role}: {name!r} is not a {FORMATS[fmt]} file (format {fmt})")
+    return fmt, models
 
 
 def _fraction(value: Any, name: str, path: Path) -> float:
@@ -183,12 +219,15 @@ def check_model_file(path: Path) -> None:
                                "copy or train it again")
 
 
-def task_from_sidecars(folder: str | Path, expected: TaskSpec | None = None) -> TaskSpec:
+def task_from_sidecars(folder: str | Path, expected: TaskSpec | None = None,
+                       models: dict[str, Any] | None = None) -> TaskSpec:
     """The task spec the two models' sidecars agree on (input_size, channels, intensity); InputError
     naming the sidecar that disagrees with the other, or with ``expected``. Sidecars written before
-    the intensity record read as {"mode": "as_stored"}."""
+    the intensity record read as {"mode": "as_stored"}. models: role -> model file name (default MODELS)."""
+    models = MODELS if models is None else models
     specs = []
-    for role, name in (("classifier", CLASSIFIER_FILE), ("segmenter", SEGMENTER_FILE)):
+    for role in ("classifier", "segmenter"):
+        name = models[role]
         sidecar = load_sidecar(Path(folder) / name)
         where = (Path(folder) / name).with_suffix(".json")
         kind = sidecar.get("kind") or role  # sidecars record the model's role ("kind") since training wrote them

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import keras
@@ -29,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.models.augment import augment_batch
+from pipeline.models.padded import fixed_batches, pad_rows  # noqa: F401  (their home before)
 from pipeline.params import AugmentParams
 from pipeline.data.slices import SliceStore
 from pipeline.data.task import target_mask
@@ -54,32 +54,6 @@ TARGETS = ("label", "mask", "label+mask")
 DEFAULT_WORKERS = 1
 DEFAULT_USE_MULTIPROCESSING = False
 DEFAULT_MAX_QUEUE_SIZE = 4
-
-
-def pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
-    """x [n, ...] with zero rows appended up to [rows, ...]; x itself when n == rows (n > rows raises)."""
-    if len(x) > rows:
-        raise ValueError(f"{len(x)} rows do not fit in a batch of {rows}")
-    if len(x) == rows:
-        return x
-    padded = np.zeros((rows, *x.shape[1:]), x.dtype)
-    padded[:len(x)] = x
-    return padded
-
-
-def fixed_batches(images: np.ndarray, batch_size: int, dtype: Any = np.float32) -> Iterator[tuple[np.ndarray, int]]:
-    """Consecutive batches of ``images`` [N, ...] as ``dtype`` [batch_size, ...]: yields (batch, n), rows n: zeros.
-
-    Every batch has the same shape, the last one padded with zeros, so a compiled model step (XLA under
-    JAX, or TensorFlow with jit_compile) is built once per model instead of once per distinct remainder.
-    Callers keep ``batch[:n]``: in inference mode samples are independent, so padding changes nothing
-    else. Batches are converted one at a time, so a memory-mapped store is never loaded whole.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    for start in range(0, len(images), batch_size):
-        batch = np.asarray(images[start:start + batch_size], dtype=dtype)
-        yield pad_rows(batch, batch_size), len(batch)
 
 
 def class_weights_from(labels: np.ndarray) -> dict[int, float]:

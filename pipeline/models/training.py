@@ -227,19 +227,6 @@ def save_model(model: keras.Model, path: str | Path, sidecar: dict[str, Any]) ->
     log.info("saved %s (+ %s)", path, path.with_suffix(".json").name)
 
 
-def load_sidecar(model_path: str | Path) -> dict[str, Any]:
-    path = Path(model_path).with_suffix(".json")
-    try:
-        sidecar = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(path, "model sidecar JSON missing (it is written next to the .keras file by training)") from None
-    except (OSError, ValueError) as e:
-        raise InputError(path, f"not a readable model sidecar ({type(e).__name__}: {e})") from None
-    if not isinstance(sidecar, dict):
-        raise InputError(path, "not a model sidecar (expected a JSON object)")
-    return sidecar
-
-
 def store_intensity(store: SliceStore) -> dict[str, Any]:
     """How the store's uint8 intensities were made (shared by every patient; a mix is an error)."""
     found = {json.dumps(p["meta"].get("intensity", {"mode": "as_stored", "clip_percentiles": None}), sort_keys=True)

@@ -48,7 +48,7 @@ from pipeline.data.case import Case
 from pipeline.data.sources import registry
 from pipeline.data.task import TaskSpec
 from pipeline.errors import InputError, PipelineError, one_line
-from pipeline.evaluation.bundle import CLASSIFIER_FILE, SEGMENTER_FILE, read_bundle
+from pipeline.evaluation.bundle import read_bundle
 from pipeline.evaluation.cascade import Cascade, combine
 from pipeline.evaluation.explain import overlay_png
 from pipeline.evaluation.postprocess import PostProcessing
@@ -121,7 +121,7 @@ class Predictor:
             raise PipelineError(f"threshold {threshold} is outside [0, 1]")
         bundle = read_bundle(models_dir)
         task = bundle.task
-        classifier, segmenter = models_dir / CLASSIFIER_FILE, models_dir / SEGMENTER_FILE
+        classifier, segmenter = bundle.model_path(models_dir, "classifier"), bundle.model_path(models_dir, "segmenter")
         cascade = Cascade.load(classifier, segmenter, threshold=bundle.threshold if threshold is None else threshold,
                                seg_threshold=bundle.seg_threshold, post=bundle.post, batch_size=batch_size)
         size = task.image_size
@@ -129,8 +129,8 @@ class Predictor:
             if tuple(model.input_shape[1:4]) != (size, size, 3):
                 raise InputError(path, f"model input {tuple(model.input_shape[1:])} does not match its bundle's "
                                        f"image size {size} with 3 channels")
-        log.info("loaded %s: %d px, channels %s, %s intensities, threshold %.4f", models_dir, size,
-                 ",".join(task.channels), task.intensity_mode, cascade.threshold)
+        log.info("loaded %s (%s): %d px, channels %s, %s intensities, threshold %.4f", models_dir, bundle.format,
+                 size, ",".join(task.channels), task.intensity_mode, cascade.threshold)
         return cls(cascade, task, {"classifier": str(classifier), "segmenter": str(segmenter)})
 
     @property
