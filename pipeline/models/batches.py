@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.models.augment import augment_batch
+from pipeline.models.devices import rows_for_this_process
 from pipeline.models.padded import fixed_batches, pad_rows  # noqa: F401  (their home before)
 from pipeline.params import AugmentParams
 from pipeline.data.slices import SliceStore
@@ -107,11 +108,11 @@ class SliceBatches(keras.utils.PyDataset):
         if len(rows) == 0:
             raise ValueError("no rows to draw batches from")
         self.store = store
-        self.rows = rows.reset_index(drop=True)
+        self.shuffle = shuffle or balanced  # balanced batches are random batches
+        self.rows = rows_for_this_process(rows.reset_index(drop=True), shuffled=self.shuffle)  # train.devices
         self.batch_size = batch_size
         self.target = target
         self.augment = augment if augment is not None and augment.enabled else None
-        self.shuffle = shuffle or balanced  # balanced batches are random batches
         self.seed = seed
         self.class_weight = dict(class_weight) if class_weight is not None else None
         self.epoch = 0

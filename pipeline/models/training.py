@@ -20,6 +20,7 @@ import pandas as pd
 from dvclive import Live
 
 from pipeline.errors import InputError
+from pipeline.models.devices import use_devices
 from pipeline.params import TrainParams
 from pipeline.data.slices import SliceStore
 from pipeline.data.split import read_split, split_manifest
@@ -29,9 +30,10 @@ log = logging.getLogger(__name__)
 
 
 def setup(train: TrainParams) -> None:
-    """Seed Python, NumPy and the backend; choose the precision policy."""
+    """Seed Python, NumPy and the backend; choose the precision policy and the devices (``train.devices``)."""
     seed_everything(train.seed)
     keras.mixed_precision.set_global_policy("mixed_float16" if train.mixed_precision else "float32")
+    use_devices(train.devices, train.batch_size)
 
 
 def seed_everything(seed: int) -> None:
