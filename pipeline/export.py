@@ -1,6 +1,7 @@
 """``python -m pipeline export [--models DIR] -o OUTDIR``: the model bundle with its models as ONNX.
 
-Writes OUTDIR/classifier.onnx and segmenter.onnx (Keras 3's ``Model.export(format="onnx")``, which converts
+Writes OUTDIR/classifier.onnx and segmenter.onnx (and each fold model of an ensemble at its own path, as
+.onnx) (Keras 3's ``Model.export(format="onnx")``, which converts
 through tf2onnx; the custom layers ``BackbonePreprocess`` and ``PerImageStandardization`` become plain ONNX
 ops), the two sidecars copied unchanged, and a cascade.json that is the Keras bundle's with
 "format": "onnx", "models" naming the ONNX files and "sha256" theirs (``pipeline.evaluation.bundle``). OUTDIR
@@ -22,7 +23,7 @@ import logging
 import shutil
 import sys
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,7 @@ TOLERANCE = 1e-4  # largest |Keras - ONNX Runtime| output difference accepted (p
 
 def export_bundle(models_dir: str | Path, out_dir: str | Path) -> dict[str, float]:
     """Export the Keras bundle ``models_dir`` as an ONNX bundle in ``out_dir`` (see the module docstring).
-    Returns role -> the largest |Keras - ONNX Runtime| output on the check images. InputError naming the
+    Returns role -> the largest |Keras - ONNX Runtime| output on the check images (over an ensemble's models). InputError naming the
     file for an unusable bundle or output folder; PipelineError when an exported model does not match."""
     from pipeline.evaluation.cascade import check_role, load_model_file
 
@@ -55,23 +56,28 @@ def export_bundle(models_dir: str | Path, out_dir: str | Path) -> dict[str, floa
     _check_backend()
     size = bundle.task.image_size
     images = np.random.default_rng(0).integers(0, 256, (CHECK_IMAGES, size, size, 3)).astype(np.float32)
-    onnx_models: dict[str, Any] = {}
-    differences = {}
+    exported: dict[str, list[str]] = {"classifier": [], "segmenter": []}
+    differences: dict[str, float] = {}
     with atomic_dir(out_dir) as tmp:
-        for role in ("classifier", "segmenter"):
-            source = bundle.model_path(models_dir, role)
-            model = load_model_file(source)
-            check_role(model, role, source)
-            target = tmp / source.with_suffix(FORMATS["onnx"]).name
-            differences[role] = export_model(model, size, target, images)
-            if not differences[role] <= TOLERANCE:
-                raise PipelineError(f"{source}: its ONNX export differs from it by up to {differences[role]:.3g} "
-                                    f"(more than {TOLERANCE:g}) on random images; not exported")
-            shutil.copyfile(source.with_suffix(".json"), target.with_suffix(".json"))
-            onnx_models[role] = target.name
-            log.info("%s -> %s (%.1f MB), max |keras - onnx| %.2g", source.name, target.name,
-                     target.stat().st_size / 1e6, differences[role])
-        dataclasses.replace(bundle, format="onnx", models=onnx_models, sha256={}).write(tmp)
+        for role, names in (("classifier", bundle.classifiers), ("segmenter", bundle.segmenters)):
+            for name in names:  # one model, or the fold models of an ensemble
+                source = models_dir / name
+                model = load_model_file(source)
+                check_role(model, role, source)
+                onnx_name = str(PurePosixPath(name).with_suffix(FORMATS["onnx"]))
+                target = tmp / onnx_name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                difference = export_model(model, size, target, images)
+                if not difference <= TOLERANCE:
+                    raise PipelineError(f"{source}: its ONNX export differs from it by up to {difference:.3g} "
+                                        f"(more than {TOLERANCE:g}) on random images; not exported")
+                shutil.copyfile(source.with_suffix(".json"), target.with_suffix(".json"))
+                exported[role].append(onnx_name)
+                differences[role] = max(differences.get(role, 0.0), difference)
+                log.info("%s -> %s (%.1f MB), max |keras - onnx| %.2g", name, onnx_name, target.stat().st_size / 1e6,
+                         difference)
+        dataclasses.replace(bundle, classifiers=tuple(exported["classifier"]), segmenters=tuple(exported["segmenter"]),
+                            format="onnx", sha256={}).write(tmp)
     log.info("ONNX bundle -> %s", out_dir)
     return differences
 

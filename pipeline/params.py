@@ -26,6 +26,10 @@ SOURCES = ("demo", "lgg", "brats2021", "decathlon")
 # evaluate.threshold rules chosen on validation patients (besides sensitivity:X and a fixed number):
 # slice-level Youden J or F1, or the gate that maximises the cascade's mean per-patient Dice.
 THRESHOLD_RULES = ("youden", "f1", "patient_dice")
+# train.schedule: "fixed" trains exactly train.epochs with a poly-decaying learning rate and keeps the last
+# weights; "early_stop" stops when the validation metric has not improved for `patience` epochs (halving the
+# learning rate on plateaus) and keeps the best epoch's weights.
+SCHEDULES = ("fixed", "early_stop")
 MAX_IMAGE_SIZE = 1024  # pixels a side; kaggle_3m slices are 256, BraTS 240
 
 
@@ -80,8 +84,10 @@ class SplitParams:
     test: float
     seed: int
     file: str | None = None  # a CSV (patient_id, split) to take the split from; None or "": the seeded random split
+    folds: int = 1  # > 1: cross-validation folds over the non-test patients (pipeline.data.split.assign_folds)
 
     def validate(self) -> None:
+        _in_range("split.folds", self.folds, 1, 100)
         for name in ("train", "val", "test"):
             _in_range(f"split.{name}", getattr(self, name), 0, 1)
         if abs(self.train + self.val + self.test - 1) > 1e-6:
@@ -98,9 +104,12 @@ class TrainParams:
     batch_size: int
     seed: int
     mixed_precision: bool
+    schedule: str = "fixed"  # fixed | early_stop (see SCHEDULES)
+    deterministic: bool = True  # the backend's deterministic ops (pipeline.models.training.enable_deterministic_ops)
     devices: int | str = "auto"  # data-parallel devices (JAX backend): auto = every local one; see models/devices.py
 
     def validate(self) -> None:
+        _one_of("train.schedule", self.schedule, SCHEDULES)
         _in_range("train.lr", self.lr, 1e-8, 1)
         _in_range("train.epochs", self.epochs, 1, 10_000)
         _in_range("train.batch_size", self.batch_size, 1, 4096)

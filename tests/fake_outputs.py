@@ -152,6 +152,10 @@ def write_fake_outputs(root: str | Path, *, n_patients: int = 30, slices_per_pat
     gallery, pointing = _gallery(rng, evaluated[evaluated.split == "test"], eval_dir / "images", image_size,
                                  gallery_groups, per_group)
     metrics["test"]["explain"] = pointing
+    val_dice = metrics["val"]["cascade"]["dice_patient_mean"]  # a single split: its validation patients, one fold
+    metrics["cross_validation"] = {"folds": 1, "dice_patient_mean_per_fold": [val_dice], "dice_patient_mean_sd": None,
+                                   "dice_patient_mean_min": val_dice, "dice_patient_mean_max": val_dice,
+                                   "auc_per_fold": [metrics["val"]["classifier"]["auc"]]}
     cases = _cases(rng, patient_table[patient_table.split == "test"], eval_dir / "images", image_size)
 
     if nan_metrics:

@@ -57,7 +57,7 @@ def test_bundle_round_trip(tmp_path: Path) -> None:
     (lambda b: b["gate"].update(rule=3), "gate rule 3 is not a string"),
     (lambda b: b.pop("sha256"), r"records no sha256 of its model files .*re-run `evaluate` \(`dvc repro`\)"),
     (lambda b: b["sha256"].pop("segmenter.json"), "records no sha256 of segmenter.json"),
-    (lambda b: b["models"].update(segmenter="../segmenter.keras"), "is not a file name in the bundle folder"),
+    (lambda b: b["models"].update(segmenter="../segmenter.keras"), "is not a path inside the bundle folder"),
 ])
 def test_bad_bundle_is_one_line_naming_the_file(change, message: str, tmp_path: Path) -> None:
     folder = _bundle_dir(tmp_path)
@@ -161,7 +161,7 @@ def test_evaluate_refuses_to_write_a_bundle_for_files_that_changed_while_it_ran(
     with zipfile.ZipFile(folder / "classifier.keras", "w") as archive:
         archive.writestr("model.weights.h5", "retrained meanwhile")
     with pytest.raises(InputError, match=r"classifier.keras: changed while `evaluate` ran"):
-        Bundle(TASK, 0.3, "youden", 0.5, PostProcessing(), chosen_for).write(folder)
+        Bundle(TASK, 0.3, "youden", 0.5, PostProcessing(), sha256=chosen_for).write(folder)
     assert (folder / "cascade.json").read_text() == before
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -89,6 +90,7 @@ def test_training_stages_never_read_test_patients(tmp_path, monkeypatch, split_f
         params = replace(params, split=replace(params.split, file="my_split.csv"))
     split_stage.run(params)
     split = read_split("data/split.csv")
+    assert list(split.columns) == ["patient_id", "split"]  # split.folds 1: no fold column, as before folds existed
     assert sorted(split.patient_id) == sorted(names + rescans)  # split.csv: one row per scan (case id)
     test_patients = {person[pid] for pid in split.patient_id[split.split == "test"]}
     assert test_patients and (split_from == "random" or len(test_patients) == 2)
@@ -114,3 +116,6 @@ def test_training_stages_never_read_test_patients(tmp_path, monkeypatch, split_f
     read_patients = {person[pid] for pid in read}  # the people behind the scans read
     assert read_patients.isdisjoint(test_patients), f"training read test patients {sorted(read_patients & test_patients)}"
     assert Path("models/classifier.keras").exists() and Path("models/segmenter.keras").exists()
+    for folder in ("models/folds/classifier", "models/folds/segmenter", "reports/train_classifier/folds"):
+        assert Path(folder).is_dir() and not any(Path(folder).iterdir())  # declared DVC outs: there, and empty
+    assert json.loads(Path("models/classifier.json").read_text())["fold"] is None

@@ -7,6 +7,7 @@ imports TensorFlow or keras, with nothing requirements-onnx.txt does not install
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -61,7 +62,7 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_export_writes_a_complete_onnx_bundle(tiny_bundle: Path, onnx_bundle: Path) -> None:
     raw = json.loads((onnx_bundle / CASCADE_FILE).read_text())
-    assert raw["format"] == "onnx" and raw["models"] == {"classifier": "classifier.onnx", "segmenter": "segmenter.onnx"}
+    assert raw["format"] == "onnx" and raw["models"] == {"classifier": ["classifier.onnx"], "segmenter": ["segmenter.onnx"]}
     names = bundle_files(raw["models"])
     assert sorted(p.name for p in onnx_bundle.iterdir()) == sorted([*names, CASCADE_FILE])
     assert raw["sha256"] == file_hashes(onnx_bundle, names)  # the export records its own files
@@ -72,7 +73,7 @@ def test_export_writes_a_complete_onnx_bundle(tiny_bundle: Path, onnx_bundle: Pa
     for key in ("task", "gate", "seg_threshold", "postprocessing"):
         assert raw[key] == keras_raw[key]
     bundle = read_bundle(onnx_bundle)
-    assert bundle.format == "onnx" and bundle.model_path(onnx_bundle, "segmenter").suffix == ".onnx"
+    assert bundle.format == "onnx" and bundle.segmenters == ("segmenter.onnx",)
 
 
 @pytest.mark.parametrize("mode", ["caffe", "tf", "torch"])
@@ -212,3 +213,27 @@ def test_an_edited_onnx_model_is_refused(onnx_bundle: Path, tmp_path: Path) -> N
         f.write(b"\0")
     with pytest.raises(InputError, match="segmenter.onnx.*changed since cascade.json was written"):
         Predictor.from_dir(copy)
+
+
+def test_a_fold_ensemble_exports_every_fold_model(tiny_bundle: Path, cases: dict[str, Path], tmp_path: Path) -> None:
+    """Cross-validation bundles list several models of a kind (their probabilities averaged): each is
+    exported at its own path, and the ONNX ensemble predicts what the Keras one does."""
+    from pipeline.evaluation.bundle import Bundle
+
+    folder = shutil.copytree(tiny_bundle, tmp_path / "folds_bundle")
+    keras_bundle = read_bundle(folder)
+    for kind in ("classifier", "segmenter"):
+        (folder / "folds" / kind).mkdir(parents=True)
+        for suffix in (".keras", ".json"):
+            shutil.copyfile(folder / f"{kind}{suffix}", folder / "folds" / kind / f"fold_1{suffix}")
+    dataclasses.replace(keras_bundle, classifiers=("classifier.keras", "folds/classifier/fold_1.keras"),
+                        segmenters=("segmenter.keras", "folds/segmenter/fold_1.keras"), sha256={}).write(folder)
+    export_bundle(folder, tmp_path / "folds_onnx")
+    exported = read_bundle(tmp_path / "folds_onnx")
+    assert exported.classifiers == ("classifier.onnx", "folds/classifier/fold_1.onnx")
+    assert exported.segmenters == ("segmenter.onnx", "folds/segmenter/fold_1.onnx")
+    assert isinstance(exported, Bundle)
+    keras_predictor, onnx_predictor = Predictor.from_dir(folder), Predictor.from_dir(tmp_path / "folds_onnx")
+    case = keras_predictor.read(find_inputs(cases["brats2021"])[0])
+    theirs, ours = keras_predictor.predict_case(case), onnx_predictor.predict_case(case)
+    assert theirs.mask.any() and dice(theirs.mask, ours.mask) >= MIN_DICE

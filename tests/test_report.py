@@ -264,3 +264,19 @@ def test_hostile_report_runs_no_injected_script_in_chromium(chromium, hostile_ru
     run, _ = hostile_run
     result, _ = _probe(chromium, run.out_html, tmp_path)
     assert result["errors"] == [] and result["broken"] == []
+
+
+def test_cross_validation_figures_next_to_the_test_figures(tmp_path):
+    """With split.folds > 1 the Dice table labels the validation rows out of fold and the test rows the
+    ensemble, and the spread over folds is written out."""
+    run = write_fake_outputs(tmp_path)
+    path = run.reports_dir / "eval" / "metrics_full.json"
+    metrics = json.loads(path.read_text())
+    metrics["cross_validation"] = {"folds": 3, "dice_patient_mean_per_fold": [0.61, 0.72, 0.83],
+                                   "dice_patient_mean_sd": 0.11, "dice_patient_mean_min": 0.61,
+                                   "dice_patient_mean_max": 0.83, "auc_per_fold": [0.9, 0.91, 0.92]}
+    path.write_text(json.dumps(metrics))
+    html = build(run)
+    assert "out of fold (3 folds)" in html and "test, ensemble" in html
+    assert "0.610, 0.720, 0.830 (sd 0.110, min 0.610, max 0.830)" in html
+    assert "out of fold" not in build(write_fake_outputs(tmp_path / "single"))

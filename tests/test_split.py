@@ -241,3 +241,79 @@ def test_split_file_without_test_patients_is_refused(tmp_path, rescanned):
     path = write_split_file(tmp_path / "splits.csv", split.replace({"split": {"test": "train"}}))
     with pytest.raises(InputError, match="no patient in test: evaluate needs test patients"):
         read_split_file(path, cases)
+
+
+# ----------------------------------------------------------------------------------- cross-validation folds
+
+
+def two_scan_manifest() -> tuple[pd.DataFrame, dict]:
+    """fake_manifest with every 5th patient's scan duplicated as a second scan (another date) of that patient."""
+    manifest, meta = fake_manifest()
+    extra = []
+    for pid in sorted(manifest.patient_id.unique())[::5]:
+        second = pid.replace("_20000101", "_20010101")
+        extra.append(manifest[manifest.patient_id == pid].assign(patient_id=second))
+        meta[second] = {"meta": dict(meta[pid]["meta"])}
+    manifest = pd.concat([manifest, *extra], ignore_index=True)
+    for pid in meta:
+        meta[pid]["meta"]["patient"] = pid.rsplit("_", 1)[0]
+    return manifest, meta
+
+
+def test_folds_partition_the_non_test_patients_and_keep_the_test_split():
+    from pipeline.data.split import assign_folds, fold_count
+
+    manifest, meta = two_scan_manifest()
+    cases = patient_table(manifest, meta)
+    params = SplitParams(0.6, 0.2, 0.2, seed=1)
+    single = assign_splits(cases, params)
+    folded = assign_folds(cases, single, 5, params.seed)
+
+    assert fold_count(folded) == 5 and fold_count(single) == 1
+    test = folded.split == "test"
+    assert (folded.patient_id[test] == single.patient_id[single.split == "test"]).all()  # the same test patients
+    assert folded.fold[test].isna().all()  # test patients are in no fold
+    assert set(folded.split[~test]) == {"train"} and folded.fold[~test].notna().all()
+    # a patient (both of its scans) is in exactly one fold
+    person = folded.patient_id.map(cases.set_index("patient_id").patient)
+    assert (folded[~test].groupby(person[~test]).fold.nunique() == 1).all()
+    assert (person.value_counts() == 2).sum() > 0  # the test did cover two-scan patients
+    # folds are balanced: patient counts differ by at most one per stratum (3 burden strata here)
+    per_fold = folded[~test].assign(person=person).groupby("fold").person.nunique()
+    assert per_fold.max() - per_fold.min() <= 3 and len(per_fold) == 5
+    # seeded
+    pd.testing.assert_frame_equal(folded, assign_folds(cases, single, 5, params.seed))
+    assert not folded.equals(assign_folds(cases, single, 5, params.seed + 1))
+
+
+def test_fold_training_rows_never_hold_their_own_folds_patients(tmp_path):
+    from pipeline.data.split import assign_folds, fold_split
+
+    manifest, meta = two_scan_manifest()
+    cases = patient_table(manifest, meta)
+    folded = assign_folds(cases, assign_splits(cases, SplitParams(0.6, 0.2, 0.2, seed=2)), 4, 2)
+    path = tmp_path / "split.csv"
+    folded.to_csv(path, index=False)
+    read = read_split(str(path))  # the CSV round trip keeps the folds (test rows: an empty fold)
+    assert read.fold.isna().sum() == (read.split == "test").sum()
+    person = cases.set_index("patient_id").patient
+    for fold in range(4):
+        rows = split_manifest(manifest, fold_split(read, fold))
+        train, val = rows[rows.split == "train"], rows[rows.split == "val"]
+        own = set(read.patient_id[read.fold == fold])
+        assert set(val.patient_id) == own
+        assert not set(train.patient_id) & own
+        assert not set(train.patient_id.map(person)) & set(val.patient_id.map(person))  # no patient on both sides
+        assert not set(rows.patient_id[rows.split != "test"]) & set(read.patient_id[read.split == "test"])
+
+
+def test_read_split_rejects_bad_folds(tmp_path):
+    path = tmp_path / "split.csv"
+    pd.DataFrame({"patient_id": ["a", "b", "c"], "split": ["train", "train", "test"],
+                  "fold": [0, None, None]}).to_csv(path, index=False)
+    with pytest.raises(InputError, match="fold must be a whole number"):
+        read_split(str(path))
+    pd.DataFrame({"patient_id": ["a", "b", "c"], "split": ["train", "train", "test"],
+                  "fold": [0, 2, None]}).to_csv(path, index=False)
+    with pytest.raises(InputError, match=r"fold\(s\) \[1\] have no patient"):
+        read_split(str(path))

@@ -72,20 +72,11 @@ def assign_splits(cases: pd.DataFrame, params: SplitParams) -> pd.DataFrame:
     n = len(patients)
     if n < 3:
         raise InputError("data/slices", f"only {n} patients: a train/val/test split needs at least 3")
-    rng = np.random.default_rng(params.seed)
-    strata = patients.burden.astype(str)
-    with_inst = strata + "/" + patients.institution.astype(str)
-    if patients.institution.astype(bool).all() and with_inst.value_counts().min() >= 3:
-        strata = with_inst
-    order: list[int] = []
-    for _, group in sorted(patients.groupby(strata).groups.items()):
-        idx = np.array(sorted(group))
-        order.extend(rng.permutation(idx).tolist())
+    order = stratified_order(patients, np.random.default_rng(params.seed))
     targets = np.array([params.train, params.val, params.test])
     counts = np.zeros(3)
     split = np.empty(n, dtype=object)
-    for k, i in enumerate(order, start=1):
-        j = int(np.argmax(targets * k - counts))
+    for j, i in zip(deal(order, targets), order, strict=True):
         split[i] = SPLITS[j]
         counts[j] += 1
     # Guarantee a non-empty val and test split for small cohorts when the fraction asks for one.
@@ -103,6 +94,74 @@ def assign_splits(cases: pd.DataFrame, params: SplitParams) -> pd.DataFrame:
     return result
 
 
+def stratified_order(patients: pd.DataFrame, rng: np.random.Generator) -> list[int]:
+    """Row positions of a ``by_patient`` table, stratum after stratum, shuffled within each stratum.
+
+    Strata are burden x institution when every such stratum has at least 3 patients, else burden.
+    """
+    strata = patients.burden.astype(str)
+    with_inst = strata + "/" + patients.institution.astype(str)
+    if patients.institution.astype(bool).all() and with_inst.value_counts().min() >= 3:
+        strata = with_inst
+    order: list[int] = []
+    for _, group in sorted(patients.groupby(strata).groups.items()):
+        idx = np.array(sorted(group))
+        order.extend(rng.permutation(idx).tolist())
+    return order
+
+
+def deal(order: list[int], targets: np.ndarray) -> list[int]:
+    """For each patient of `order` in turn, the group (index into `targets`, fractions) furthest below its
+    target so far: every stratum is spread over the groups in proportion."""
+    counts = np.zeros(len(targets))
+    groups = []
+    for k, _ in enumerate(order, start=1):
+        j = int(np.argmax(targets * k - counts))
+        groups.append(j)
+        counts[j] += 1
+    return groups
+
+
+def assign_folds(cases: pd.DataFrame, split: pd.DataFrame, folds: int, seed: int) -> pd.DataFrame:
+    """Cross-validation folds over the non-test patients: `split` (columns patient_id, split; a row per case
+    of `cases`, a ``patient_table``) with every non-test case's split set to "train" and a ``fold`` column
+    (0..folds-1; missing for test cases). A patient's scans share a fold; folds are stratified like the
+    split (``stratified_order``, a seeded stream of its own) and differ in size by at most one patient
+    per stratum. The test patients are those of `split`, unchanged.
+    """
+    non_test = split[split.split != "test"]
+    pool = cases[cases.patient_id.isin(non_test.patient_id)].reset_index(drop=True)
+    patients = by_patient(pool)
+    if len(patients) < folds:
+        raise InputError("data/split.csv", f"only {len(patients)} non-test patients for {folds} folds "
+                                           "(split.folds): each fold needs at least one patient")
+    order = stratified_order(patients, np.random.default_rng([seed, folds]))
+    fold_of_patient = {patients.patient[i]: j for j, i in zip(deal(order, np.full(folds, 1 / folds)), order,
+                                                              strict=True)}
+    persons = split.patient_id.map(cases.set_index("patient_id")["patient"]) if "patient" in cases else split.patient_id
+    fold = persons.map(fold_of_patient).where(split.split != "test")
+    out = split.assign(split=np.where(split.split == "test", "test", "train"), fold=fold.astype("Int64"))
+    sizes = out.dropna(subset=["fold"]).groupby("fold").patient_id.size()
+    log.info("%d folds over %d non-test patients (scans per fold: %s)", folds, len(patients), sizes.to_dict())
+    return out
+
+
+def fold_count(split: pd.DataFrame) -> int:
+    """Cross-validation folds of a split table: 1 without a ``fold`` column (a single train/val split)."""
+    return int(split.fold.max()) + 1 if "fold" in split and split.fold.notna().any() else 1
+
+
+def fold_split(split: pd.DataFrame, fold: int) -> pd.DataFrame:
+    """The train/val/test split that fold model `fold` trains with: the patients of fold `fold` are its
+    "val" (monitored, never trained on), the other non-test patients "train", test unchanged.
+    Columns patient_id, split (the ``fold`` column dropped)."""
+    if "fold" not in split:
+        raise ValueError("the split has no folds")
+    in_fold = split.fold.eq(fold).fillna(False).to_numpy(bool)
+    names = np.where(split.split == "test", "test", np.where(in_fold, "val", "train"))
+    return pd.DataFrame({"patient_id": split.patient_id.values, "split": names})
+
+
 def split_manifest(manifest: pd.DataFrame, split: pd.DataFrame) -> pd.DataFrame:
     """The manifest with a `split` column joined by patient (every slice follows its patient)."""
     merged = manifest.merge(split, on="patient_id", how="left", validate="many_to_one")
@@ -113,16 +172,29 @@ def split_manifest(manifest: pd.DataFrame, split: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_split(path: str = "data/split.csv") -> pd.DataFrame:
-    """Read split.csv (columns patient_id, split) and check it is a partition of patients."""
+    """Read split.csv (columns patient_id, split, and with split.folds > 1 fold) and check it is a partition of
+    patients; with folds, that every non-test case has a fold 0..k-1 and no test case has one."""
     try:
         split = pd.read_csv(path, dtype={"patient_id": str})
     except FileNotFoundError:
         raise InputError(path, "no split file; run `python -m pipeline split` first") from None
-    if set(split.columns) != {"patient_id", "split"} or split.patient_id.duplicated().any():
-        raise InputError(path, "must have columns patient_id, split and one row per patient")
+    if set(split.columns) not in ({"patient_id", "split"}, {"patient_id", "split", "fold"}) \
+            or split.patient_id.duplicated().any():
+        raise InputError(path, "must have columns patient_id, split (and fold) and one row per patient")
     bad = set(split.split) - set(SPLITS)
     if bad:
         raise InputError(path, f"unknown split name(s) {sorted(bad)}")
+    if "fold" in split:
+        test = split.split == "test"
+        fold = pd.to_numeric(split.fold, errors="coerce")
+        if fold[test].notna().any() or fold[~test].isna().any() or (fold[~test] % 1 != 0).any() \
+                or (fold[~test] < 0).any():
+            raise InputError(path, "fold must be a whole number >= 0 for every non-test patient and empty for "
+                                   "test patients")
+        split["fold"] = fold.astype("Int64")
+        missing = sorted(set(range(fold_count(split))) - set(split.fold.dropna()))
+        if missing:
+            raise InputError(path, f"fold(s) {missing} have no patient")
     return split
 
 

@@ -2,15 +2,19 @@
 
     models/classifier.keras + classifier.json   the gate (training writes the sidecar)
     models/segmenter.keras  + segmenter.json    the delineation
+    models/folds/<kind>/fold_<f>.keras + .json   split.folds > 1: fold models 1..k-1 (fold 0 is the file above)
     models/cascade.json                          written by ``evaluate``: the task spec (image size,
                                                  channels, intensity scaling, target region), the gate
-                                                 threshold chosen on validation patients, the
-                                                 segmenter's pixel threshold and the post-processing,
-                                                 and the sha256 of every model file and sidecar it lists
+                                                 threshold chosen on validation (or out-of-fold)
+                                                 patients, the segmenter's pixel threshold, the
+                                                 post-processing, the model files of each kind
+                                                 (several: an ensemble, whose probabilities are
+                                                 averaged) and the sha256 of every model file and
+                                                 sidecar it lists
 
 ``python -m pipeline export -o DIR`` (``pipeline.export``) writes the same bundle with the models as ONNX
-(classifier.onnx, segmenter.onnx; cascade.json "format": "onnx", its "models" naming them and its sha256
-theirs); the sidecars and everything else are the same.
+(each ``<name>.keras`` as ``<name>.onnx``; cascade.json "format": "onnx", its "models" naming them and its
+sha256 theirs); the sidecars and everything else are the same.
 
 Copy the folder anywhere and ``Predictor.from_dir(folder)`` predicts exactly as the workspace did,
 whatever params.yaml or reports/ say there. The bundle is one unit: ``read_bundle`` refuses it when a
@@ -28,7 +32,7 @@ import json
 import math
 import zipfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pipeline.data.task import TaskSpec
@@ -40,7 +44,7 @@ from pipeline.writing import atomic_path, remove_stale_temporaries
 CLASSIFIER_FILE = "classifier.keras"
 SEGMENTER_FILE = "segmenter.keras"
 CASCADE_FILE = "cascade.json"
-# Role -> the model file(s) of the bundle; each model's sidecar JSON sits next to it (same stem).
+# Role -> the model file(s) of a single-split bundle; each model's sidecar JSON sits next to it (same stem).
 MODELS: dict[str, str | list[str]] = {"classifier": CLASSIFIER_FILE, "segmenter": SEGMENTER_FILE}
 # cascade.json "format" -> the suffix of its model files (a cascade.json without "format" is "keras").
 FORMATS = {"keras": ".keras", "onnx": ".onnx"}
@@ -57,21 +61,23 @@ class Bundle:
     threshold_rule: str
     seg_threshold: float
     post: PostProcessing
+    classifiers: tuple[str, ...] = (CLASSIFIER_FILE,)  # model files in the folder; several: their mean
+    segmenters: tuple[str, ...] = (SEGMENTER_FILE,)
+    chosen_on: str = "val"  # "val", or "oof": out-of-fold predictions of the cross-validation folds
     # File name -> sha256 hex digest of each model file and sidecar (``bundle_files``) the gate was chosen for;
     # empty: hashed from the folder when written.
     sha256: dict[str, str] = field(default_factory=dict)
-    models: dict[str, Any] = field(default_factory=lambda: dict(MODELS))  # role -> model file name(s)
     format: str = "keras"  # a FORMATS key: what the model files are
+
+    @property
+    def models(self) -> dict[str, list[str]]:
+        return {"classifier": list(self.classifiers), "segmenter": list(self.segmenters)}
 
     def to_json(self) -> dict[str, Any]:
         return {"task": self.task.to_json(),
-                "gate": {"threshold": self.threshold, "rule": self.threshold_rule, "chosen_on": "val"},
+                "gate": {"threshold": self.threshold, "rule": self.threshold_rule, "chosen_on": self.chosen_on},
                 "seg_threshold": self.seg_threshold, "postprocessing": asdict(self.post),
                 "format": self.format, "models": self.models, "sha256": self.sha256}
-
-    def model_path(self, folder: str | Path, role: str) -> Path:
-        """The model file of ``role`` ("classifier", "segmenter") in the bundle ``folder``."""
-        return Path(folder) / self.models[role]
 
     def write(self, folder: str | Path) -> Path:
         """Write ``folder/cascade.json`` atomically with the sha256 of each listed model file and sidecar;
@@ -92,14 +98,19 @@ class Bundle:
 
 
 def bundle_files(models: dict[str, Any]) -> list[str]:
-    """The file names a bundle's "models" entry lists (role -> a file name, or a list of them), each
-    followed by its sidecar JSON. ValueError for anything but plain file names."""
+    """The files a bundle's "models" entry lists (role -> a path relative to the bundle folder, or a list
+    of them), each followed by its sidecar JSON. ValueError for anything but relative paths inside it."""
     names = []
     for role, value in models.items():
-        for name in [value] if isinstance(value, str) else value:
-            if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
-                raise ValueError(f"models.{role}: {name!r} is not a file name in the bundle folder")
-            names += [name, Path(name).with_suffix(".json").name]
+        listed = [value] if isinstance(value, str) else value
+        if not listed:
+            raise ValueError(f"models.{role}: names no file")
+        for name in listed:
+            path = PurePosixPath(name) if isinstance(name, str) else None
+            if path is None or path.is_absolute() or ".." in path.parts or str(path) in ("", ".") \
+                    or "\\" in name:
+                raise ValueError(f"models.{role}: {name!r} is not a path inside the bundle folder")
+            names += [str(path), str(path.with_suffix(".json"))]
     return names
 
 
@@ -148,20 +159,25 @@ def read_bundle(folder: str | Path) -> Bundle:
     InputError naming the file for anything missing or inconsistent."""
     folder = Path(folder)
     path = folder / CASCADE_FILE
-    fmt, models = _listed_models(path)
-    for role in ("classifier", "segmenter"):
-        model = folder / models[role]
+    fmt, first = _format_and_first_models(path)
+    for model in (folder / first[0], folder / first[1]):
         if not model.is_file():
-            raise InputError(model, f"model file not found; a model folder holds {models['classifier']}, "
-                                    f"{models['segmenter']} and cascade.json (`dvc repro` writes them)")
+            raise InputError(model, f"model file not found; a model folder holds {first[0]}, {first[1]} "
+                                    "and cascade.json (`dvc repro` writes them)")
     try:
         raw = json.loads(path.read_text())
         rule = raw["gate"]["rule"]
         if not isinstance(rule, str):
             raise TypeError(f"gate rule {rule!r} is not a string")
+        listed = raw.get("models") or MODELS
+        bundle_files(listed)  # ValueError for a path outside the folder
+        files = [tuple([names] if isinstance(names, str) else names)  # one file name, or a list (an ensemble)
+                 for names in (listed["classifier"], listed["segmenter"])]
         bundle = Bundle(TaskSpec.from_json(raw["task"]), _fraction(raw["gate"]["threshold"], "gate threshold", path),
                         rule, _fraction(raw["seg_threshold"], "seg_threshold", path),
-                        PostProcessing(**raw["postprocessing"]), raw.get("sha256") or {}, models, fmt)
+                        PostProcessing(**raw["postprocessing"]), *files,
+                        chosen_on=str(raw["gate"].get("chosen_on", "val")), sha256=raw.get("sha256") or {},
+                        format=fmt)
     except FileNotFoundError:
         raise InputError(path, "missing: `evaluate` writes it (the gate threshold and task spec of these "
                                "models); run `dvc repro`") from None
@@ -172,31 +188,35 @@ def read_bundle(folder: str | Path) -> Bundle:
             or post.min_component_px < 0 or not isinstance(post.keep_largest_component, bool):
         raise InputError(path, f"postprocessing {asdict(post)} needs a whole min_component_px >= 0 and a "
                                "true/false keep_largest_component")
-    task_from_sidecars(folder, expected=bundle.task, models=models)
+    for name in (*bundle.classifiers, *bundle.segmenters):
+        if not (folder / name).is_file():
+            raise InputError(folder / name, f"model file listed in {CASCADE_FILE} not found")
+    for name in (*bundle.classifiers, *bundle.segmenters):
+        if PurePosixPath(name).suffix != FORMATS[fmt]:
+            raise InputError(path, f"models: {name!r} is not a {FORMATS[fmt]} file (format {fmt})")
+    task_from_sidecars(folder, expected=bundle.task, names=(bundle.classifiers[0], bundle.segmenters[0]))
+    for classifier, segmenter in zip(bundle.classifiers[1:], bundle.segmenters[1:], strict=False):
+        task_from_sidecars(folder, expected=bundle.task, names=(classifier, segmenter))
     check_hashes(folder, raw)
     return bundle
 
 
-def _listed_models(path: Path) -> tuple[str, dict[str, Any]]:
-    """The format and the models (role -> file name) cascade.json at ``path`` lists: the Keras bundle's when it
-    is missing or unreadable (``read_bundle`` says so after checking the model files). InputError for an
-    unknown format, a role without one model file, or a file that is not of the format."""
+def _format_and_first_models(path: Path) -> tuple[str, tuple[str, str]]:
+    """The format cascade.json at ``path`` names and its first classifier and segmenter file; the Keras
+    bundle's files when it is missing, unreadable or lists them wrongly (``read_bundle`` then names the
+    problem). InputError for a format not in FORMATS."""
     try:
         raw = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return "keras", dict(MODELS)
-    if not isinstance(raw, dict):
-        return "keras", dict(MODELS)
-    fmt, models = raw.get("format", "keras"), raw.get("models", MODELS)
+        listed = raw.get("models") or MODELS
+        bundle_files(listed)
+        names = tuple(value if isinstance(value, str) else value[0]
+                      for value in (listed["classifier"], listed["segmenter"]))
+        fmt = raw.get("format", "keras")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
+        return "keras", (CLASSIFIER_FILE, SEGMENTER_FILE)
     if fmt not in FORMATS:
         raise InputError(path, f"format {json.dumps(fmt)} is not one of {', '.join(FORMATS)}")
-    for role in ("classifier", "segmenter"):
-        name = models.get(role) if isinstance(models, dict) else None
-        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
-            raise InputError(path, f"models.{role}: {name!r} is not a file name in the bundle folder")
-        if Path(name).suffix != FORMATS[fmt]:
-            raise InputError(path, f"models.{role}: {name!r} is not a {FORMATS[fmt]} file (format {fmt})")
-    return fmt, models
+    return fmt, names
 
 
 def _fraction(value: Any, name: str, path: Path) -> float:
@@ -220,14 +240,12 @@ def check_model_file(path: Path) -> None:
 
 
 def task_from_sidecars(folder: str | Path, expected: TaskSpec | None = None,
-                       models: dict[str, Any] | None = None) -> TaskSpec:
+                       names: tuple[str, str] = (CLASSIFIER_FILE, SEGMENTER_FILE)) -> TaskSpec:
     """The task spec the two models' sidecars agree on (input_size, channels, intensity); InputError
     naming the sidecar that disagrees with the other, or with ``expected``. Sidecars written before
-    the intensity record read as {"mode": "as_stored"}. models: role -> model file name (default MODELS)."""
-    models = MODELS if models is None else models
+    the intensity record read as {"mode": "as_stored"}. names: the classifier's and the segmenter's files."""
     specs = []
-    for role in ("classifier", "segmenter"):
-        name = models[role]
+    for role, name in zip(("classifier", "segmenter"), names, strict=True):
         sidecar = load_sidecar(Path(folder) / name)
         where = (Path(folder) / name).with_suffix(".json")
         kind = sidecar.get("kind") or role  # sidecars record the model's role ("kind") since training wrote them

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -116,9 +117,35 @@ def _describe(shape: list | None) -> str:
     return "several tensors" if shape is None else "[" + ", ".join(str(d) for d in shape) + "]"
 
 
+class MeanOfModels:
+    """Fold models of one kind as one: ``predict_on_batch`` returns the mean of the members' outputs (the
+    ensemble of cross-validation folds); ``members`` lists them, in fold order. Stands in for a
+    keras.Model wherever the cascade only predicts (``predict_in_batches``); the first member stands
+    for the others where a single network is needed (its input shape, its layers)."""
+
+    def __init__(self, members: list[keras.Model]):
+        if not members:
+            raise ValueError("an ensemble needs at least one model")
+        self.members = list(members)
+
+    def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
+        return np.mean([np.asarray(m.predict_on_batch(x), np.float32) for m in self.members], axis=0)
+
+    def __getattr__(self, name: str):  # input_shape, output, layers, ...: the first member's
+        if name == "members":  # not set yet (copying, unpickling)
+            raise AttributeError(name)
+        return getattr(self.members[0], name)
+
+
+def members(model: keras.Model | MeanOfModels) -> list[keras.Model]:
+    """The networks behind a cascade's classifier or segmenter: its fold models, or the one model."""
+    return list(model.members) if isinstance(model, MeanOfModels) else [model]
+
+
 @dataclass
 class Cascade:
-    """A loaded classifier + segmenter pair with its operating point."""
+    """A loaded classifier + segmenter pair with its operating point. Either may be a ``MeanOfModels``
+    (cross-validation folds: their probabilities averaged)."""
 
     classifier: keras.Model  # or an OnnxModel (pipeline.evaluation.onnx_model): whatever load_model_file gave
     segmenter: keras.Model
@@ -128,14 +155,20 @@ class Cascade:
     batch_size: int = 16
 
     @classmethod
-    def load(cls, classifier_path: str | Path, segmenter_path: str | Path, threshold: float, **kwargs) -> Cascade:
-        """Load both models (safe_mode) with the gate ``threshold``; ``kwargs`` set the other fields. InputError
-        naming the file for a missing, empty or truncated file, or a model of the wrong role (``check_role``)."""
-        classifier = load_model_file(classifier_path)
-        check_role(classifier, "classifier", classifier_path)
-        segmenter = load_model_file(segmenter_path)
-        check_role(segmenter, "segmenter", segmenter_path)
-        return cls(classifier, segmenter, float(threshold), **kwargs)
+    def load(cls, classifier_path: str | Path | Sequence[str | Path], segmenter_path: str | Path | Sequence[str | Path],
+             threshold: float, **kwargs) -> Cascade:
+        """Load both models (safe_mode) with the gate ``threshold``; ``kwargs`` set the other fields.
+        A list of paths for a kind (fold models) loads them all as one ``MeanOfModels``. InputError naming
+        the file for a missing, empty or truncated file, or a model of the wrong role (``check_role``)."""
+        models = []
+        for role, paths in (("classifier", classifier_path), ("segmenter", segmenter_path)):
+            loaded = []
+            for path in [paths] if isinstance(paths, (str, Path)) else paths:
+                model = load_model_file(path)
+                check_role(model, role, path)
+                loaded.append(model)
+            models.append(loaded[0] if len(loaded) == 1 else MeanOfModels(loaded))
+        return cls(models[0], models[1], float(threshold), **kwargs)
 
     def classify(self, images: np.ndarray) -> np.ndarray:
         """Tumour probability per slice: float32 [N] for uint8 [N, H, W, 3]."""

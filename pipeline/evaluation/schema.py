@@ -78,7 +78,8 @@ EXPLAIN = Group("Grad-CAM pointing game over the tumour test slices", {
     "pointing_game_tolerance_px": "the tolerance, half a Grad-CAM cell (px)",
     "gradcam_grid": "[rows, cols] of the Grad-CAM map",
 })
-SPLIT = Group("metrics of the validation patients", {
+SPLIT = Group("metrics of the validation patients (split.folds > 1: every non-test patient, out of fold: scored by "
+              "the fold models that did not train on it)", {
     "classifier": CLASSIFIER_SLICES,
     "classifier_patient": CLASSIFIER_PATIENTS,
     "segmenter": SEGMENTER,
@@ -95,17 +96,28 @@ METRICS = Group("every metric of `evaluate`; a value is null where it is undefin
     "threshold": Group("the classifier gate", {
         "rule": "evaluate.threshold, the rule that chose it",
         "value": "the threshold on the slice probability",
-        "chosen_on": '"val": chosen on the validation patients only',
+        "chosen_on": '"val": chosen on the validation patients only; "oof" (split.folds > 1): on the out-of-fold '
+                     'predictions of every non-test patient',
     }),
     "postprocessing": Group("post-processing of the predicted masks", {
         "min_component_px": "evaluate.min_component_px",
         "keep_largest_component": "whether only the largest 3-D connected component of each patient's mask "
                                   "is kept (evaluate.keep_largest_component; auto: chosen on validation)",
-        "chosen_on": '"val" when evaluate.keep_largest_component is auto (the higher validation mean per-patient '
-                     'Dice at the chosen gate), else "params"',
+        "chosen_on": '"val" (or "oof" with folds) when evaluate.keep_largest_component is auto (the higher '
+                     'validation mean per-patient Dice at the chosen gate), else "params"',
+    }),
+    "cross_validation": Group("the spread of the validation (out-of-fold) figures over the folds: each fold's "
+                              "patients scored by that fold's models, at the one gate and post-processing", {
+        "folds": "split.folds: models of each kind (1: a single train/val split, its validation patients one fold)",
+        "dice_patient_mean_per_fold": "per fold, the mean per-patient cascade Dice over its patients with tumour",
+        "dice_patient_mean_sd": "their standard deviation over folds (null with one fold)",
+        "dice_patient_mean_min": "the lowest fold's",
+        "dice_patient_mean_max": "the highest fold's",
+        "auc_per_fold": "per fold, the slice-level classifier AUC of its patients",
     }),
     "val": SPLIT,
-    "test": Group("metrics of the test patients", {
+    "test": Group("metrics of the test patients (split.folds > 1: scored by the ensemble, the mean of the folds' "
+                  "probabilities)", {
         **SPLIT.keys, "explain": EXPLAIN}),
 })
 

@@ -5,6 +5,10 @@ Order of work, which is what keeps it honest:
 2. choose the threshold on the **validation** rows only (`choose_threshold`);
 3. apply it unchanged to both splits and compute slice-, patient- and volume-level metrics.
 Train patients are never read here.
+
+With cross-validation folds (split.folds > 1, ``out_of_fold_split``) every non-test patient is a
+validation patient scored by its own fold's models, the ones that did not train on it (out-of-fold),
+and the test patients by the ensemble of all folds.
 """
 
 from __future__ import annotations
@@ -41,8 +45,22 @@ class Scored:
     truth: dict[str, np.ndarray]  # patient -> bool [D, H, W]
 
 
-def score_patients(store: SliceStore, split: pd.DataFrame, cascade: Cascade) -> Scored:
-    """Run the classifier and the segmenter on every slice of the val and test patients."""
+def out_of_fold_split(split: pd.DataFrame) -> pd.DataFrame:
+    """The split evaluate scores: with folds (a ``fold`` column), every non-test patient becomes "val" (scored
+    out of fold); without, the split as it is."""
+    if "fold" not in split:
+        return split
+    return split.assign(split=np.where(split.split == "test", "test", "val"))
+
+
+def score_patients(store: SliceStore, split: pd.DataFrame, cascade: Cascade,
+                   fold_cascades: Sequence[Cascade] | None = None) -> Scored:
+    """Run the classifier and the segmenter on every slice of the val and test patients.
+
+    fold_cascades: with folds, the cascade of each fold's models: a patient with a fold (``split.fold``)
+    is scored by ``fold_cascades[fold]`` alone, never by a model that trained on it; the others (test)
+    by `cascade`, the ensemble.
+    """
     rows = split_manifest(store.manifest, split)
     rows = rows[rows.split.isin(EVAL_SPLITS)].sort_values(["patient_id", "slice_index"]).reset_index(drop=True)
     if rows.empty:
@@ -55,8 +73,10 @@ def score_patients(store: SliceStore, split: pd.DataFrame, cascade: Cascade) -> 
     for pid, index in tqdm(rows.groupby("patient_id", sort=False).groups.items(), desc="scoring patients",
                            unit="patient", leave=False):
         images = store.images(pid)
-        probabilities[index] = cascade.classify(images)
-        seg_masks[pid] = cascade.segment(images) >= cascade.seg_threshold
+        fold = rows.fold[index[0]] if fold_cascades is not None else None
+        scorer = fold_cascades[int(fold)] if fold is not None and not pd.isna(fold) else cascade
+        probabilities[index] = scorer.classify(images)
+        seg_masks[pid] = scorer.segment(images) >= scorer.seg_threshold
         truth[pid] = target_mask(store.labels(pid))
         seg_pixels[index] = seg_masks[pid].sum(axis=(1, 2))
         overlap_pixels[index] = (seg_masks[pid] & truth[pid]).sum(axis=(1, 2))
@@ -136,6 +156,32 @@ def choose_postprocessing(scored: Scored, threshold: float,
         log.info("post-processing %s: validation mean per-patient Dice %.4f%s", post, score,
                  " (chosen)" if post is options[best] else "")
     return options[best], scores
+
+
+def fold_spread(patients: pd.DataFrame, slices: pd.DataFrame, split: pd.DataFrame) -> dict[str, Any]:
+    """The spread of the out-of-fold figures over the folds (``metrics.cross_validation``).
+
+    patients, slices: evaluate_split's tables of the "val" patients; split: data/split.csv (fold column
+    with folds; without, the val patients are one fold). Per fold: the mean per-patient cascade Dice
+    over its tumour patients, and its slice AUC.
+    """
+    fold_of = split.set_index("patient_id").fold if "fold" in split else pd.Series(0, index=split.patient_id)
+    dice, auc = [], []
+    for fold in sorted(int(f) for f in fold_of.dropna().unique()):
+        own = set(fold_of.index[fold_of == fold]) & set(patients.patient_id)
+        tumour = patients[patients.patient_id.isin(own) & patients.has_tumour]
+        dice.append(float(tumour.dice_cascade.mean()) if len(tumour) else math.nan)
+        rows = slices[slices.patient_id.isin(own)]
+        auc.append(m.roc_auc(rows.has_tumour.to_numpy(int), rows.probability.to_numpy()))
+    finite = np.array([d for d in dice if np.isfinite(d)])
+    return {
+        "folds": len(dice),
+        "dice_patient_mean_per_fold": dice,
+        "dice_patient_mean_sd": float(finite.std(ddof=1)) if len(finite) > 1 else math.nan,
+        "dice_patient_mean_min": float(finite.min()) if len(finite) else math.nan,
+        "dice_patient_mean_max": float(finite.max()) if len(finite) else math.nan,
+        "auc_per_fold": auc,
+    }
 
 
 def patient_spacing(store: SliceStore, pid: str) -> tuple[tuple[float, float, float] | None, str]:

@@ -1,6 +1,8 @@
-"""What both training stages share: seeding, the data they train on, callbacks, dvclive, saving.
+"""What both training stages share: seeding, determinism, the data they train on, the schedule, callbacks,
+dvclive, saving.
 
-Backend-neutral (Keras 3 only): the same code trains under TensorFlow or JAX.
+Backend-neutral (Keras 3 only): the same code trains under TensorFlow or JAX; the one backend-specific
+piece is ``enable_deterministic_ops``.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,17 +26,43 @@ from pipeline.errors import InputError
 from pipeline.models.devices import use_devices
 from pipeline.params import TrainParams
 from pipeline.data.slices import SliceStore
-from pipeline.data.split import read_split, split_manifest
+from pipeline.data.split import fold_count, fold_split, read_split, split_manifest
 from pipeline.writing import atomic_path
 
 log = logging.getLogger(__name__)
 
 
 def setup(train: TrainParams) -> None:
-    """Seed Python, NumPy and the backend; choose the precision policy and the devices (``train.devices``)."""
+    """Seed Python, NumPy and the backend; deterministic ops (``train.deterministic``); the precision policy;
+    the devices (``train.devices``)."""
     seed_everything(train.seed)
+    if train.deterministic:
+        enable_deterministic_ops()
     keras.mixed_precision.set_global_policy("mixed_float16" if train.mixed_precision else "float32")
     use_devices(train.devices, train.batch_size)
+
+
+def enable_deterministic_ops() -> str:
+    """Make the backend's ops deterministic, so one seed gives the same weights on one machine; returns what
+    was done. The only backend-specific code of training.
+
+    TensorFlow: ``tf.config.experimental.enable_op_determinism()`` (an op with no deterministic kernel,
+    on a GPU, then raises rather than varies: set ``train.deterministic: false`` there). JAX on the CPU
+    is deterministic as it is; on a GPU, XLA_FLAGS=--xla_gpu_deterministic_ops=true must be set before
+    JAX starts. PyTorch: ``torch.use_deterministic_algorithms(True, warn_only=True)``.
+    """
+    backend = keras.config.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+        return "tensorflow: enable_op_determinism"
+    if backend == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        return "torch: use_deterministic_algorithms"
+    return f"{backend}: deterministic as it is on the CPU"
 
 
 def seed_everything(seed: int) -> None:
@@ -73,17 +102,38 @@ def set_batchnorm_momentum(model: keras.Model, momentum: float = SCRATCH_BN_MOME
     return len(layers)
 
 
-def training_rows(store: SliceStore, split_csv: str | Path) -> dict[str, pd.DataFrame]:
+def training_rows(store: SliceStore, split_csv: str | Path, fold: int | None = None) -> dict[str, pd.DataFrame]:
     """Manifest rows of the train and val patients: {"train": rows, "val": rows}.
 
-    Test patients are dropped here, so no stage that trains or tunes can see them.
+    fold: with cross-validation folds in the split, fold model `fold`'s rows (``fold_split``: its own fold's
+    patients are "val", the other folds' "train"). Test patients are dropped here, so no stage that trains
+    or tunes can see them.
     """
-    rows = split_manifest(store.manifest, read_split(str(split_csv)))
+    split = read_split(str(split_csv))
+    if fold is not None:
+        split = fold_split(split, fold)
+    elif "fold" in split:
+        raise InputError(split_csv, "has cross-validation folds (split.folds > 1): the models train fold by fold")
+    rows = split_manifest(store.manifest, split)
     parts = {name: rows[rows.split == name].reset_index(drop=True) for name in ("train", "val")}
     for name, part in parts.items():
         if part.empty:
             raise InputError(split_csv, f"the {name} split has no slices")
     return parts
+
+
+def fold_runs(split_csv: str | Path, folder: str | Path, live_dir: str | Path) -> list[int | None]:
+    """The models a training stage trains, from the split: [None] for a single split, else the folds
+    0..k-1 (``training_rows``' fold argument). Empties ``folder`` (models/folds/<kind>) and
+    ``live_dir``/folds first, and leaves them (empty with one split), so a stage's outputs never
+    mix runs with different fold counts."""
+    k = fold_count(read_split(str(split_csv)))
+    for path in (Path(folder), Path(live_dir) / "folds"):
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+    if k > 1:
+        log.info("cross-validation: training %d fold models", k)
+    return [None] if k == 1 else list(range(k))
 
 
 class LiveLogger(keras.callbacks.Callback):
@@ -108,14 +158,47 @@ class LiveLogger(keras.callbacks.Callback):
         self.live.next_step()
 
 
+def poly_lr(base: float, epoch: int, epochs: int, power: float = 0.9) -> float:
+    """nnU-Net's poly decay: the learning rate of epoch `epoch` (0-based) of `epochs`, base x (1 - epoch/epochs)^power."""
+    return float(base * (1.0 - min(epoch, epochs) / epochs) ** power)
+
+
+class PolyDecay(keras.callbacks.Callback):
+    """The fixed schedule's learning rate: ``poly_lr`` per epoch, the epoch counted over all phases (``fit``'s
+    epoch index continues across them through initial_epoch), of `epochs` in all.
+
+    The base is the optimizer's learning rate when it is first seen: each phase compiles its own optimizer
+    (warm-up at train.lr, fine-tuning at a fraction of it), and each decays along the one curve.
+    Logs ``learning_rate`` for dvclive.
+    """
+
+    def __init__(self, epochs: int, power: float = 0.9):
+        super().__init__()
+        self.epochs, self.power = epochs, power
+        self._optimizer: Any = None
+        self.base = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        optimizer = self.model.optimizer
+        if optimizer is not self._optimizer:  # a new phase: its compiled learning rate is the base
+            self._optimizer = optimizer
+            self.base = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        optimizer.learning_rate = poly_lr(self.base, epoch, self.epochs, self.power)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
 class BestWeights(keras.callbacks.Callback):
     """Track the best epoch on a validation metric across several fit calls; stop after `patience`.
 
     Unlike EarlyStopping, one instance survives warm-up and fine-tuning phases; call
-    ``restore()`` after the last phase to put the best weights back.
+    ``restore()`` after the last phase to put the best weights back. patience None: only observe
+    (the fixed schedule: never stops, keeps no weights, ``restore`` does nothing).
     """
 
-    def __init__(self, monitor: str, patience: int, mode: str = "max"):
+    def __init__(self, monitor: str, patience: int | None, mode: str = "max"):
         super().__init__()
         self.monitor, self.patience, self.mode = monitor, patience, mode
         self.best: float | None = None
@@ -123,6 +206,7 @@ class BestWeights(keras.callbacks.Callback):
         self.best_weights: list[np.ndarray] | None = None
         self.wait = 0
         self.stopped = False
+        self.last: float | None = None
 
     def _better(self, value: float) -> bool:
         if self.best is None:
@@ -133,12 +217,14 @@ class BestWeights(keras.callbacks.Callback):
         value = (logs or {}).get(self.monitor)
         if value is None or not np.isfinite(value):
             return
+        self.last = float(value)
         if self._better(float(value)):
             self.best, self.best_epoch, self.wait = float(value), epoch, 0
-            self.best_weights = self.model.get_weights()
+            if self.patience is not None:
+                self.best_weights = self.model.get_weights()
         else:
             self.wait += 1
-            if self.wait >= self.patience:
+            if self.patience is not None and self.wait >= self.patience:
                 log.info("early stopping: %s has not improved for %d epochs", self.monitor, self.patience)
                 self.model.stop_training = True
                 self.stopped = True
@@ -169,25 +255,39 @@ class EpochTimer(keras.callbacks.Callback):
 
 @dataclass
 class TrainingRun:
-    """Callbacks and bookkeeping for one model's training, shared by its phases."""
+    """Callbacks and bookkeeping for one model's training, shared by its phases.
+
+    schedule "fixed": exactly `epochs` epochs with ``PolyDecay``; the last weights are kept and the
+    validation metric is only logged. "early_stop": ``BestWeights`` stops after `patience` epochs
+    without improvement, ReduceLROnPlateau halves the rate, and the best epoch's weights are kept.
+    """
 
     live: Live
     best: BestWeights
     timer: EpochTimer
-    reduce_lr: keras.callbacks.Callback
+    lr_schedule: keras.callbacks.Callback
+    schedule: str = "early_stop"
+    epochs: int | None = None  # planned, over all phases
     epochs_done: int = 0
     history: dict[str, list[float]] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, live_dir: str | Path, monitor: str, patience: int, images_per_epoch: int) -> TrainingRun:
+    def start(cls, live_dir: str | Path, monitor: str, patience: int, images_per_epoch: int,
+              schedule: str = "early_stop", epochs: int | None = None) -> TrainingRun:
         live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
-        return cls(
-            live=live,
-            best=BestWeights(monitor, patience),
-            timer=EpochTimer(images_per_epoch),
-            reduce_lr=keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode="max", factor=0.5,
-                                                        patience=max(1, patience // 2), min_lr=1e-6),
-        )
+        if schedule == "fixed":
+            if not epochs:
+                raise ValueError("the fixed schedule needs its number of epochs")
+            best, lr_schedule = BestWeights(monitor, None), PolyDecay(epochs)
+        else:
+            best = BestWeights(monitor, patience)
+            lr_schedule = keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode="max", factor=0.5,
+                                                            patience=max(1, patience // 2), min_lr=1e-6)
+        log.info("schedule %s: %s", schedule, f"{epochs} epochs, poly learning-rate decay, the last weights kept"
+                 if schedule == "fixed" else f"up to {epochs} epochs, early stopping on {monitor} "
+                                             f"(patience {patience}), the best weights kept")
+        return cls(live=live, best=best, timer=EpochTimer(images_per_epoch), lr_schedule=lr_schedule,
+                   schedule=schedule, epochs=epochs)
 
     def fit(self, model: keras.Model, train_data: Any, val_data: Any, epochs: int, **kwargs: Any) -> None:
         """Train for `epochs` more epochs (continuing the epoch count of earlier phases)."""
@@ -196,19 +296,25 @@ class TrainingRun:
         history = model.fit(
             train_data, validation_data=val_data, initial_epoch=self.epochs_done,
             epochs=self.epochs_done + epochs, verbose=0,
-            callbacks=[self.timer, self.best, self.reduce_lr, LiveLogger(self.live)], **kwargs,
+            callbacks=[self.timer, self.best, self.lr_schedule, LiveLogger(self.live)], **kwargs,
         )
         for name, values in history.history.items():
             self.history.setdefault(name, []).extend(float(v) for v in values)
         self.epochs_done += len(history.epoch)
 
     def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
-        """Restore the best weights, log the summary metrics, close dvclive; returns the summary."""
+        """Restore the best weights (early_stop; fixed keeps the last), log the summary metrics, close dvclive;
+        returns the summary. best_epoch and best_<monitor> are recorded under both schedules (under fixed
+        as an observation only: they chose nothing)."""
         self.best.restore()
         summary = {
             **summary,
+            "schedule": self.schedule,
+            "kept": "best" if self.schedule == "early_stop" else "last",
+            "epochs_planned": self.epochs,
             "best_epoch": self.best.best_epoch + 1,
             f"best_{self.best.monitor}": self.best.best,
+            f"last_{self.best.monitor}": self.best.last,
             "epochs_trained": self.epochs_done,
             "train_images_per_s": float(np.median(self.timer.rates)) if self.timer.rates else None,
         }

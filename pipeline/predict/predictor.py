@@ -49,7 +49,7 @@ from pipeline.data.sources import registry
 from pipeline.data.task import TaskSpec
 from pipeline.errors import InputError, PipelineError, one_line
 from pipeline.evaluation.bundle import read_bundle
-from pipeline.evaluation.cascade import Cascade, combine
+from pipeline.evaluation.cascade import Cascade, combine, members
 from pipeline.evaluation.explain import overlay_png
 from pipeline.evaluation.postprocess import PostProcessing
 from pipeline.evaluation.validation import cohort_summary, score_case
@@ -108,7 +108,7 @@ class Predictor:
 
     cascade: Cascade
     task: TaskSpec  # what the models take: the readers read every slice of a scan (min_brain_fraction 0) with it
-    model_files: dict[str, str] = field(default_factory=dict)
+    model_files: dict[str, str | list[str]] = field(default_factory=dict)
 
     @classmethod
     def from_dir(cls, models_dir: str | Path = MODELS_DIR, threshold: float | None = None, *,
@@ -121,17 +121,23 @@ class Predictor:
             raise PipelineError(f"threshold {threshold} is outside [0, 1]")
         bundle = read_bundle(models_dir)
         task = bundle.task
-        classifier, segmenter = bundle.model_path(models_dir, "classifier"), bundle.model_path(models_dir, "segmenter")
-        cascade = Cascade.load(classifier, segmenter, threshold=bundle.threshold if threshold is None else threshold,
+        # The model files cascade.json lists (several of a kind: cross-validation folds, their probabilities averaged).
+        classifiers = [models_dir / name for name in bundle.classifiers]
+        segmenters = [models_dir / name for name in bundle.segmenters]
+        cascade = Cascade.load(classifiers, segmenters, threshold=bundle.threshold if threshold is None else threshold,
                                seg_threshold=bundle.seg_threshold, post=bundle.post, batch_size=batch_size)
         size = task.image_size
-        for path, model in ((classifier, cascade.classifier), (segmenter, cascade.segmenter)):
+        loaded = [*zip(classifiers, members(cascade.classifier)), *zip(segmenters, members(cascade.segmenter))]
+        for path, model in loaded:
             if tuple(model.input_shape[1:4]) != (size, size, 3):
                 raise InputError(path, f"model input {tuple(model.input_shape[1:])} does not match its bundle's "
                                        f"image size {size} with 3 channels")
-        log.info("loaded %s (%s): %d px, channels %s, %s intensities, threshold %.4f", models_dir, bundle.format,
-                 size, ",".join(task.channels), task.intensity_mode, cascade.threshold)
-        return cls(cascade, task, {"classifier": str(classifier), "segmenter": str(segmenter)})
+        log.info("loaded %s (%s): %d px, channels %s, %s intensities, threshold %.4f%s", models_dir, bundle.format, size,
+                 ",".join(task.channels), task.intensity_mode, cascade.threshold,
+                 f", an ensemble of {len(classifiers)} fold models" if len(classifiers) > 1 else "")
+        files = {kind: str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]
+                 for kind, paths in (("classifier", classifiers), ("segmenter", segmenters))}
+        return cls(cascade, task, files)
 
     @property
     def image_size(self) -> int:

@@ -184,6 +184,10 @@ def _training_summary(summary: Mapping[str, Any]) -> str:
     parts = []
     if summary.get("epochs_trained") is not None:
         parts.append(f"{count(summary['epochs_trained'])} epochs")
+    if summary.get("schedule") == "fixed":
+        parts.append("fixed schedule (poly learning-rate decay), the last weights kept")
+    elif summary.get("schedule") == "early_stop":
+        parts.append("early stopping, the best epoch's weights kept")
     best = [(k, v) for k, v in summary.items() if k.startswith("best_") and k != "best_epoch"]
     if summary.get("best_epoch") is not None:
         parts.append(f"best epoch {count(summary['best_epoch'])}"
@@ -344,12 +348,15 @@ def _dice_section(inputs: ReportInputs, images: _Images) -> dict[str, Any]:
     vol_unit = "mm³" if vol_unit == "mm3" else vol_unit
 
     summary_rows, error_rows = [], []
+    cv = get(m, "cross_validation", default={})
+    folds = cv.get("folds") if isinstance(cv, Mapping) else None
+    val_name = f"out of fold ({folds} folds)" if isinstance(folds, int) and folds > 1 else "validation"
     for split in ("test", "val"):
         for key, label in (("cascade", "Cascade"), ("segmenter_all_slices", "Segmenter, all slices")):
             d = get(m, split, key)
             if not isinstance(d, Mapping):
                 continue
-            name = "test" if split == "test" else "validation"
+            name = ("test, ensemble" if val_name != "validation" else "test") if split == "test" else val_name
             summary_rows.append({"label": label, "split": name, "is_val": split == "val", "cells": [
                 count(d.get("n_patients")), *(num(d.get(f"dice_patient_{q}")) for q in
                                               ("mean", "median", "p5", "p25", "p75", "p95"))]})
@@ -369,8 +376,17 @@ def _dice_section(inputs: ReportInputs, images: _Images) -> dict[str, Any]:
         if len(p) or len(s):
             figure = data_uri(figures.dice_figure(p, s))
 
+    spread = None
+    if isinstance(folds, int) and folds > 1:
+        per_fold = ", ".join(num(v) for v in cv.get("dice_patient_mean_per_fold") or [])
+        spread = (f"Cross-validation, {folds} folds: each non-test patient is scored by the models of its own fold "
+                  f"(trained without it); the gate and the post-processing were chosen on these out-of-fold "
+                  f"predictions, and the test patients are scored by the ensemble (the mean of the {folds} folds' "
+                  f"probabilities). Mean per-patient cascade Dice per fold: {per_fold} (sd "
+                  f"{num(cv.get('dice_patient_mean_sd'))}, min {num(cv.get('dice_patient_mean_min'))}, max "
+                  f"{num(cv.get('dice_patient_mean_max'))}).")
     return {
-        "hd_unit": hd_unit, "vol_unit": vol_unit, "figure": figure,
+        "hd_unit": hd_unit, "vol_unit": vol_unit, "figure": figure, "cross_validation": spread,
         "summary_rows": summary_rows, "error_rows": error_rows,
         "slice_text": {"n": count(seg.get("n_slices")), "mean": num(seg.get("dice_slice_mean")),
                        "median": num(seg.get("dice_slice_median")), "iou": num(seg.get("iou_slice_mean"))},

@@ -1,4 +1,7 @@
-"""Stage `evaluate`: threshold on validation patients, cascade metrics on val and test, explanations."""
+"""Stage `evaluate`: threshold on validation patients, cascade metrics on val and test, explanations.
+
+With split.folds > 1 the validation patients are every non-test patient, scored out of fold (by its own
+fold's models), and the test patients are scored by the ensemble of the folds."""
 
 from __future__ import annotations
 
@@ -8,10 +11,10 @@ import time
 import pandas as pd
 
 from pipeline.data.slices import SliceStore
-from pipeline.data.split import read_split
+from pipeline.data.split import fold_count, read_split
 from pipeline.errors import ParamsError
-from pipeline.evaluation.bundle import CASCADE_FILE, MODELS, Bundle, bundle_files, file_hashes, task_from_sidecars
-from pipeline.evaluation.cascade import Cascade
+from pipeline.evaluation.bundle import CASCADE_FILE, Bundle, bundle_files, file_hashes, task_from_sidecars
+from pipeline.evaluation.cascade import Cascade, members
 from pipeline.evaluation.gallery import explain_test_slices, patient_triptychs
 from pipeline.evaluation.postprocess import PostProcessing
 from pipeline.evaluation.schema import check, headline
@@ -20,6 +23,8 @@ from pipeline.evaluation.scoring import (
     choose_postprocessing,
     choose_threshold,
     evaluate_split,
+    fold_spread,
+    out_of_fold_split,
     plot_tables,
     score_patients,
 )
@@ -27,20 +32,24 @@ from pipeline.models.sidecar import load_sidecar
 from pipeline.params import Params
 from pipeline.paths import (
     CLASSIFIER,
+    CLASSIFIER_FOLDS,
     EVAL_DIR,
     METRICS_FULL_JSON,
     METRICS_JSON,
     MODELS_DIR,
     SEGMENTER,
+    SEGMENTER_FOLDS,
     SLICES_DIR,
     SPLIT_CSV,
+    fold_model,
 )
 from pipeline.writing import atomic_dir, atomic_path, json_text
 
 log = logging.getLogger(__name__)
 
 # What the stage reads and writes besides code: dvc.yaml declares exactly these (tests/test_dvc_graph.py).
-READS = (SLICES_DIR, SPLIT_CSV, CLASSIFIER, CLASSIFIER.with_suffix(".json"), SEGMENTER, SEGMENTER.with_suffix(".json"))
+READS = (SLICES_DIR, SPLIT_CSV, CLASSIFIER, CLASSIFIER.with_suffix(".json"), SEGMENTER, SEGMENTER.with_suffix(".json"),
+         CLASSIFIER_FOLDS, SEGMENTER_FOLDS)
 WRITES = (EVAL_DIR, METRICS_JSON, MODELS_DIR / CASCADE_FILE)
 
 
@@ -49,10 +58,21 @@ def run(params: Params) -> None:
     start = time.perf_counter()
     store = SliceStore(SLICES_DIR)
     split = read_split(str(SPLIT_CSV))
-    chosen_for = file_hashes(MODELS_DIR, bundle_files(MODELS))  # the files the gate is chosen for, as loaded now
+    folds = fold_count(split)
+    classifiers = [fold_model(CLASSIFIER, f) for f in range(folds)]
+    segmenters = [fold_model(SEGMENTER, f) for f in range(folds)]
+    listed = {"classifier": [str(p.relative_to(MODELS_DIR)) for p in classifiers],
+              "segmenter": [str(p.relative_to(MODELS_DIR)) for p in segmenters]}
+    chosen_for = file_hashes(MODELS_DIR, bundle_files(listed))  # the files the gate is chosen for, as loaded now
     # The gate threshold is chosen below; the segmenter's pixel threshold is the one it was trained with.
-    cascade = Cascade.load(CLASSIFIER, SEGMENTER, threshold=0.5,
+    # With folds: their ensemble (test patients).
+    cascade = Cascade.load(classifiers, segmenters, threshold=0.5,
                            seg_threshold=float(load_sidecar(SEGMENTER)["threshold"]))
+    # With folds each non-test patient is scored by its own fold's models only (out of fold).
+    fold_cascades = [Cascade(c, s, 0.5, seg_threshold=cascade.seg_threshold)
+                     for c, s in zip(members(cascade.classifier), members(cascade.segmenter), strict=True)] \
+        if folds > 1 else None
+    chosen_on = "oof" if folds > 1 else "val"
     sidecar = load_sidecar(CLASSIFIER)
 
     layer = sidecar["last_conv_layer"] if e.gradcam_layer == "last" else e.gradcam_layer
@@ -60,9 +80,10 @@ def run(params: Params) -> None:
         raise ParamsError(f"evaluate.gradcam_layer: the classifier has no layer {layer!r} (the backbone's "
                           f"last one is {sidecar['last_conv_layer']!r})")
 
-    scored = score_patients(store, split, cascade)
+    scored = score_patients(store, out_of_fold_split(split), cascade, fold_cascades)
     cascade.threshold = threshold = choose_threshold(scored.slices, e.threshold)
-    log.info("threshold %.4f chosen on validation patients by rule %r", threshold, e.threshold)
+    log.info("threshold %.4f chosen on %s by rule %r", threshold,
+             f"the out-of-fold predictions of {folds} folds" if folds > 1 else "validation patients", e.threshold)
     keep_largest = (False, True) if e.keep_largest_component == "auto" else (e.keep_largest_component,)
     cascade.post = post = choose_postprocessing(
         scored, threshold, [PostProcessing(e.min_component_px, keep) for keep in keep_largest])[0]
@@ -70,10 +91,10 @@ def run(params: Params) -> None:
     metrics: dict = {
         "classifier": {"pretrained": bool(sidecar["pretrained"]), "backbone": sidecar["backbone"],
                        "localisation_weight": float(sidecar.get("localisation_weight", 0.0))},
-        "threshold": {"rule": str(e.threshold), "value": threshold, "chosen_on": "val"},
+        "threshold": {"rule": str(e.threshold), "value": threshold, "chosen_on": chosen_on},
         "postprocessing": {"min_component_px": post.min_component_px,
                            "keep_largest_component": post.keep_largest_component,
-                           "chosen_on": "val" if len(keep_largest) > 1 else "params"},
+                           "chosen_on": chosen_on if len(keep_largest) > 1 else "params"},
     }
     with atomic_dir(EVAL_DIR) as out:
         (out / "plots").mkdir()
@@ -84,24 +105,27 @@ def run(params: Params) -> None:
             tables[name] = (slices, patients)
             for kind, table in plot_tables(slices).items():
                 table.to_csv(out / "plots" / f"{kind}_{name}.csv", index=False)
+        metrics["cross_validation"] = fold_spread(tables["val"][1], tables["val"][0], split)
         slices = pd.concat([t[0] for t in tables.values()], ignore_index=True)
         patients = pd.concat([t[1] for t in tables.values()], ignore_index=True)
         slices.to_csv(out / "slices.csv", index=False)
         patients.to_csv(out / "patients.csv", index=False)
         val = metrics["val"]["classifier"]
         (out / "threshold.json").write_text(json_text({
-            "rule": str(e.threshold), "threshold": threshold, "chosen_on": "val",
+            "rule": str(e.threshold), "threshold": threshold, "chosen_on": chosen_on,
             "val_sensitivity": val["sensitivity"], "val_specificity": val["specificity"]}))
 
         test_slices, test_patients = tables["test"]
-        gallery, pointing = explain_test_slices(cascade.classifier, layer, store, test_slices,
+        # Grad-CAM explains one network: the single split's classifier, or with folds fold 0's.
+        gallery, pointing = explain_test_slices(members(cascade.classifier)[0], layer, store, test_slices,
                                                 e, out / "images")
         metrics["test"]["explain"] = pointing
         (out / "gallery.json").write_text(json_text(gallery))
         (out / "cases.json").write_text(json_text(
             patient_triptychs(store, test_patients, test_slices, scored.seg_masks, out / "images", post)))
         bundle = Bundle(task_from_sidecars(MODELS_DIR), threshold, str(e.threshold), cascade.seg_threshold, post,
-                        chosen_for)
+                        classifiers=tuple(listed["classifier"]), segmenters=tuple(listed["segmenter"]),
+                        chosen_on=chosen_on, sha256=chosen_for)
         check(metrics, name="evaluate's metrics")
         (out / METRICS_FULL_JSON.relative_to(EVAL_DIR)).write_text(json_text(metrics))
         # models/ now holds all that predict needs (pipeline.evaluation.bundle); refused, and reports/eval left as

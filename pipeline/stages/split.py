@@ -1,12 +1,12 @@
-"""Stage `split`: assign patients to train/val/test (seeded, or as params.yaml split.file says) and write
-data/split.csv."""
+"""Stage `split`: assign patients to train/val/test (seeded, or as params.yaml split.file says), with
+split.folds > 1 the non-test patients to cross-validation folds, and write data/split.csv."""
 
 from __future__ import annotations
 
 import logging
 
 from pipeline.data.slices import SliceStore
-from pipeline.data.split import assign_splits, patient_table, read_split_file, split_manifest
+from pipeline.data.split import assign_folds, assign_splits, patient_table, read_split_file, split_manifest
 from pipeline.params import Params
 from pipeline.paths import SLICES_DIR, SPLIT_CSV
 from pipeline.writing import atomic_path
@@ -27,6 +27,8 @@ def run(params: Params) -> None:
         split = read_split_file(params.split.file, cases)  # split.train/val/test/seed are not used
     else:
         split = assign_splits(cases, params.split)
+    if params.split.folds > 1:  # the test patients stay; the others are dealt into folds
+        split = assign_folds(cases, split, params.split.folds, params.split.seed)
     with atomic_path(SPLIT_CSV) as tmp:
         split.to_csv(tmp, index=False)
     counts = split_manifest(store.manifest, split).groupby("split").agg(

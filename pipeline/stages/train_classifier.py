@@ -1,4 +1,5 @@
-"""Stage `train_classifier`: transfer-learn the tumour-presence classifier -> models/classifier.keras."""
+"""Stage `train_classifier`: transfer-learn the tumour-presence classifier -> models/classifier.keras (with
+split.folds > 1, one per fold: ``pipeline.paths.fold_model``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pipeline.models.nets.classifier import (
 )
 from pipeline.models.training import (
     TrainingRun,
+    fold_runs,
     save_model,
     set_batchnorm_momentum,
     setup,
@@ -23,22 +25,40 @@ from pipeline.models.training import (
     store_intensity,
     training_rows,
 )
-from pipeline.params import Params
-from pipeline.paths import CLASSIFIER, SLICES_DIR, SPLIT_CSV, TRAIN_CLASSIFIER_DIR
+from pipeline.params import AugmentParams, ClassifierParams, Params, TrainParams
+from pipeline.paths import (
+    CLASSIFIER,
+    CLASSIFIER_FOLDS,
+    SLICES_DIR,
+    SPLIT_CSV,
+    TRAIN_CLASSIFIER_DIR,
+    fold_live_dir,
+    fold_model,
+)
 
 log = logging.getLogger(__name__)
 
 # What the stage reads and writes besides code: dvc.yaml declares exactly these (tests/test_dvc_graph.py).
 READS = (SLICES_DIR, SPLIT_CSV)
-WRITES = (CLASSIFIER, CLASSIFIER.with_suffix(".json"), TRAIN_CLASSIFIER_DIR / "metrics.json",
-          TRAIN_CLASSIFIER_DIR / "plots" / "metrics")
+WRITES = (CLASSIFIER, CLASSIFIER.with_suffix(".json"), CLASSIFIER_FOLDS, TRAIN_CLASSIFIER_DIR / "metrics.json",
+          TRAIN_CLASSIFIER_DIR / "plots" / "metrics", TRAIN_CLASSIFIER_DIR / "folds")
 
 
 def run(params: Params) -> None:
-    p, t = params.classifier, params.train
-    setup(t)
     store = SliceStore(SLICES_DIR)
-    rows = training_rows(store, SPLIT_CSV)
+    folds = fold_runs(SPLIT_CSV, CLASSIFIER_FOLDS, TRAIN_CLASSIFIER_DIR)
+    for fold in folds:
+        train(params.train, params.augment, params.classifier, store, fold, len(folds))
+
+
+def train(t: TrainParams, augment: AugmentParams, p: ClassifierParams, store: SliceStore, fold: int | None,
+          folds: int) -> None:
+    """Train one classifier: the single split's (fold None), or fold model `fold` of `folds`."""
+    keras.backend.clear_session()
+    setup(t)
+    rows = training_rows(store, SPLIT_CSV, fold)
+    if fold is not None:
+        log.info("fold %d of %d: %d train slices, %d val slices", fold, folds, len(rows["train"]), len(rows["val"]))
     size = store.image_shape[0]
     model, info = build_classifier(size, p.backbone, p.weights, p.dropout, p.head)
     if not info["pretrained"]:
@@ -53,7 +73,7 @@ def run(params: Params) -> None:
     target = "label+mask" if localising else "label"
     labels = rows["train"].has_tumour.to_numpy(int)
     class_weight = class_weights_from(labels) if p.class_balance == "weights" else None
-    train = SliceBatches(store, rows["train"], t.batch_size, target, params.augment, shuffle=True, seed=t.seed,
+    train = SliceBatches(store, rows["train"], t.batch_size, target, augment, shuffle=True, seed=t.seed,
                          class_weight=class_weight, balanced=p.class_balance == "batches")
     val = SliceBatches(store, rows["val"], t.batch_size, target, None, shuffle=False, seed=t.seed)
     log.info("classifier %s at %d px, %s%s; %d train slices (%.0f%% positive), %d val slices",
@@ -65,7 +85,8 @@ def run(params: Params) -> None:
         trainer.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy",
                       metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")])
 
-    training = TrainingRun.start(TRAIN_CLASSIFIER_DIR, "val_auc", p.patience, len(train) * t.batch_size)
+    training = TrainingRun.start(fold_live_dir(TRAIN_CLASSIFIER_DIR, fold or 0), "val_auc", p.patience,
+                                 len(train) * t.batch_size, t.schedule, t.epochs)
     warmup = min(p.warmup_epochs, t.epochs) if info["pretrained"] else 0
     if warmup:
         set_trainable_stages(model, info, 0)
@@ -94,7 +115,9 @@ def run(params: Params) -> None:
         "pretrained": info["pretrained"],
         "weights_source": info["weights_source"],
         "threshold": None,  # chosen on validation patients by `evaluate` (reports/eval/threshold.json)
+        "fold": fold,  # null: the single split's model; else this fold model's fold (its validation patients)
+        "folds": folds,
         "training": summary,
-        "params": {"train": vars(t), "augment": vars(params.augment), "classifier": vars(p)},
+        "params": {"train": vars(t), "augment": vars(augment), "classifier": vars(p)},
     }
-    save_model(model, CLASSIFIER, sidecar)
+    save_model(model, fold_model(CLASSIFIER, fold or 0), sidecar)

@@ -1,5 +1,5 @@
 """Stage `train_segmenter`: train the segmenter (segmenter.arch: ResUNet, U-Net ...) on tumour-positive slices
--> models/segmenter.keras."""
+-> models/segmenter.keras (with split.folds > 1, one per fold: ``pipeline.paths.fold_model``)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pipeline.models.registry import SEGMENTERS
 from pipeline.models.seg_metrics import DiceAt, IoUAt
 from pipeline.models.training import (
     TrainingRun,
+    fold_runs,
     save_model,
     set_batchnorm_momentum,
     setup,
@@ -24,15 +25,23 @@ from pipeline.models.training import (
     store_intensity,
     training_rows,
 )
-from pipeline.params import Params
-from pipeline.paths import SEGMENTER, SLICES_DIR, SPLIT_CSV, TRAIN_SEGMENTER_DIR
+from pipeline.params import AugmentParams, Params, SegmenterParams, TrainParams
+from pipeline.paths import (
+    SEGMENTER,
+    SEGMENTER_FOLDS,
+    SLICES_DIR,
+    SPLIT_CSV,
+    TRAIN_SEGMENTER_DIR,
+    fold_live_dir,
+    fold_model,
+)
 
 log = logging.getLogger(__name__)
 
 # What the stage reads and writes besides code: dvc.yaml declares exactly these (tests/test_dvc_graph.py).
 READS = (SLICES_DIR, SPLIT_CSV)
-WRITES = (SEGMENTER, SEGMENTER.with_suffix(".json"), TRAIN_SEGMENTER_DIR / "metrics.json",
-          TRAIN_SEGMENTER_DIR / "plots" / "metrics")
+WRITES = (SEGMENTER, SEGMENTER.with_suffix(".json"), SEGMENTER_FOLDS, TRAIN_SEGMENTER_DIR / "metrics.json",
+          TRAIN_SEGMENTER_DIR / "plots" / "metrics", TRAIN_SEGMENTER_DIR / "folds")
 
 
 def segmenter_rows(rows: pd.DataFrame, negative_fraction: float, seed: int) -> pd.DataFrame:
@@ -47,10 +56,20 @@ def segmenter_rows(rows: pd.DataFrame, negative_fraction: float, seed: int) -> p
 
 
 def run(params: Params) -> None:
-    p, t = params.segmenter, params.train
-    setup(t)
     store = SliceStore(SLICES_DIR)
-    rows = training_rows(store, SPLIT_CSV)
+    folds = fold_runs(SPLIT_CSV, SEGMENTER_FOLDS, TRAIN_SEGMENTER_DIR)
+    for fold in folds:
+        train(params.train, params.augment, params.segmenter, store, fold, len(folds))
+
+
+def train(t: TrainParams, augment: AugmentParams, p: SegmenterParams, store: SliceStore, fold: int | None,
+          folds: int) -> None:
+    """Train one segmenter: the single split's (fold None), or fold model `fold` of `folds`."""
+    keras.backend.clear_session()
+    setup(t)
+    rows = training_rows(store, SPLIT_CSV, fold)
+    if fold is not None:
+        log.info("fold %d of %d", fold, folds)
     train_rows = segmenter_rows(rows["train"], p.negative_fraction, t.seed)
     val_rows = segmenter_rows(rows["val"], p.negative_fraction, t.seed)
     size = store.image_shape[0]
@@ -59,13 +78,15 @@ def run(params: Params) -> None:
     log.info("%s %s at %d px (%d parameters); %d train slices, %d val slices", SEGMENTERS[p.arch].description,
              list(p.filters), size, model.count_params(), len(train_rows), len(val_rows))
 
-    train = SliceBatches(store, train_rows, t.batch_size, "mask", params.augment, shuffle=True, seed=t.seed)
+    train = SliceBatches(store, train_rows, t.batch_size, "mask", augment, shuffle=True, seed=t.seed)
     val = SliceBatches(store, val_rows, t.batch_size, "mask", None, shuffle=False, seed=t.seed)
     model.compile(optimizer=keras.optimizers.Adam(t.lr),
                   loss=get_loss(p.loss, p.tversky_alpha, p.tversky_beta, p.focal_gamma),
                   metrics=[DiceAt(PIXEL_THRESHOLD), IoUAt(PIXEL_THRESHOLD)])
-    training = TrainingRun.start(TRAIN_SEGMENTER_DIR, "val_dice", p.patience, len(train) * t.batch_size)
-    training.fit(model, train, val, max(1, round(t.epochs * p.epochs_factor)))
+    epochs = max(1, round(t.epochs * p.epochs_factor))
+    training = TrainingRun.start(fold_live_dir(TRAIN_SEGMENTER_DIR, fold or 0), "val_dice", p.patience,
+                                 len(train) * t.batch_size, t.schedule, epochs)
+    training.fit(model, train, val, epochs)
     summary = training.finish({"parameters": model.count_params()})
 
     sidecar = {
@@ -80,7 +101,9 @@ def run(params: Params) -> None:
         "filters": list(p.filters),
         "loss": p.loss,
         "threshold": PIXEL_THRESHOLD,
+        "fold": fold,  # null: the single split's model; else this fold model's fold (its validation patients)
+        "folds": folds,
         "training": summary,
-        "params": {"train": vars(t), "augment": vars(params.augment), "segmenter": vars(p)},
+        "params": {"train": vars(t), "augment": vars(augment), "segmenter": vars(p)},
     }
-    save_model(model, SEGMENTER, sidecar)
+    save_model(model, fold_model(SEGMENTER, fold or 0), sidecar)

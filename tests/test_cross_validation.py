@@ -1,0 +1,336 @@
+"""Cross-validation folds (split.folds > 1) from scoring to the bundle, on stand-in and tiny models (seconds).
+
+- every non-test patient is scored out of fold: by its own fold's models only, so perturbing another
+  fold's model never moves its score, and the gate threshold (chosen on those scores) never reads a
+  prediction of a model that trained on the patient, nor a test patient's;
+- the test patients are scored by the ensemble: the mean of the folds' probabilities (classifier and
+  segmenter), also as ``predict`` loads it from a bundle whose cascade.json lists the fold models;
+- the spread over folds (``fold_spread``); a single split keeps one model of each kind.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.data.case import LGG_CHANNELS, Case
+from pipeline.data.slices import SliceStore, write_store
+from pipeline.data.split import assign_folds, assign_splits, patient_table
+from pipeline.data.task import TaskSpec
+from pipeline.errors import InputError
+from pipeline.evaluation.bundle import Bundle, read_bundle
+from pipeline.evaluation.cascade import Cascade, MeanOfModels, members
+from pipeline.evaluation.postprocess import PostProcessing
+from pipeline.evaluation.scoring import choose_threshold, fold_spread, out_of_fold_split, score_patients
+from pipeline.models.training import save_model
+from pipeline.params import SplitParams
+from pipeline.paths import CLASSIFIER, SEGMENTER, fold_model
+
+SIZE = 32
+FOLDS = 3
+
+
+class Constant:
+    """A stand-in classifier: every slice scores `value` (so a score tells which model made it)."""
+
+    def __init__(self, value: float):
+        self.value = value
+
+    def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
+        return np.full((len(x), 1), self.value, np.float32)
+
+
+class Scaled:
+    """A stand-in classifier that sees tumour: `value` x the slice's brightest first-channel pixel / 255."""
+
+    def __init__(self, value: float):
+        self.value = value
+
+    def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
+        return (self.value * np.asarray(x, np.float32)[..., 0].max(axis=(1, 2)) / 255)[:, None]
+
+
+class Brightness:
+    """A stand-in segmenter: the pixel probability is the first channel / 255 x `scale`."""
+
+    def __init__(self, scale: float):
+        self.scale = scale
+
+    def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, np.float32)[..., :1] / 255 * self.scale
+
+
+@pytest.fixture(scope="module")
+def store_and_split(tmp_path_factory) -> tuple[SliceStore, pd.DataFrame]:
+    """15 tiny patients (6 slices at 32 px, tumour in the middle slices of 12: bright in the first channel),
+    3 test patients and 3 folds."""
+    rng = np.random.default_rng(0)
+    cases = []
+    for i in range(15):
+        image = rng.integers(0, 40, (6, SIZE, SIZE, 3), dtype=np.uint8)
+        labels = np.zeros((6, SIZE, SIZE), np.uint8)
+        if i % 5:
+            labels[2:4, 8:8 + 2 * i % 16 + 4, 10:20] = 1
+            labels[4, 10:12, 10:12] = 1  # a small, faint tumour slice: the gate has something to decide
+        image[..., 0] += (labels * rng.integers(150, 215, labels.shape)).astype(np.uint8)
+        cases.append(Case(f"P{i:02d}", image, labels, "lgg", LGG_CHANNELS, np.arange(6),
+                          meta={"institution": "AB"}))
+    root = tmp_path_factory.mktemp("cv") / "slices"
+    write_store(cases, root)
+    store = SliceStore(root)
+    table = patient_table(store.manifest, store.patients)
+    split = assign_folds(table, assign_splits(table, SplitParams(0.6, 0.2, 0.2, seed=0)), FOLDS, 0)
+    return store, split
+
+
+def fold_cascades(values: list[float], classifier: type = Constant) -> list[Cascade]:
+    return [Cascade(classifier(v), Brightness(1.0 + f / 4), 0.5) for f, v in enumerate(values)]
+
+
+def ensemble_of(cascades: list[Cascade]) -> Cascade:
+    return Cascade(MeanOfModels([c.classifier for c in cascades]), MeanOfModels([c.segmenter for c in cascades]), 0.5)
+
+
+def test_out_of_fold_scores_come_from_the_patients_own_fold_only(store_and_split):
+    store, split = store_and_split
+    values = [0.2, 0.5, 0.8]
+    folds = fold_cascades(values)
+    scored = score_patients(store, out_of_fold_split(split), ensemble_of(folds), folds)
+    rows = scored.slices.merge(split[["patient_id"]].assign(true_split=split.split), on="patient_id")
+    oof, test = rows[rows.split == "val"], rows[rows.split == "test"]
+    assert set(oof.patient_id) == set(split.patient_id[split.split != "test"])  # every non-test patient, once
+    np.testing.assert_allclose(oof.probability, [values[int(f)] for f in oof.fold])  # its own fold's model
+    np.testing.assert_allclose(test.probability, np.mean(values))  # the test patients: the ensemble's mean
+
+    # Perturb fold 1's classifier: only fold 1's patients move among the out-of-fold scores.
+    perturbed = fold_cascades([0.2, 0.05, 0.8])
+    again = score_patients(store, out_of_fold_split(split), ensemble_of(perturbed), perturbed).slices
+    moved = set(again.patient_id[again.probability.to_numpy() != scored.slices.probability.to_numpy()])
+    own = set(split.patient_id[split.fold == 1])
+    assert moved - set(split.patient_id[split.split == "test"]) == own
+
+
+def test_fold_models_train_without_their_folds_patients(store_and_split, tmp_path):
+    """What each fold's training stage reads (``training_rows``): fold f's patients are its validation rows
+    only, never its training rows; no test patient on either side; every non-test patient validates once."""
+    from pipeline.models.training import training_rows
+
+    store, split = store_and_split
+    split.to_csv(tmp_path / "split.csv", index=False)
+    test = set(split.patient_id[split.split == "test"])
+    validated = []
+    for fold in range(FOLDS):
+        rows = training_rows(store, tmp_path / "split.csv", fold)
+        own = set(split.patient_id[split.fold == fold])
+        assert set(rows["val"].patient_id) == own
+        assert set(rows["train"].patient_id) == set(split.patient_id) - own - test
+        validated += sorted(own)
+    assert sorted(validated) == sorted(set(split.patient_id) - test)
+    with pytest.raises(InputError, match="train fold by fold"):  # with folds, a model is a fold's
+        training_rows(store, tmp_path / "split.csv")
+
+
+def test_the_gate_is_chosen_on_out_of_fold_scores_only(store_and_split):
+    """Changing the ensemble (what scores the test patients, and what trained on every non-test patient)
+    leaves the threshold where it was; changing a fold model moves it."""
+    store, split = store_and_split
+    folds = fold_cascades([1.0, 0.9, 0.8], Scaled)
+    base = choose_threshold(score_patients(store, out_of_fold_split(split), ensemble_of(folds), folds).slices,
+                            "patient_dice")
+    assert 0 < base < 1
+    other_ensemble = Cascade(Constant(0.01), Brightness(0.1), 0.5)
+    same = choose_threshold(score_patients(store, out_of_fold_split(split), other_ensemble, folds).slices,
+                            "patient_dice")
+    assert same == base
+    shifted = fold_cascades([0.95, 0.85, 0.75], Scaled)
+    assert choose_threshold(score_patients(store, out_of_fold_split(split), ensemble_of(shifted), shifted).slices,
+                            "patient_dice") != base
+
+
+def test_segmenter_ensemble_is_the_mean_of_the_folds(store_and_split):
+    store, split = store_and_split
+    folds = fold_cascades([0.2, 0.5, 0.8])
+    images = store.images(split.patient_id[split.split == "test"].iloc[0])
+    ensemble = ensemble_of(folds)
+    np.testing.assert_allclose(ensemble.segment(images), np.mean([c.segment(images) for c in folds], axis=0),
+                               rtol=1e-6)
+
+
+def test_fold_spread_per_fold_means():
+    split = pd.DataFrame({"patient_id": list("abcdef"), "split": ["train"] * 5 + ["test"],
+                          "fold": pd.array([0, 0, 1, 1, 1, None], "Int64")})
+    patients = pd.DataFrame({"patient_id": list("abcde"), "has_tumour": [True, True, True, True, False],
+                             "dice_cascade": [0.6, 0.8, 0.9, 0.5, 1.0]})
+    slices = pd.DataFrame({"patient_id": list("aabbccddee"), "has_tumour": [1, 0] * 5,
+                           "probability": [0.9, 0.1, 0.2, 0.8, 0.9, 0.1, 0.9, 0.1, 0.9, 0.1]})
+    spread = fold_spread(patients, slices, split)
+    assert spread["folds"] == 2
+    np.testing.assert_allclose(spread["dice_patient_mean_per_fold"], [0.7, 0.7])  # the tumour-free e left out
+    assert spread["dice_patient_mean_sd"] == pytest.approx(0.0)
+    assert spread["auc_per_fold"] == [0.75, 1.0]  # fold 0: 3 of its 4 tumour/no-tumour slice pairs in order
+    single = fold_spread(patients, slices, split.drop(columns="fold"))  # one split: the val patients, one fold
+    assert single["folds"] == 1 and np.isnan(single["dice_patient_mean_sd"])
+
+
+# ------------------------------------------------------------------------------- the bundle and predict
+
+
+def tiny_pair(seed: int) -> tuple[keras.Model, keras.Model]:
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    classifier = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(
+        keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))))
+    segmenter = keras.Model(inputs, keras.layers.Conv2D(1, 1, activation="sigmoid")(
+        keras.layers.Rescaling(1 / 255)(inputs)))
+    return classifier, segmenter
+
+
+def write_fold_bundle(folder: Path, folds: int) -> Bundle:
+    """models/ as training and evaluate leave it with `folds` folds (fold 0 at the single split's paths)."""
+    sidecar = {"input_size": SIZE, "channels": list(LGG_CHANNELS)}
+    for f in range(folds):
+        classifier, segmenter = tiny_pair(f)
+        save_model(classifier, folder / fold_model(CLASSIFIER, f).relative_to("models"), {**sidecar, "fold": f})
+        save_model(segmenter, folder / fold_model(SEGMENTER, f).relative_to("models"), {**sidecar, "fold": f})
+    task = TaskSpec(SIZE, LGG_CHANNELS, {"mode": "as_stored", "clip_percentiles": None})
+    bundle = Bundle(task, 0.5, "youden", 0.5, PostProcessing(),
+                    tuple(str(fold_model(CLASSIFIER, f).relative_to("models")) for f in range(folds)),
+                    tuple(str(fold_model(SEGMENTER, f).relative_to("models")) for f in range(folds)), "oof")
+    bundle.write(folder)
+    return bundle
+
+
+def test_predict_averages_the_fold_models_the_bundle_lists(tmp_path):
+    from pipeline.predict.predictor import Predictor
+
+    folder = tmp_path / "models"
+    write_fold_bundle(folder, FOLDS)
+    raw = json.loads((folder / "cascade.json").read_text())
+    assert raw["models"]["classifier"] == ["classifier.keras", "folds/classifier/fold_1.keras",
+                                           "folds/classifier/fold_2.keras"]
+    assert raw["gate"]["chosen_on"] == "oof"
+    predictor = Predictor.from_dir(folder)
+    assert len(members(predictor.cascade.classifier)) == FOLDS and len(members(predictor.cascade.segmenter)) == FOLDS
+    assert len(predictor.model_files["classifier"]) == FOLDS
+
+    images = np.random.default_rng(1).integers(0, 255, (5, SIZE, SIZE, 3), dtype=np.uint8)
+    singles = [Cascade.load(folder / c, folder / s, 0.5) for c, s in zip(raw["models"]["classifier"],
+                                                                          raw["models"]["segmenter"], strict=True)]
+    np.testing.assert_allclose(predictor.cascade.classify(images), np.mean([c.classify(images) for c in singles], 0),
+                               rtol=1e-5)
+    np.testing.assert_allclose(predictor.cascade.segment(images), np.mean([c.segment(images) for c in singles], 0),
+                               rtol=1e-5, atol=1e-7)
+    assert not np.allclose(singles[0].classify(images), singles[1].classify(images))  # the folds do differ
+
+
+def test_single_split_bundle_is_one_model_of_each_kind(tmp_path):
+    folder = tmp_path / "models"
+    write_fold_bundle(folder, 1)
+    raw = json.loads((folder / "cascade.json").read_text())
+    assert raw["models"] == {"classifier": ["classifier.keras"], "segmenter": ["segmenter.keras"]}
+    assert not (folder / "folds" / "classifier").exists() or not any((folder / "folds" / "classifier").iterdir())
+    cascade = Cascade.load(folder / "classifier.keras", folder / "segmenter.keras", 0.5)
+    assert isinstance(cascade.classifier, keras.Model)  # no ensemble wrapper for one model
+    # cascade.json written before the fold lists (a file name per kind) still reads
+    raw["models"] = {"classifier": "classifier.keras", "segmenter": "segmenter.keras"}
+    (folder / "cascade.json").write_text(json.dumps(raw))
+    assert read_bundle(folder).classifiers == ("classifier.keras",)
+
+
+def test_a_listed_fold_model_that_is_missing_is_named(tmp_path):
+    folder = tmp_path / "models"
+    write_fold_bundle(folder, 2)
+    (folder / "folds" / "segmenter" / "fold_1.keras").unlink()
+    with pytest.raises(InputError, match="fold_1.keras"):
+        read_bundle(folder)
+
+
+# --------------------------------------------------------------------- the stages, end to end, 3 folds
+
+
+@pytest.mark.slow
+def test_three_folds_through_split_training_evaluate_and_predict(tmp_path, monkeypatch):
+    """split.folds 3 on a tiny demo store (9 patients, 32 px, 1 epoch, a 1-conv classifier): the split stage
+    writes folds, each training stage trains 3 models and never reads a test patient, evaluate scores every
+    non-test patient out of fold and writes the spread over folds, cascade.json lists the 3 models of each
+    kind, and the bundle loads as an ensemble."""
+    from dataclasses import replace
+
+    from pipeline.data.demo import write_kaggle_3m
+    from pipeline.data.sources import read_cases
+    from pipeline.data.split import read_split
+    from pipeline.params import load_params
+    from pipeline.predict.predictor import Predictor
+    from pipeline.stages import evaluate, train_classifier, train_segmenter
+    from pipeline.stages import split as split_stage
+
+    monkeypatch.chdir(tmp_path)
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    params = replace(params,
+                     data=replace(params.data, source="lgg", root=str(tmp_path / "kaggle_3m"), image_size=32),
+                     split=replace(params.split, folds=3),
+                     train=replace(params.train, epochs=1, batch_size=8),
+                     segmenter=replace(params.segmenter, filters=(16, 32), epochs_factor=1),
+                     evaluate=replace(params.evaluate, bootstrap=5, gradcam_per_group=1, ig_steps=2))
+    write_kaggle_3m(tmp_path / "kaggle_3m", patients=9, slices_per_patient=6, image_size=64, seed=3)
+    write_store(read_cases(params.data), "data/slices")
+    split_stage.run(params)
+    split = read_split("data/split.csv")
+    test_ids = set(split.patient_id[split.split == "test"])
+    assert sorted(split.fold.dropna().unique()) == [0, 1, 2] and split.fold[split.split == "test"].isna().all()
+
+    read: set[str] = set()
+    original = SliceStore.images
+
+    def recording(self, patient_id):
+        read.add(patient_id)
+        return original(self, patient_id)
+
+    def tiny_classifier(size, backbone, weights, dropout, head):
+        inputs = keras.Input((size, size, 3), name="image")
+        x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+        outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(x))
+        return keras.Model(inputs, outputs), {"backbone": backbone, "pretrained": False, "weights_source": "none",
+                                              "preprocessing": "none", "last_conv_layer": "conv"}
+
+    monkeypatch.setattr(train_classifier, "build_classifier", tiny_classifier)
+    with monkeypatch.context() as m:
+        m.setattr(SliceStore, "images", recording)
+        train_classifier.run(params)
+        train_segmenter.run(params)
+    assert read and read.isdisjoint(test_ids), "training read a test patient"
+    for kind in ("classifier", "segmenter"):
+        for f in range(3):
+            sidecar = json.loads(fold_model(Path(f"models/{kind}.keras"), f).with_suffix(".json").read_text())
+            assert (sidecar["fold"], sidecar["folds"]) == (f, 3)
+            assert sidecar["training"]["schedule"] == params.train.schedule
+        assert Path(f"reports/train_{kind}/folds/fold_2/metrics.json").is_file()
+
+    evaluate.run(params)
+    metrics = json.loads(Path("reports/eval/metrics_full.json").read_text())
+    assert metrics["threshold"]["chosen_on"] == "oof" and metrics["cross_validation"]["folds"] == 3
+    assert len(metrics["cross_validation"]["dice_patient_mean_per_fold"]) == 3
+    slices = pd.read_csv("reports/eval/slices.csv", dtype={"patient_id": str})
+    oof = slices[slices.split == "val"]
+    assert set(oof.patient_id) == set(split.patient_id[split.split != "test"])
+    own = oof.drop_duplicates("patient_id").set_index("patient_id").fold
+    assert (own == split.set_index("patient_id").fold[own.index].astype(float)).all()
+    bundle = json.loads(Path("models/cascade.json").read_text())
+    assert len(bundle["models"]["classifier"]) == 3 and len(bundle["models"]["segmenter"]) == 3
+    predictor = Predictor.from_dir("models")
+    assert len(members(predictor.cascade.classifier)) == 3
+
+
+def test_listed_model_files_stay_inside_the_folder(tmp_path):
+    folder = tmp_path / "models"
+    write_fold_bundle(folder, 2)
+    raw = json.loads((folder / "cascade.json").read_text())
+    raw["models"]["classifier"][1] = "../elsewhere.keras"
+    (folder / "cascade.json").write_text(json.dumps(raw))
+    with pytest.raises(InputError, match="is not a path inside the bundle folder"):
+        read_bundle(folder)
