@@ -51,11 +51,21 @@ def main(argv: list[str] | None = None) -> int:
         reads = stage_reads((*stage.READS, *getattr(stage, "READS_FROM_PARAMS", ())), params)
         check_stage_writes_no_input(args.stage, stage.WRITES, reads)
         remove_stale_temporaries(stage.WRITES)
+        if args.stage.startswith("train_"):
+            _bind_checkpoints(args.stage, params, [path for path, _ in reads])
         stage.run(params)
     except PipelineError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
     return 0
+
+
+def _bind_checkpoints(stage: str, params: object, reads: list) -> None:
+    """Training stages keep a checkpoint per epoch, bound to their params and inputs, and resume from it
+    (``pipeline.models.checkpoint``; the training stages import it through ``pipeline.models.training``)."""
+    from pipeline.models.checkpoint import bind
+
+    bind(stage, params, reads)
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -23,6 +23,7 @@ import pandas as pd
 from dvclive import Live
 
 from pipeline.errors import InputError
+from pipeline.models import checkpoint
 from pipeline.models.devices import use_devices
 from pipeline.params import TrainParams
 from pipeline.data.slices import SliceStore
@@ -270,11 +271,16 @@ class TrainingRun:
     epochs: int | None = None  # planned, over all phases
     epochs_done: int = 0
     history: dict[str, list[float]] = field(default_factory=dict)
+    checkpoint_dir: Path | None = None  # .checkpoints/<live dir> (pipeline.models.checkpoint); None: none kept
+    resume_state: dict[str, Any] | None = None  # the checkpoint to resume from, until restored
+    phases: int = 0  # fit calls so far
 
     @classmethod
     def start(cls, live_dir: str | Path, monitor: str, patience: int, images_per_epoch: int,
               schedule: str = "early_stop", epochs: int | None = None) -> TrainingRun:
-        live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
+        folder = checkpoint.folder_for(live_dir)
+        state = checkpoint.read(folder)
+        live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None, resume=state is not None)
         if schedule == "fixed":
             if not epochs:
                 raise ValueError("the fixed schedule needs its number of epochs")
@@ -287,16 +293,33 @@ class TrainingRun:
                  if schedule == "fixed" else f"up to {epochs} epochs, early stopping on {monitor} "
                                              f"(patience {patience}), the best weights kept")
         return cls(live=live, best=best, timer=EpochTimer(images_per_epoch), lr_schedule=lr_schedule,
-                   schedule=schedule, epochs=epochs)
+                   schedule=schedule, epochs=epochs, checkpoint_dir=folder, resume_state=state)
 
     def fit(self, model: keras.Model, train_data: Any, val_data: Any, epochs: int, **kwargs: Any) -> None:
-        """Train for `epochs` more epochs (continuing the epoch count of earlier phases)."""
-        if epochs <= 0 or self.best.stopped:
+        """Train for `epochs` more epochs (continuing the epoch count of earlier phases); resumed from the
+        checkpoint when one was made in this phase or a later one (``pipeline.models.checkpoint``)."""
+        phase, end = self.phases, self.epochs_done + epochs
+        self.phases += 1
+        if self.resume_state is not None:
+            if self.resume_state["phase"] > phase:  # done before the interruption
+                self.epochs_done = end
+                return
+            checkpoint.restore(self, model, self.checkpoint_dir, self.resume_state)
+            self.live.step = self.resume_state["live_step"]
+            self.resume_state = None
+            for data in (train_data, val_data):
+                if hasattr(data, "epoch"):  # SliceBatches: its shuffling and augmentation go by epoch
+                    data.epoch = checkpoint.data_epoch(self.epochs_done, phase, self.epochs_done >= end)
+        if end <= self.epochs_done or self.best.stopped:
             return
+        saving = [checkpoint.EpochCheckpoint(self, self.checkpoint_dir, phase)] if self.checkpoint_dir else []
+        # shuffle=False unless asked: SliceBatches shuffles its own rows, seeded by epoch; Keras' shuffle would
+        # reorder the batches with Python's global `random`, whose state a resumed run could not have.
+        kwargs.setdefault("shuffle", False)
         history = model.fit(
             train_data, validation_data=val_data, initial_epoch=self.epochs_done,
-            epochs=self.epochs_done + epochs, verbose=0,
-            callbacks=[self.timer, self.best, self.lr_schedule, LiveLogger(self.live)], **kwargs,
+            epochs=end, verbose=0,
+            callbacks=[self.timer, self.best, self.lr_schedule, LiveLogger(self.live), *saving], **kwargs,
         )
         for name, values in history.history.items():
             self.history.setdefault(name, []).extend(float(v) for v in values)
@@ -322,6 +345,7 @@ class TrainingRun:
             if isinstance(value, (bool, int, float)) and value is not None:
                 self.live.summary[key] = value
         self.live.end()
+        checkpoint.remove(self.checkpoint_dir)
         return summary
 
 
