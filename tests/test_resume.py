@@ -1,6 +1,6 @@
 """Resumable training (pipeline/models/checkpoint.py): a training stage killed with SIGKILL after an epoch,
 then rerun, resumes from its last checkpoint and ends with the uninterrupted run's weights (TensorFlow on
-the CPU, deterministic ops: ``train.deterministic``, the default); a checkpoint made with other params is
+the CPU, deterministic ops: ``train.deterministic``, the default; and JAX on the CPU); a checkpoint made with other params is
 not resumed from."""
 
 from __future__ import annotations
@@ -37,13 +37,13 @@ def _workdir(demo_store: Path, work: Path, params: Params) -> Path:
     return work
 
 
-def _command(work: Path) -> dict:
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
+def _command(work: Path, backend: str) -> dict:
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu"}
     return {"args": [sys.executable, "-m", "pipeline", "train_segmenter"], "cwd": work, "env": env}
 
 
-def _run(work: Path) -> str:
-    done = subprocess.run(**_command(work), capture_output=True, text=True, timeout=600, check=False)
+def _run(work: Path, backend: str) -> str:
+    done = subprocess.run(**_command(work, backend), capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
     return done.stderr
 
@@ -53,17 +53,21 @@ def _weights(work: Path) -> list[np.ndarray]:
 
 
 @pytest.mark.slow
-def test_a_killed_training_stage_resumes_to_the_uninterrupted_weights(demo_store: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_a_killed_training_stage_resumes_to_the_uninterrupted_weights(backend: str, demo_store: Path,
+                                                                      tmp_path: Path) -> None:
+    if backend == "jax":
+        pytest.importorskip("jax")
     params = load_params(ROOT / "params.yaml")
     params = replace(params, data=replace(params.data, source="lgg", root=str(demo_store / "kaggle_3m")),
                      train=replace(params.train, epochs=EPOCHS, batch_size=8, schedule="fixed", deterministic=True),
                      segmenter=replace(params.segmenter, filters=(16, 32), epochs_factor=1))
     whole = _workdir(demo_store, tmp_path / "whole", params)
-    _run(whole)
+    _run(whole, backend)
     assert not (whole / ".checkpoints").exists()  # a finished stage removes its checkpoint
 
     killed = _workdir(demo_store, tmp_path / "killed", params)
-    process = subprocess.Popen(**_command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(**_command(killed, backend), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and process.poll() is None:
@@ -82,10 +86,10 @@ def test_a_killed_training_stage_resumes_to_the_uninterrupted_weights(demo_store
     other = shutil.copytree(killed, tmp_path / "other_params", symlinks=True)
     changed = replace(params, train=replace(params.train, lr=params.train.lr / 2))
     (other / "params.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(changed)))))
-    log = _run(other)
+    log = _run(other, backend)
     assert "was made with other params or input data: starting fresh" in log and "resuming from" not in log
 
-    log = _run(killed)
+    log = _run(killed, backend)
     assert f"resuming from epoch {k} of {EPOCHS}" in log
     assert not (killed / ".checkpoints").exists()
     theirs, ours = _weights(whole), _weights(killed)
