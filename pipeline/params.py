@@ -108,12 +108,15 @@ class TrainParams:
     mixed_precision: bool
     schedule: str = "fixed"  # fixed | early_stop (see SCHEDULES)
     deterministic: bool = True  # the backend's deterministic ops (pipeline.models.training.enable_deterministic_ops)
+    devices: int | str = "auto"  # data-parallel devices (JAX backend): auto = every local one; see models/devices.py
 
     def validate(self) -> None:
         _one_of("train.schedule", self.schedule, SCHEDULES)
         _in_range("train.lr", self.lr, 1e-8, 1)
         _in_range("train.epochs", self.epochs, 1, 10_000)
         _in_range("train.batch_size", self.batch_size, 1, 4096)
+        if self.devices != "auto" and not (isinstance(self.devices, int) and self.devices >= 1):
+            raise ParamsError(f"train.devices: {self.devices!r} must be a number of devices (>= 1) or 'auto'")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,10 @@
                                                  averaged) and the sha256 of every model file and
                                                  sidecar it lists
 
+``python -m pipeline export -o DIR`` (``pipeline.export``) writes the same bundle with the models as ONNX
+(each ``<name>.keras`` as ``<name>.onnx``; cascade.json "format": "onnx", its "models" naming them and its
+sha256 theirs); the sidecars and everything else are the same.
+
 Copy the folder anywhere and ``Predictor.from_dir(folder)`` predicts exactly as the workspace did,
 whatever params.yaml or reports/ say there. The bundle is one unit: ``read_bundle`` refuses it when a
 listed file is not the one ``evaluate`` chose the gate for (a retrained classifier, a sidecar edited
@@ -35,7 +39,7 @@ from pipeline.data.regions import TARGETS
 from pipeline.data.task import TaskSpec
 from pipeline.errors import InputError
 from pipeline.evaluation.postprocess import PostProcessing
-from pipeline.models.training import load_sidecar
+from pipeline.models.sidecar import load_sidecar
 from pipeline.writing import atomic_path, remove_stale_temporaries
 
 CLASSIFIER_FILE = "classifier.keras"
@@ -43,6 +47,8 @@ SEGMENTER_FILE = "segmenter.keras"
 CASCADE_FILE = "cascade.json"
 # Role -> the model file(s) of a single-split bundle; each model's sidecar JSON sits next to it (same stem).
 MODELS: dict[str, str | list[str]] = {"classifier": CLASSIFIER_FILE, "segmenter": SEGMENTER_FILE}
+# cascade.json "format" -> the suffix of its model files (a cascade.json without "format" is "keras").
+FORMATS = {"keras": ".keras", "onnx": ".onnx"}
 RERUN = "re-run `evaluate` (`dvc repro`) to choose the gate for the models there now"
 
 
@@ -62,6 +68,7 @@ class Bundle:
     # File name -> sha256 hex digest of each model file and sidecar (``bundle_files``) the gate was chosen for;
     # empty: hashed from the folder when written.
     sha256: dict[str, str] = field(default_factory=dict)
+    format: str = "keras"  # a FORMATS key: what the model files are
 
     @property
     def models(self) -> dict[str, list[str]]:
@@ -71,7 +78,7 @@ class Bundle:
         return {"task": self.task.to_json(),
                 "gate": {"threshold": self.threshold, "rule": self.threshold_rule, "chosen_on": self.chosen_on},
                 "seg_threshold": self.seg_threshold, "postprocessing": asdict(self.post),
-                "models": self.models, "sha256": self.sha256}
+                "format": self.format, "models": self.models, "sha256": self.sha256}
 
     def write(self, folder: str | Path) -> Path:
         """Write ``folder/cascade.json`` atomically with the sha256 of each listed model file and sidecar;
@@ -152,9 +159,10 @@ def read_bundle(folder: str | Path) -> Bundle:
     InputError naming the file for anything missing or inconsistent."""
     folder = Path(folder)
     path = folder / CASCADE_FILE
-    for model in (folder / CLASSIFIER_FILE, folder / SEGMENTER_FILE):
+    fmt, first = _format_and_first_models(path)
+    for model in (folder / first[0], folder / first[1]):
         if not model.is_file():
-            raise InputError(model, "model file not found; a model folder holds classifier.keras, segmenter.keras "
+            raise InputError(model, f"model file not found; a model folder holds {first[0]}, {first[1]} "
                                     "and cascade.json (`dvc repro` writes them)")
     try:
         raw = json.loads(path.read_text())
@@ -177,7 +185,7 @@ def read_bundle(folder: str | Path) -> Bundle:
         bundle = Bundle(TaskSpec.from_json(raw["task"]), _fraction(raw["gate"]["threshold"], "gate threshold", path),
                         rule, _fraction(raw["seg_threshold"], "seg_threshold", path),
                         PostProcessing(**raw["postprocessing"]), *files,
-                        chosen_on=chosen_on, sha256=raw.get("sha256") or {})
+                        chosen_on=chosen_on, sha256=raw.get("sha256") or {}, format=fmt)
     except FileNotFoundError:
         raise InputError(path, "missing: `evaluate` writes it (the gate threshold and task spec of these "
                                "models); run `dvc repro`") from None
@@ -191,10 +199,31 @@ def read_bundle(folder: str | Path) -> Bundle:
     for name in (*bundle.classifiers, *bundle.segmenters):
         if not (folder / name).is_file():
             raise InputError(folder / name, f"model file listed in {CASCADE_FILE} not found")
+    for name in (*bundle.classifiers, *bundle.segmenters):
+        if PurePosixPath(name).suffix != FORMATS[fmt]:
+            raise InputError(path, f"models: {name!r} is not a {FORMATS[fmt]} file (format {fmt})")
     for classifier, segmenter in zip(bundle.classifiers, bundle.segmenters, strict=True):
         task_from_sidecars(folder, expected=bundle.task, names=(classifier, segmenter))
     check_hashes(folder, bundle)
     return bundle
+
+
+def _format_and_first_models(path: Path) -> tuple[str, tuple[str, str]]:
+    """The format cascade.json at ``path`` names and its first classifier and segmenter file; the Keras
+    bundle's files when it is missing, unreadable or lists them wrongly (``read_bundle`` then names the
+    problem). InputError for a format not in FORMATS."""
+    try:
+        raw = json.loads(path.read_text())
+        listed = raw.get("models") or MODELS
+        bundle_files(listed)
+        names = tuple(value if isinstance(value, str) else value[0]
+                      for value in (listed["classifier"], listed["segmenter"]))
+        fmt = raw.get("format", "keras")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
+        return "keras", (CLASSIFIER_FILE, SEGMENTER_FILE)
+    if fmt not in FORMATS:
+        raise InputError(path, f"format {json.dumps(fmt)} is not one of {', '.join(FORMATS)}")
+    return fmt, names
 
 
 def _fraction(value: Any, name: str, path: Path) -> float:

@@ -5,6 +5,10 @@ the others get an empty mask. Optional per-patient post-processing then cleans t
 A segmenter with one output per region (data.target "regions") gives the whole tumour in its first
 channel, which the gate, the threshold choice and the whole-tumour metrics use as they are; ``combine_regions``
 makes the masks of every region: gated, post-processed whole tumour, each inner region cut to its parent.
+
+The models are Keras models (``.keras``) or ONNX models run by ONNX Runtime (``.onnx``, see
+``pipeline.evaluation.onnx_model``): ``load_model_file`` picks by the file's suffix, everything else is
+shared. Keras is imported only to load a ``.keras`` file, so ONNX prediction runs without it.
 """
 
 from __future__ import annotations
@@ -14,17 +18,21 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 
 from pipeline.data.regions import nest
 from pipeline.errors import InputError
 from pipeline.evaluation.bundle import check_model_file
 from pipeline.evaluation.metrics import predicted_positive
+from pipeline.evaluation.onnx_model import ONNX_SUFFIX, load_onnx_model
 from pipeline.evaluation.postprocess import PostProcessing, remove_small_components
-from pipeline.models.batches import fixed_batches
-from pipeline.models.nets.segmenter import PIXEL_THRESHOLD
+from pipeline.models.padded import fixed_batches
+from pipeline.models.registry import PIXEL_THRESHOLD
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +77,9 @@ def gated_mask(seg_mask: np.ndarray, gated: np.ndarray, post: PostProcessing | N
     return post.apply(mask) if post is not None else mask
 
 
-def predict_in_batches(model: keras.Model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """Run `model` on uint8 [N, H, W, 3] images in float32 batches; returns the stacked outputs [N, ...].
+def predict_in_batches(model: Any, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Run `model` (a keras.Model or an ``OnnxModel``) on uint8 [N, H, W, 3] images in float32 batches; returns
+    the stacked outputs [N, ...].
 
     Every call to the model gets a full [batch_size, H, W, 3] batch (the last one zero-padded, the padding
     dropped from the output), so after the first batch no volume length triggers a new compilation.
@@ -79,17 +88,21 @@ def predict_in_batches(model: keras.Model, images: np.ndarray, batch_size: int =
     """
     outputs = [np.asarray(model.predict_on_batch(batch))[:n] for batch, n in fixed_batches(images, batch_size)]
     if not outputs:
-        shape = tuple(d for d in model.output.shape[1:])
+        shape = tuple(d for d in model.output_shape[1:])
         return np.zeros((0, *shape), np.float32)
     return np.concatenate(outputs).astype(np.float32)
 
 
-def load_model_file(path: str | Path) -> keras.Model:
-    """A .keras model loaded in safe mode; InputError naming the file when it is missing, empty, cut short
-    or no Keras file at all (Keras itself calls all of these "file not found")."""
+def load_model_file(path: str | Path) -> Any:
+    """A .keras model loaded in safe mode, or an ``.onnx`` one as an ``OnnxModel``; InputError naming the file
+    when it is missing, empty, cut short or no model file at all (Keras itself calls all of these "file not found")."""
+    path = Path(path)
+    if path.suffix == ONNX_SUFFIX:
+        return load_onnx_model(path)
+    import keras
+
     import pipeline.models.nets  # noqa: F401  (registers the custom layers, losses and metrics)
 
-    path = Path(path)
     if not path.exists():
         raise InputError(path, "model file not found; train it with `dvc repro` first")
     if path.is_file():
@@ -100,7 +113,7 @@ def load_model_file(path: str | Path) -> keras.Model:
         raise InputError(path, f"not a readable .keras model ({type(e).__name__}: {e})") from None
 
 
-def check_role(model: keras.Model, role: str, path: str | Path) -> None:
+def check_role(model: Any, role: str, path: str | Path) -> None:
     """InputError naming ``path`` unless ``model``'s output fits ``role``: a classifier gives one tumour
     probability per slice, [N, 1]; a segmenter a map of its input's size, one channel per region, [N, S, S, R]."""
     inputs, outputs = _shape(model.input_shape), _shape(model.output_shape)
@@ -156,7 +169,7 @@ class Cascade:
     """A loaded classifier + segmenter pair with its operating point. Either may be a ``MeanOfModels``
     (cross-validation folds: their probabilities averaged)."""
 
-    classifier: keras.Model
+    classifier: keras.Model  # or an OnnxModel (pipeline.evaluation.onnx_model): whatever load_model_file gave
     segmenter: keras.Model
     threshold: float
     seg_threshold: float = PIXEL_THRESHOLD  # evaluate and predict set the segmenter sidecar's (via the bundle)

@@ -10,14 +10,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
-import keras
 import numpy as np
 
-from pipeline.evaluation.gradients import Target, output_and_layer_grad, score_and_input_grad
-from pipeline.models.batches import fixed_batches, pad_rows
+from pipeline.models.padded import fixed_batches, pad_rows
 from pipeline.writing import atomic_path
+
+if TYPE_CHECKING:  # the gradients (and keras) load with the first explanation: the overlays need neither
+    import keras
+
+    from pipeline.evaluation.gradients import Target
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,8 @@ def grad_cam_cells(model: keras.Model, images: np.ndarray, layer_name: str, batc
     confident predictions. Every gradient call gets a full batch (the last zero-padded, see
     ``pipeline.models.batches.fixed_batches``): one compiled function whatever the number of images.
     """
+    from pipeline.evaluation.gradients import output_and_layer_grad
+
     x = _images(images)
     cells = []
     for batch, n in fixed_batches(x, _positive(batch_size, "batch_size")):
@@ -136,6 +142,8 @@ def integrated_gradients_raw(model: keras.Model, images: np.ndarray, steps: int 
     evaluated ``batch_size`` model inputs at a time (the last batch zero-padded). Completeness: attributions sum to about
     f(x) - f(baseline), the gap shrinking with more steps (see ``completeness_error``).
     """
+    from pipeline.evaluation.gradients import score_and_input_grad
+
     x = _images(images)
     if steps < 2:
         raise ValueError(f"steps must be >= 2; got {steps}")

@@ -31,7 +31,7 @@ from pipeline.errors import InputError
 from pipeline.evaluation import metrics as m
 from pipeline.evaluation.cascade import Cascade, gate, gated_mask
 from pipeline.evaluation.postprocess import PostProcessing
-from pipeline.models.training import load_sidecar
+from pipeline.models.sidecar import load_sidecar
 
 log = logging.getLogger(__name__)
 

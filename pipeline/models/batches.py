@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import keras
@@ -33,6 +32,8 @@ from pipeline.data.regions import WHOLE_TUMOUR
 from pipeline.data.slices import SliceStore
 from pipeline.data.task import target_mask
 from pipeline.models.augment import augment_batch
+from pipeline.models.devices import rows_for_this_process
+from pipeline.models.padded import fixed_batches, pad_rows  # noqa: F401  (their home before)
 from pipeline.params import AugmentParams
 
 log = logging.getLogger(__name__)
@@ -56,32 +57,6 @@ TARGETS = ("label", "mask", "label+mask")
 DEFAULT_WORKERS = 1
 DEFAULT_USE_MULTIPROCESSING = False
 DEFAULT_MAX_QUEUE_SIZE = 4
-
-
-def pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
-    """x [n, ...] with zero rows appended up to [rows, ...]; x itself when n == rows (n > rows raises)."""
-    if len(x) > rows:
-        raise ValueError(f"{len(x)} rows do not fit in a batch of {rows}")
-    if len(x) == rows:
-        return x
-    padded = np.zeros((rows, *x.shape[1:]), x.dtype)
-    padded[:len(x)] = x
-    return padded
-
-
-def fixed_batches(images: np.ndarray, batch_size: int, dtype: Any = np.float32) -> Iterator[tuple[np.ndarray, int]]:
-    """Consecutive batches of ``images`` [N, ...] as ``dtype`` [batch_size, ...]: yields (batch, n), rows n: zeros.
-
-    Every batch has the same shape, the last one padded with zeros, so a compiled model step (XLA under
-    JAX, or TensorFlow with jit_compile) is built once per model instead of once per distinct remainder.
-    Callers keep ``batch[:n]``: in inference mode samples are independent, so padding changes nothing
-    else. Batches are converted one at a time, so a memory-mapped store is never loaded whole.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    for start in range(0, len(images), batch_size):
-        batch = np.asarray(images[start:start + batch_size], dtype=dtype)
-        yield pad_rows(batch, batch_size), len(batch)
 
 
 def class_weights_from(labels: np.ndarray) -> dict[int, float]:
@@ -136,12 +111,12 @@ class SliceBatches(keras.utils.PyDataset):
         if len(rows) == 0:
             raise ValueError("no rows to draw batches from")
         self.store = store
-        self.rows = rows.reset_index(drop=True)
+        self.shuffle = shuffle or balanced  # balanced batches are random batches
+        self.rows = rows_for_this_process(rows.reset_index(drop=True), shuffled=self.shuffle)  # train.devices
         self.batch_size = batch_size
         self.target = target
         self.regions = tuple(regions)
         self.augment = augment if augment is not None and augment.enabled else None
-        self.shuffle = shuffle or balanced  # balanced batches are random batches
         self.seed = seed
         self.class_weight = dict(class_weight) if class_weight is not None else None
         self.epoch = 0

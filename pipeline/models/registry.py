@@ -60,6 +60,11 @@ class Segmenter(NamedTuple):
     description: str
 
 
+# A pixel is tumour when the segmenter's probability is at or above it, whatever the architecture
+# (``pipeline.models.nets.segmenter`` says where it goes; here so keras-free inference reads it too).
+PIXEL_THRESHOLD = 0.5  # segmenter probability in [0, 1]
+
+
 # segmenter.arch
 SEGMENTERS: dict[str, Segmenter] = {
     "resunet": Segmenter("pipeline.models.nets.resunet:build_resunet", "ResUNet (Zhang, Liu, Wang 2018)"),

@@ -25,6 +25,8 @@ from dvclive import Live
 from pipeline.data.slices import SliceStore
 from pipeline.data.split import fold_count, fold_split, read_split, split_manifest
 from pipeline.errors import InputError
+from pipeline.models import checkpoint
+from pipeline.models.devices import use_devices
 from pipeline.params import TrainParams
 from pipeline.writing import atomic_path
 
@@ -32,11 +34,13 @@ log = logging.getLogger(__name__)
 
 
 def setup(train: TrainParams) -> None:
-    """Seed Python, NumPy and the backend; deterministic ops (``train.deterministic``); the precision policy."""
+    """Seed Python, NumPy and the backend; deterministic ops (``train.deterministic``); the precision policy;
+    the devices (``train.devices``)."""
     seed_everything(train.seed)
     if train.deterministic:
         enable_deterministic_ops()
     keras.mixed_precision.set_global_policy("mixed_float16" if train.mixed_precision else "float32")
+    use_devices(train.devices, train.batch_size)
 
 
 def enable_deterministic_ops() -> str:
@@ -267,11 +271,16 @@ class TrainingRun:
     epochs: int | None = None  # planned, over all phases
     epochs_done: int = 0
     history: dict[str, list[float]] = field(default_factory=dict)
+    checkpoint_dir: Path | None = None  # .checkpoints/<live dir> (pipeline.models.checkpoint); None: none kept
+    resume_state: dict[str, Any] | None = None  # the checkpoint to resume from, until restored
+    phases: int = 0  # fit calls so far
 
     @classmethod
     def start(cls, live_dir: str | Path, monitor: str, patience: int, images_per_epoch: int,
               schedule: str = "early_stop", epochs: int | None = None) -> TrainingRun:
-        live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
+        folder = checkpoint.folder_for(live_dir)
+        state = checkpoint.read(folder)
+        live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None, resume=state is not None)
         if schedule == "fixed":
             if not epochs:
                 raise ValueError("the fixed schedule needs its number of epochs")
@@ -284,16 +293,33 @@ class TrainingRun:
                  if schedule == "fixed" else f"up to {epochs} epochs, early stopping on {monitor} "
                                              f"(patience {patience}), the best weights kept")
         return cls(live=live, best=best, timer=EpochTimer(images_per_epoch), lr_schedule=lr_schedule,
-                   schedule=schedule, epochs=epochs)
+                   schedule=schedule, epochs=epochs, checkpoint_dir=folder, resume_state=state)
 
     def fit(self, model: keras.Model, train_data: Any, val_data: Any, epochs: int, **kwargs: Any) -> None:
-        """Train for `epochs` more epochs (continuing the epoch count of earlier phases)."""
-        if epochs <= 0 or self.best.stopped:
+        """Train for `epochs` more epochs (continuing the epoch count of earlier phases); resumed from the
+        checkpoint when one was made in this phase or a later one (``pipeline.models.checkpoint``)."""
+        phase, end = self.phases, self.epochs_done + epochs
+        self.phases += 1
+        if self.resume_state is not None:
+            if self.resume_state["phase"] > phase:  # done before the interruption
+                self.epochs_done = end
+                return
+            checkpoint.restore(self, model, self.checkpoint_dir, self.resume_state)
+            self.live.step = self.resume_state["live_step"]
+            self.resume_state = None
+            for data in (train_data, val_data):
+                if hasattr(data, "epoch"):  # SliceBatches: its shuffling and augmentation go by epoch
+                    data.epoch = checkpoint.data_epoch(self.epochs_done, phase, self.epochs_done >= end)
+        if end <= self.epochs_done or self.best.stopped:
             return
+        saving = [checkpoint.EpochCheckpoint(self, self.checkpoint_dir, phase)] if self.checkpoint_dir else []
+        # shuffle=False unless asked: SliceBatches shuffles its own rows, seeded by epoch; Keras' shuffle would
+        # reorder the batches with Python's global `random`, whose state a resumed run could not have.
+        kwargs.setdefault("shuffle", False)
         history = model.fit(
             train_data, validation_data=val_data, initial_epoch=self.epochs_done,
-            epochs=self.epochs_done + epochs, verbose=0,
-            callbacks=[self.timer, self.best, self.lr_schedule, LiveLogger(self.live)], **kwargs,
+            epochs=end, verbose=0,
+            callbacks=[self.timer, self.best, self.lr_schedule, LiveLogger(self.live), *saving], **kwargs,
         )
         for name, values in history.history.items():
             self.history.setdefault(name, []).extend(float(v) for v in values)
@@ -319,6 +345,7 @@ class TrainingRun:
             if isinstance(value, (bool, int, float)) and value is not None:
                 self.live.summary[key] = value
         self.live.end()
+        checkpoint.remove(self.checkpoint_dir)
         return summary
 
 
@@ -330,19 +357,6 @@ def save_model(model: keras.Model, path: str | Path, sidecar: dict[str, Any]) ->
     with atomic_path(path.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(sidecar, indent=2, default=str))
     log.info("saved %s (+ %s)", path, path.with_suffix(".json").name)
-
-
-def load_sidecar(model_path: str | Path) -> dict[str, Any]:
-    path = Path(model_path).with_suffix(".json")
-    try:
-        sidecar = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(path, "model sidecar JSON missing (it is written next to the .keras file by training)") from None
-    except (OSError, ValueError) as e:
-        raise InputError(path, f"not a readable model sidecar ({type(e).__name__}: {e})") from None
-    if not isinstance(sidecar, dict):
-        raise InputError(path, "not a model sidecar (expected a JSON object)")
-    return sidecar
 
 
 def store_intensity(store: SliceStore) -> dict[str, Any]:

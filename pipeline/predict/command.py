@@ -34,7 +34,8 @@ def main(argv: list[str], setup_logging: Callable[[bool], None]) -> int:
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder (created if needed)")
     parser.add_argument("--models", type=Path, default=MODELS_DIR,
                         help="model bundle folder: classifier.keras, segmenter.keras and cascade.json, which "
-                             "`dvc repro` writes (default: models)")
+                             "`dvc repro` writes (default: models), or the ONNX bundle `python -m pipeline export` "
+                             "writes (run on ONNX Runtime)")
     parser.add_argument("--threshold", type=_probability,
                         help="classifier gate in [0, 1] (default: the one `evaluate` chose, in MODELS/cascade.json)")
     parser.add_argument("--batch-size", type=_positive_int, default=16, help="slices per model call (default: 16)")

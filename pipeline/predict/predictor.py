@@ -142,7 +142,7 @@ class Predictor:
             if tuple(model.input_shape[1:4]) != (size, size, 3):
                 raise InputError(path, f"model input {tuple(model.input_shape[1:])} does not match its bundle's "
                                        f"image size {size} with 3 channels")
-        log.info("loaded %s: %d px, channels %s, %s intensities, threshold %.4f%s", models_dir, size,
+        log.info("loaded %s (%s): %d px, channels %s, %s intensities, threshold %.4f%s", models_dir, bundle.format, size,
                  ",".join(task.channels), task.intensity_mode, cascade.threshold,
                  f", an ensemble of {len(classifiers)} fold models" if len(classifiers) > 1 else "")
         files = {kind: str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]

@@ -30,7 +30,7 @@ from pipeline.evaluation.scoring import (
     plot_tables,
     score_patients,
 )
-from pipeline.models.training import load_sidecar
+from pipeline.models.sidecar import load_sidecar
 from pipeline.params import Params
 from pipeline.paths import (
     CLASSIFIER,

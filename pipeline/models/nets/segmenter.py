@@ -5,8 +5,8 @@
 [B, S, S, 3] uint8 values 0..255 as float32 (standardised per image inside the model) and gives
 [B, S, S, out_channels] sigmoid probabilities, float32, as layer "tumour_mask".
 
-``PIXEL_THRESHOLD``: a pixel is tumour when the segmenter's probability is at or above it. Written here
-only: training scores with it (``DiceAt``, ``IoUAt``) and records it in the segmenter's sidecar
+``PIXEL_THRESHOLD``: a pixel is tumour when the segmenter's probability is at or above it. Written once
+(in ``pipeline.models.registry``, keras-free): training scores with it (``DiceAt``, ``IoUAt``) and records it in the segmenter's sidecar
 (``models/segmenter.json`` "threshold"); evaluate reads it from that sidecar into the model bundle
 (``models/cascade.json`` "seg_threshold"), which prediction reads.
 """
@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 import keras
 
-from pipeline.models.registry import SEGMENTERS, load
+from pipeline.models.registry import PIXEL_THRESHOLD, SEGMENTERS, load
 
-PIXEL_THRESHOLD = 0.5  # segmenter probability in [0, 1]
+__all__ = ["PIXEL_THRESHOLD", "build_segmenter"]
 
 
 def build_segmenter(arch: str, image_size: int, filters: Sequence[int], out_channels: int = 1) -> keras.Model:

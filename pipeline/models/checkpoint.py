@@ -1,0 +1,181 @@
+"""Resumable training: a checkpoint at the end of every epoch, and a rerun that continues from it.
+
+``EpochCheckpoint`` (a keras Callback, the last of a ``TrainingRun``'s) writes, after each completed epoch,
+``.checkpoints/<live dir>/`` atomically (a whole new folder replaces the old: a kill at any moment leaves
+the previous epoch's checkpoint or this one, never a mix):
+
+- ``variables.npz``: every model variable (weights, BatchNormalization statistics, seed-generator states);
+- ``optimizer.npz``: the optimizer's variables (iterations, moments, learning rate);
+- ``best.npz``: the best epoch's weights when early stopping keeps them;
+- ``state.json``: the epochs done and the phase (``fit`` call) they belong to, the schedule's state (poly
+  base rate, or ReduceLROnPlateau's wait / best / cooldown), ``BestWeights``' state, the history, the img/s of
+  each epoch and the dvclive step; and ``binding``, a digest of the params and the stage's input files.
+
+A rerun of the stage (``python -m pipeline <stage>``, ``dvc repro``, ``dvc exp run``) finds it, checks the
+binding (another params file or other input data: one log line, the checkpoint is removed and training
+starts fresh), logs ``resuming from epoch k of N`` and continues at epoch k with everything above restored;
+batches and augmentation are seeded by (seed, epoch, batch), so the epochs after k see what they would have
+seen. With the backend's deterministic ops (``train.deterministic``, on the CPU) the final weights equal an
+uninterrupted run's. ``TrainingRun.finish`` removes the checkpoint. ``.checkpoints/`` is outside every
+stage's DVC outputs (git- and dvc-ignored), so DVC neither caches nor deletes it.
+
+The binding is set by ``python -m pipeline`` for the stage it runs (``bind``); without it (a TrainingRun
+used from Python) nothing is checkpointed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from pipeline.writing import atomic_dir
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = Path(".checkpoints")
+_binding: dict[str, str] = {}  # set by ``bind`` for the stage this process runs
+
+
+def bind(stage: str, params: Any, reads: Iterable[str | Path]) -> str:
+    """Bind this process's checkpoints to ``stage``, its params (a dataclass) and the files it reads: a
+    digest of the params and of each input file's path, size and modification time (folders walked)."""
+    import dataclasses
+
+    digest = hashlib.sha256(stage.encode())
+    digest.update(json.dumps(dataclasses.asdict(params), sort_keys=True, default=str).encode())
+    for read in reads:
+        root = Path(read)
+        paths = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for path in paths:
+            if path.is_file():
+                stat = path.stat()
+                digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    _binding.clear()
+    _binding["digest"] = digest.hexdigest()
+    return _binding["digest"]
+
+
+def folder_for(live_dir: str | Path) -> Path | None:
+    """Where the run logging to ``live_dir`` keeps its checkpoint; None when no stage is bound."""
+    if not _binding:
+        return None
+    live_dir = Path(live_dir)
+    return CHECKPOINTS / (live_dir.relative_to(live_dir.anchor) if live_dir.is_absolute() else live_dir)
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Save ``run``'s state (a TrainingRun) into ``folder`` at the end of every epoch."""
+
+    def __init__(self, run: Any, folder: Path, phase: int):
+        super().__init__()
+        self.run, self.folder, self.phase = run, folder, phase
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        run = self.run
+        state = {"binding": _binding.get("digest"), "epoch": epoch + 1, "phase": self.phase,
+                 "epochs": run.epochs, "best": _best_state(run.best), "schedule": _schedule_state(run.lr_schedule),
+                 "history": _history_so_far(run, self.model, logs),
+                 "rates": list(run.timer.rates), "live_step": run.live.step}
+        with atomic_dir(self.folder) as tmp:
+            np.savez(tmp / "variables.npz", *[keras.ops.convert_to_numpy(v.value) for v in self.model.variables])
+            np.savez(tmp / "optimizer.npz",
+                     *[keras.ops.convert_to_numpy(v.value) for v in self.model.optimizer.variables])
+            if run.best.best_weights is not None:
+                np.savez(tmp / "best.npz", *run.best.best_weights)
+            (tmp / "state.json").write_text(json.dumps(state))
+
+
+def _history_so_far(run: Any, model: keras.Model, logs: dict[str, Any] | None) -> dict[str, list[float]]:
+    """The history of earlier fit calls, this call's earlier epochs (the model's History, which Keras
+    updates after this callback) and this epoch's ``logs``."""
+    history = {k: list(v) for k, v in run.history.items()}
+    current = getattr(getattr(model, "history", None), "history", None) or {}
+    for k, values in current.items():
+        history.setdefault(k, []).extend(float(v) for v in values)
+    for k, value in (logs or {}).items():
+        history.setdefault(k, []).append(float(value))
+    return history
+
+
+def _best_state(best: Any) -> dict[str, Any]:
+    return {"best": best.best, "best_epoch": best.best_epoch, "wait": best.wait, "stopped": best.stopped,
+            "last": best.last}
+
+
+def _schedule_state(schedule: Any) -> dict[str, Any]:
+    if hasattr(schedule, "base"):  # PolyDecay
+        return {"base": schedule.base}
+    return {k: getattr(schedule, k) for k in ("wait", "best", "cooldown_counter") if hasattr(schedule, k)}
+
+
+def read(folder: Path | None) -> dict[str, Any] | None:
+    """The checkpoint in ``folder`` when there is one made for this binding; a foreign or unreadable one is
+    removed (one log line) and None returned."""
+    if folder is None or not (folder / "state.json").is_file():
+        return None
+    try:
+        state = json.loads((folder / "state.json").read_text())
+    except (OSError, ValueError) as e:
+        log.warning("checkpoint %s unreadable (%s): starting fresh", folder, e)
+        remove(folder)
+        return None
+    if state.get("binding") != _binding.get("digest"):
+        log.info("checkpoint %s was made with other params or input data: starting fresh", folder)
+        remove(folder)
+        return None
+    return state
+
+
+def restore(run: Any, model: keras.Model, folder: Path, state: dict[str, Any]) -> None:
+    """Put the checkpoint's state into ``run`` and ``model`` (compiled as it was when the checkpoint was
+    made: the phase it was made in), its optimizer included."""
+    model.optimizer.build(model.trainable_variables)
+    for variables, name in ((model.variables, "variables.npz"), (model.optimizer.variables, "optimizer.npz")):
+        with np.load(folder / name) as saved:
+            for variable, i in zip(variables, range(len(saved.files)), strict=True):
+                variable.assign(saved[f"arr_{i}"])
+    if hasattr(run.lr_schedule, "base"):  # PolyDecay: this optimizer's base rate, not its decayed one
+        run.lr_schedule._optimizer = model.optimizer
+        run.lr_schedule.base = state["schedule"]["base"]
+    for key, value in state["schedule"].items():
+        if key != "base":
+            setattr(run.lr_schedule, key, value)
+    for key, value in state["best"].items():
+        setattr(run.best, key, value)
+    if (folder / "best.npz").is_file():
+        with np.load(folder / "best.npz") as saved:
+            run.best.best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    run.best.set_model(model)
+    run.history = {k: list(v) for k, v in state["history"].items()}
+    run.timer.rates = list(state["rates"])
+    run.epochs_done = state["epoch"]
+    log.info("resuming from epoch %d of %s (checkpoint %s)", state["epoch"], run.epochs or "?", folder)
+
+
+def data_epoch(epochs_done: int, phase: int, phase_over: bool) -> int:
+    """The epoch count a ``SliceBatches`` (``keras.utils.PyDataset``) had in the uninterrupted run, to set
+    before resuming ``fit`` in ``phase`` (0-based) after ``epochs_done`` epochs. Keras calls its
+    ``on_epoch_end`` after every epoch, and once more when each phase's ``fit`` has read its first batches
+    (TensorFlow, to learn the data's shapes): during epoch e of phase p it counts e + p + 1. The resumed ``fit`` adds that build's one
+    itself; a phase already over had all of them."""
+    return epochs_done + phase + (1 if phase_over else 0)
+
+
+def remove(folder: Path | None) -> None:
+    """Remove a checkpoint folder (and its parents under CHECKPOINTS when they are left empty)."""
+    if folder is None:
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    parent = folder.parent
+    while parent != CHECKPOINTS.parent and parent.is_dir() and not any(parent.iterdir()):
+        os.rmdir(parent)
+        parent = parent.parent
