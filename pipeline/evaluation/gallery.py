@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 import pandas as pd
 
@@ -24,6 +23,9 @@ from pipeline.evaluation.explain import (
 )
 from pipeline.evaluation.postprocess import PostProcessing
 from pipeline.params import EvaluateParams
+
+if TYPE_CHECKING:  # keras loads only where a model runs: predict on ONNX Runtime imports this module without it
+    import keras
 
 log = logging.getLogger(__name__)
 
