@@ -190,7 +190,7 @@ def test_explanations_under_another_backend(backend):
     """tests/test_explain.py (Grad-CAM, integrated gradients, the gradients against closed forms and a finite
     difference) passes on the JAX or PyTorch backend: each backend's gradient code is checked, not only run."""
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_explain.py"],
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "tests/test_explain.py"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and " failed" not in result.stdout, result.stdout[-2000:]
