@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from bad_files import tree_digest
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's headless Chromium: apt-get install -y chromium
@@ -54,20 +55,40 @@ def unchanged_after_session(root: Path, name: str) -> Iterator[Path]:
     assert not changed, f"a test wrote into the session fixture {name}: {changed[:10]}"
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, worker_id: str, name: str,
+               build: Callable[[Path], Path]) -> Path:
+    """``build(folder)``'s result, built once per pytest session even under pytest-xdist: the first worker
+    to ask builds it in the session's shared temp folder (under a file lock), the others wait and reuse it.
+    Without xdist (``worker_id`` "master") it is built in a fresh temp folder as usual."""
+    if worker_id == "master":
+        return build(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent  # pytest-N/, one per session, shared by its workers
+    folder, done = shared / name, shared / f"{name}.done"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed build on another worker left
+            folder.mkdir()
+            done.write_text(str(build(folder)))
+    return Path(done.read_text())
+
+
 @pytest.fixture(scope="session")
-def demo_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def demo_repo(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[Path]:
     """A git + DVC repo of the pipeline with tiny params (``tiny_repo.TINY``) after one ``dvc repro``
     (TensorFlow): demo data, slice store, split, both models, evaluation and report. Read it, or
     ``copy_repo`` it to run DVC."""
     from tiny_repo import TINY, dvc, tiny_repo
 
-    repo = tiny_repo(tmp_path_factory.mktemp("demo_repo"), TINY)
-    dvc("repro", cwd=repo)
-    yield from unchanged_after_session(repo, "demo_repo")
+    def build(folder: Path) -> Path:
+        repo = tiny_repo(folder, TINY)
+        dvc("repro", cwd=repo)
+        return repo
+
+    yield from unchanged_after_session(built_once(tmp_path_factory, worker_id, "demo_repo", build), "demo_repo")
 
 
 @pytest.fixture(scope="session")
-def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def demo_store(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[Path]:
     """A folder holding the default demo set (params.yaml's demo section: 30 patients x 24 slices written
     at 256 px in the kaggle_3m layout) as the stages see it: ``data/slices`` stored at params.yaml's
     ``data.image_size`` and ``data/split.csv`` from params.yaml's split section."""
@@ -77,22 +98,25 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     from pipeline.data.split import assign_splits, patient_table
     from pipeline.params import load_params
 
-    work = tmp_path_factory.mktemp("demo_store")
-    params = load_params(ROOT / "params.yaml")
-    params = replace(params, data=replace(params.data, source="lgg", root=str(work / "kaggle_3m")))
-    d = params.demo
-    write_kaggle_3m(work / "kaggle_3m", d.patients, d.slices_per_patient, d.image_size, d.seed)
-    write_store(read_cases(params.data), work / "data/slices")
-    store = SliceStore(work / "data/slices")
-    assign_splits(patient_table(store.manifest, store.patients), params.split).to_csv(work / "data/split.csv",
-                                                                                        index=False)
-    yield from unchanged_after_session(work, "demo_store")
+    def build(work: Path) -> Path:
+        params = load_params(ROOT / "params.yaml")
+        params = replace(params, data=replace(params.data, source="lgg", root=str(work / "kaggle_3m")))
+        d = params.demo
+        write_kaggle_3m(work / "kaggle_3m", d.patients, d.slices_per_patient, d.image_size, d.seed)
+        write_store(read_cases(params.data), work / "data/slices")
+        store = SliceStore(work / "data/slices")
+        assign_splits(patient_table(store.manifest, store.patients), params.split).to_csv(
+            work / "data/split.csv", index=False)
+        return work
+
+    yield from unchanged_after_session(built_once(tmp_path_factory, worker_id, "demo_store", build), "demo_store")
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[Path]:
     """A model bundle folder (``tiny_models.write_tiny_bundle``: 64 px, LGG channels, gate threshold 0, a
     ResUNet trained for seconds). Copy it before changing anything in it."""
     from tiny_models import write_tiny_bundle
 
-    yield from unchanged_after_session(write_tiny_bundle(tmp_path_factory.mktemp("tiny_bundle")), "tiny_bundle")
+    yield from unchanged_after_session(built_once(tmp_path_factory, worker_id, "tiny_bundle", write_tiny_bundle),
+                                       "tiny_bundle")

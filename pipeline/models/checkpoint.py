@@ -19,6 +19,12 @@ seen. With the backend's deterministic ops (``train.deterministic``, on the CPU)
 uninterrupted run's. ``TrainingRun.finish`` removes the checkpoint. ``.checkpoints/`` is outside every
 stage's DVC outputs (git- and dvc-ignored), so DVC neither caches nor deletes it.
 
+With cross-validation (``split.folds`` > 1) a stage trains its fold models one after the other. Each
+finished fold model is kept too (``keep_fold``: its model, sidecar and dvclive files, under
+``.checkpoints/finished/``, with the binding), so a rerun after an interruption in fold f restores folds
+0..f-1 (``restore_fold``; "fold 0 of 5 finished before the interruption: restored") and resumes fold f from
+its last epoch. The stage removes them when every fold is done (``remove_folds``).
+
 The binding is set by ``python -m pipeline`` for the stage it runs (``bind``); without it (a TrainingRun
 used from Python) nothing is checkpointed.
 """
@@ -179,3 +185,46 @@ def remove(folder: Path | None) -> None:
     while parent != CHECKPOINTS.parent and parent.is_dir() and not any(parent.iterdir()):
         os.rmdir(parent)
         parent = parent.parent
+
+
+def _finished_folder(stage_dir: Path) -> Path | None:
+    """``.checkpoints/finished/<stage's live dir>``: where the finished fold models of a stage are kept."""
+    return None if not _binding else CHECKPOINTS / "finished" / folder_for(stage_dir).relative_to(CHECKPOINTS)
+
+
+def keep_fold(stage_dir: Path, fold: int, outputs: Iterable[Path]) -> None:
+    """Keep fold model ``fold``'s ``outputs`` (relative files and folders: the model, its sidecar, its dvclive
+    files), atomically, bound like an epoch checkpoint; nothing without a binding."""
+    root = _finished_folder(stage_dir)
+    if root is None:
+        return
+    with atomic_dir(root / f"fold_{fold}") as tmp:
+        for output in outputs:
+            if output.is_dir():
+                shutil.copytree(output, tmp / "files" / output, ignore=shutil.ignore_patterns("folds"))
+            else:
+                (tmp / "files" / output.parent).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(output, tmp / "files" / output)
+        (tmp / "state.json").write_text(json.dumps({"binding": _binding["digest"], "fold": fold}))
+
+
+def restore_fold(stage_dir: Path, fold: int, folds: int) -> bool:
+    """Put back fold model ``fold``'s outputs kept by ``keep_fold`` in this binding (True), or False: none
+    kept, or kept with other params or input data (removed)."""
+    root = _finished_folder(stage_dir)
+    folder = None if root is None else root / f"fold_{fold}"
+    if folder is None or not (folder / "state.json").is_file():
+        return False
+    if json.loads((folder / "state.json").read_text()).get("binding") != _binding["digest"]:
+        log.info("finished fold %d in %s was trained with other params or input data: training it again",
+                 fold, folder)
+        remove(folder)
+        return False
+    shutil.copytree(folder / "files", Path("."), dirs_exist_ok=True)
+    log.info("fold %d of %d finished before the interruption: restored (%s)", fold, folds, folder)
+    return True
+
+
+def remove_folds(stage_dir: Path) -> None:
+    """Remove the stage's kept fold models, once every fold is done."""
+    remove(_finished_folder(stage_dir))

@@ -13,6 +13,7 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from pipeline.errors import InputError
 from pipeline.models import checkpoint
 from pipeline.models.devices import use_devices
 from pipeline.params import TrainParams
+from pipeline.paths import fold_live_dir, fold_model
 from pipeline.writing import atomic_path
 
 log = logging.getLogger(__name__)
@@ -123,18 +125,28 @@ def training_rows(store: SliceStore, split_csv: str | Path, fold: int | None = N
     return parts
 
 
-def fold_runs(split_csv: str | Path, folder: str | Path, live_dir: str | Path) -> list[int | None]:
-    """The models a training stage trains, from the split: [None] for a single split, else the folds
-    0..k-1 (``training_rows``' fold argument). Empties ``folder`` (models/folds/<kind>) and
-    ``live_dir``/folds first, and leaves them (empty with one split), so a stage's outputs never
-    mix runs with different fold counts."""
+def train_folds(split_csv: str | Path, model: Path, folder: Path, live_dir: Path,
+                train_one: Callable[[int | None, int], None]) -> None:
+    """Train the models a training stage trains, from the split: ``train_one(None, 1)`` for a single split,
+    else ``train_one(fold, k)`` for the folds 0..k-1 (``training_rows``' fold argument), whose models are
+    ``fold_model(model, fold)``. Empties ``folder`` (models/folds/<kind>) and ``live_dir``/folds first, and
+    leaves them (empty with one split), so a stage's outputs never mix runs with different fold counts.
+    A fold finished before an interruption of this stage is restored instead of trained again, and each
+    fold trained is kept until all are (``checkpoint.keep_fold``)."""
     k = fold_count(read_split(str(split_csv)))
-    for path in (Path(folder), Path(live_dir) / "folds"):
+    for path in (folder, live_dir / "folds"):
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True)
-    if k > 1:
-        log.info("cross-validation: training %d fold models", k)
-    return [None] if k == 1 else list(range(k))
+    if k == 1:
+        train_one(None, 1)
+        return
+    log.info("cross-validation: training %d fold models", k)
+    for fold in range(k):
+        if not checkpoint.restore_fold(live_dir, fold, k):
+            train_one(fold, k)
+            saved = fold_model(model, fold)
+            checkpoint.keep_fold(live_dir, fold, [saved, saved.with_suffix(".json"), fold_live_dir(live_dir, fold)])
+    checkpoint.remove_folds(live_dir)
 
 
 class LiveLogger(keras.callbacks.Callback):

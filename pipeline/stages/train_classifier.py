@@ -17,12 +17,12 @@ from pipeline.models.nets.classifier import (
 )
 from pipeline.models.training import (
     TrainingRun,
-    fold_runs,
     save_model,
     set_batchnorm_momentum,
     setup,
     store_channels,
     store_intensity,
+    train_folds,
     training_rows,
 )
 from pipeline.params import AugmentParams, ClassifierParams, Params, TrainParams
@@ -46,9 +46,8 @@ WRITES = (CLASSIFIER, CLASSIFIER.with_suffix(".json"), CLASSIFIER_FOLDS, TRAIN_C
 
 def run(params: Params) -> None:
     store = SliceStore(SLICES_DIR)
-    folds = fold_runs(SPLIT_CSV, CLASSIFIER_FOLDS, TRAIN_CLASSIFIER_DIR)
-    for fold in folds:
-        train(params.train, params.augment, params.classifier, store, fold, len(folds))
+    train_folds(SPLIT_CSV, CLASSIFIER, CLASSIFIER_FOLDS, TRAIN_CLASSIFIER_DIR,
+                lambda fold, folds: train(params.train, params.augment, params.classifier, store, fold, folds))
 
 
 def train(t: TrainParams, augment: AugmentParams, p: ClassifierParams, store: SliceStore, fold: int | None,

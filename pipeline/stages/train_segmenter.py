@@ -19,12 +19,12 @@ from pipeline.models.registry import SEGMENTERS
 from pipeline.models.seg_metrics import DiceAt, IoUAt
 from pipeline.models.training import (
     TrainingRun,
-    fold_runs,
     save_model,
     set_batchnorm_momentum,
     setup,
     store_channels,
     store_intensity,
+    train_folds,
     training_rows,
 )
 from pipeline.params import AugmentParams, Params, SegmenterParams, TrainParams
@@ -59,9 +59,8 @@ def segmenter_rows(rows: pd.DataFrame, negative_fraction: float, seed: int) -> p
 
 def run(params: Params) -> None:
     store = SliceStore(SLICES_DIR)
-    folds = fold_runs(SPLIT_CSV, SEGMENTER_FOLDS, TRAIN_SEGMENTER_DIR)
-    for fold in folds:
-        train(params.train, params.augment, params.segmenter, params.data.target, store, fold, len(folds))
+    train_folds(SPLIT_CSV, SEGMENTER, SEGMENTER_FOLDS, TRAIN_SEGMENTER_DIR,
+                lambda fold, folds: train(params.train, params.augment, params.segmenter, params.data.target, store, fold, folds))
 
 
 def train(t: TrainParams, augment: AugmentParams, p: SegmenterParams, target: str, store: SliceStore,
