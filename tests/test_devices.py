@@ -35,7 +35,7 @@ pytest.importorskip("jax", reason="data-parallel training runs on the JAX backen
 
 ROOT = Path(__file__).resolve().parents[1]
 LOSS_RTOL = {"train_segmenter": 1e-4, "train_classifier": 1e-2}  # per-epoch training loss, 2 devices vs 1
-TRAIN_PATIENTS, VAL_PATIENTS = 6, 2  # of the demo set's training / validation patients; the others become test
+TRAIN_PATIENTS, VAL_PATIENTS = 2, 1  # of the demo set's training / validation patients; the others become test
 
 
 def _workdir(demo_store: Path, work: Path) -> tuple[Path, Params]:

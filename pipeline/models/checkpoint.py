@@ -1,7 +1,7 @@
 """Resumable training: a checkpoint at the end of every epoch, and a rerun that continues from it.
 
 ``EpochCheckpoint`` (a keras Callback, the last of a ``TrainingRun``'s) writes, after each completed epoch,
-``.checkpoints/<live dir>/`` atomically (a whole new folder replaces the old: a kill at any moment leaves
+``.checkpoints/<live dir>/last/`` atomically (a whole new folder replaces the old: a kill at any moment leaves
 the previous epoch's checkpoint or this one, never a mix):
 
 - ``variables.npz``: every model variable (weights, BatchNormalization statistics, seed-generator states);
@@ -70,12 +70,17 @@ def bind(stage: str, params: Any, reads: Iterable[str | Path]) -> str:
     return _binding["digest"]
 
 
+def _mirror(live_dir: str | Path) -> Path:
+    """``.checkpoints/<live dir>`` (an absolute live dir without its anchor)."""
+    live_dir = Path(live_dir)
+    return CHECKPOINTS / (live_dir.relative_to(live_dir.anchor) if live_dir.is_absolute() else live_dir)
+
+
 def folder_for(live_dir: str | Path) -> Path | None:
     """Where the run logging to ``live_dir`` keeps its checkpoint; None when no stage is bound."""
     if not _binding:
         return None
-    live_dir = Path(live_dir)
-    return CHECKPOINTS / (live_dir.relative_to(live_dir.anchor) if live_dir.is_absolute() else live_dir)
+    return _mirror(live_dir) / "last"  # not the live dir itself: fold 0's would hold the later folds'
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -189,7 +194,7 @@ def remove(folder: Path | None) -> None:
 
 def _finished_folder(stage_dir: Path) -> Path | None:
     """``.checkpoints/finished/<stage's live dir>``: where the finished fold models of a stage are kept."""
-    return None if not _binding else CHECKPOINTS / "finished" / folder_for(stage_dir).relative_to(CHECKPOINTS)
+    return None if not _binding else CHECKPOINTS / "finished" / _mirror(stage_dir).relative_to(CHECKPOINTS)
 
 
 def keep_fold(stage_dir: Path, fold: int, outputs: Iterable[Path]) -> None:
