@@ -21,7 +21,8 @@ from pipeline.data.slices import SliceStore
 from pipeline.evaluation.schema import REGION_METRICS, check
 from pipeline.models.training import save_model, store_channels, store_intensity
 from pipeline.params import Params, load_params
-from pipeline.predict.predictor import Predictor, write_run_index
+from pipeline.predict.outputs import write_run_index
+from pipeline.predict.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64

@@ -28,7 +28,7 @@ import pipeline.models.nets  # noqa: F401  (registers the custom layers)
 from pipeline.params import Params, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
-EPOCHS = 5
+EPOCHS = 4
 STATE = {1: Path(".checkpoints") / "reports" / "train_segmenter" / "last" / "state.json",  # by split.folds:
           2: Path(".checkpoints") / "reports" / "train_segmenter" / "folds" / "fold_1" / "last" / "state.json"}
 

@@ -54,20 +54,20 @@ def run_stage(stage: str, params: Params, work: Path) -> dict:
 
 @pytest.mark.slow
 def test_tiny_classifier_run_beats_chance(demo_workdir):
-    """ResNet50, 3 epochs at 64 px on the default demo set (432 training slices) from random initialisation,
+    """ResNet50, 2 epochs at 64 px on the default demo set (432 training slices) from random initialisation,
     on the default fixed schedule (poly learning-rate decay, last weights kept), as the default run trains it
     (`weights: imagenet`: the download fails offline and the run goes on from random init and records it),
     with seed 1 and the localisation loss (`classifier.localisation_weight: 1`). One run covers what were two
     (the default path at seed 0, and `weights: none` at seed 1 with the localisation loss): the ImageNet
     fallback builds exactly the `weights: none` model, so this run is that second one.
 
-    Validation AUC over the 3 epochs (seeded, deterministic ops, CPU): 0.861, 0.912, 0.931 (the default
-    path at seed 0 without the localisation loss gave 0.880, 0.897, 0.903). Asserted: best >= 0.85. Before
-    residual branches were zero-initialised (`zero_init_residual_branches`), `weights: none` at seed 0
-    stayed at 0.43-0.67 over 10 epochs, also at lr 3e-4 and 1e-4.
+    Validation AUC over the 2 epochs (seeded, deterministic ops, CPU): 0.876, 0.907 (over 3 epochs, before:
+    0.861, 0.912, 0.931; the default path at seed 0 without the localisation loss 0.880, 0.897, 0.903).
+    Asserted: best >= 0.85. Before residual branches were zero-initialised (`zero_init_residual_branches`),
+    `weights: none` at seed 0 stayed at 0.43-0.67 over 10 epochs, also at lr 3e-4 and 1e-4.
     """
     work, params = demo_workdir
-    params = replace(params, train=replace(params.train, epochs=3, seed=1),
+    params = replace(params, train=replace(params.train, epochs=2, seed=1),
                      classifier=replace(params.classifier, weights="imagenet", patience=8, localisation_weight=1.0))
     metrics = run_stage("train_classifier", params, work)
     sidecar = json.loads((work / "models" / "classifier.json").read_text())

@@ -16,7 +16,8 @@ from pathlib import Path
 from pipeline.errors import PipelineError, one_line
 from pipeline.evaluation.validation import describe_cohort
 from pipeline.paths import MODELS_DIR
-from pipeline.predict.predictor import RUN_INDEX, Predictor, write_run_index
+from pipeline.predict.outputs import RUN_INDEX, write_run_index
+from pipeline.predict.predictor import Predictor
 
 log = logging.getLogger("pipeline")
 

@@ -30,20 +30,21 @@ Everything the cascade needs comes from the model bundle (``pipeline.evaluation.
 intensity scaling, gate threshold, post-processing), never from params.yaml. Every slice of a volume is kept
 (``min_brain_fraction`` 0): the mask covers the whole scan. Slices without a single non-zero pixel
 (no brain) are not run through the models: probability 0, empty mask.
+
+Beside it: ``outputs`` (the output folder's safety checks and the run index), ``progress`` (the bar over
+the cases, and reading the next case while one is predicted), ``discovery`` (what an input path holds).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import os
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -59,10 +60,18 @@ from pipeline.evaluation.cascade import Cascade, combine, combine_regions, membe
 from pipeline.evaluation.explain import overlay_png
 from pipeline.evaluation.postprocess import PostProcessing
 from pipeline.evaluation.region_overlays import region_overlay_png
-from pipeline.evaluation.validation import cohort_summary, score_case, score_regions
+from pipeline.evaluation.validation import score_case, score_regions
 from pipeline.paths import MODELS_DIR
 from pipeline.predict.discovery import InputItem, find_inputs
-from pipeline.writing import atomic_dir, atomic_path, check_no_overlap, json_text
+from pipeline.predict.outputs import (
+    OUTPUT_MARKER,
+    case_folder,
+    check_output_dir,
+    check_replaceable,
+    files_read,
+)
+from pipeline.predict.progress import logs_above_the_bar, prefetch
+from pipeline.writing import atomic_dir, check_no_overlap, json_text
 
 log = logging.getLogger(__name__)
 
@@ -237,9 +246,9 @@ class Predictor:
         results: list[dict[str, Any]] = []
         written: dict[str, str] = {}
         show_bar = len(items) > 1
-        with _logs_above_the_bar(show_bar), ThreadPoolExecutor(1, thread_name_prefix="predict_read") as reader:
+        with logs_above_the_bar(show_bar), ThreadPoolExecutor(1, thread_name_prefix="predict_read") as reader:
             bar = tqdm(total=len(items), desc="predict", unit="case", disable=not show_bar)
-            for item, pending in zip(items, _prefetch(reader, self.read, items), strict=True):
+            for item, pending in zip(items, prefetch(reader, self.read, items), strict=True):
                 try:
                     case = pending.result()
                     key = case.patient_id.casefold()  # one folder on a case-insensitive file system
@@ -327,99 +336,6 @@ class Predictor:
         return summary
 
 
-# ------------------------------------------------------------------------------------------- outputs
-
-# Every case folder predict writes holds this file; predict replaces an existing case folder only
-# when it finds it there (a folder predict did not write is never deleted).
-OUTPUT_MARKER = ".pipeline-predict"
-
-
-RUN_INDEX = "predictions.json"
-
-
-def check_output_dir(out_dir: Path, inputs: list[Path]) -> None:
-    """Refuse an output folder that is an existing file, a dangling link, or that is, contains or lies
-    inside any input (``check_no_overlap``); then create it. InputError naming the folder."""
-    if out_dir.is_symlink() and not out_dir.exists():
-        raise InputError(out_dir, "the output path is a dangling link; give a folder for -o")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(out_dir, "the output path exists and is not a folder; give a folder for -o")
-    check_no_overlap(out_dir, inputs)
-    if (out_dir / RUN_INDEX).is_dir():
-        raise InputError(out_dir / RUN_INDEX, "is a folder; predict writes its run index under this name")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(out_dir, f"cannot create the output folder ({e.strerror or e})") from None
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise InputError(out_dir, "the output folder is not writable")
-
-
-def case_folder(out_dir: Path, case_id: str, source: Path) -> Path:
-    """out_dir/<case id>, or InputError naming ``source`` when the case id cannot name a folder of its own."""
-    if case_id in ("", ".", "..", RUN_INDEX) or "/" in case_id or "\0" in case_id or len(case_id.encode()) > 200:
-        raise InputError(source, f"case id {case_id!r} cannot name an output folder; rename the case")
-    return out_dir / case_id
-
-
-def files_read(case: Case, item: InputItem | None) -> list[Path]:
-    """Every path the case was read from: the input item, the case's folder or file and the files it names,
-    and the entries of those folders (so an input file linked into the output is caught too)."""
-    paths = [Path(item.path)] if item is not None else []
-    if case.meta.get("path"):
-        paths.append(Path(case.meta["path"]))
-    paths += [Path(f) for f in case.meta.get("files", {}).values()]
-    for folder in [p for p in paths if p.is_dir()]:
-        paths += list(folder.iterdir())
-    return paths
-
-
-def check_replaceable(folder: Path) -> None:
-    """InputError unless ``folder`` is absent or a case folder predict itself wrote (OUTPUT_MARKER)."""
-    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-        raise InputError(folder, "exists and is not a folder predict wrote; refusing to replace it")
-    if folder.is_dir() and not (folder / OUTPUT_MARKER).is_file():
-        raise InputError(folder, f"exists and was not written by predict (no {OUTPUT_MARKER} marker); refusing "
-                                 "to replace it: move it away or choose another output folder")
-
-
-# ------------------------------------------------------------------------------------------- progress
-
-
-class _AboveTheBar:
-    """A text stream that writes through ``tqdm.write``, so log lines do not break a progress bar."""
-
-    def __init__(self, stream: TextIO):
-        self.stream = stream
-
-    def write(self, text: str) -> None:
-        tqdm.write(text, file=self.stream, end="")
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
-@contextlib.contextmanager
-def _logs_above_the_bar(enabled: bool) -> Iterator[None]:
-    """Route the root logger's console handlers through tqdm.write while a progress bar is shown."""
-    handlers = [h for h in logging.getLogger().handlers if type(h) is logging.StreamHandler] if enabled else []
-    streams = [h.setStream(_AboveTheBar(h.stream)) for h in handlers]
-    try:
-        yield
-    finally:
-        for handler, stream in zip(handlers, streams, strict=True):
-            handler.setStream(stream)
-
-
-def _prefetch(pool: ThreadPoolExecutor, read: Any, items: list[InputItem]) -> Iterator[Future]:
-    """Futures of read(item) in order, the next one submitted before the current one is handed out."""
-    pending = pool.submit(read, items[0]) if items else None
-    for i in range(len(items)):
-        current = pending
-        pending = pool.submit(read, items[i + 1]) if i + 1 < len(items) else None
-        yield current
-
-
 # ------------------------------------------------------------------------------------------- regions
 
 
@@ -463,24 +379,4 @@ def _write_overlays(p: Prediction, folder: Path) -> list[str]:
     return names
 
 
-def write_run_index(results: list[dict[str, Any]], path: Path) -> dict[str, Any]:
-    """The run's index, written atomically and returned: {"n_cases", "n_failed", "cases": each case's
-    summary without its per-slice list, or its failure {"status": "failed", "input", "error"},
-    "validation": the cohort's scores over the labelled cases (``validation.cohort_summary``; null
-    when no input carried ground truth)}."""
-    index = {
-        "n_cases": len(results),
-        "n_failed": sum(1 for r in results if r["status"] != "ok"),
-        "cases": [{k: v for k, v in r.items() if k not in ("slices", "outputs")} for r in results],
-        "validation": cohort_summary([r.get("validation") for r in results if r["status"] == "ok"]),
-    }
-    regions = [r["validation_regions"] for r in results if r["status"] == "ok" and r.get("validation_regions")]
-    if regions:  # a segmenter with one output per region: the cohort per region
-        index["validation_regions"] = {region: cohort_summary([scores[region] for scores in regions])
-                                       for region in regions[0]}
-    with atomic_path(path) as tmp:
-        tmp.write_text(json_text(index))
-    return index
-
-
-__all__ = ["OUTPUT_MARKER", "Prediction", "Predictor", "write_run_index"]
+__all__ = ["Prediction", "Predictor"]
