@@ -97,13 +97,14 @@ def test_a_killed_training_stage_resumes_to_the_uninterrupted_weights(backend: s
     k = json.loads(state.read_text())["epoch"]
     assert 2 <= k < EPOCHS
 
-    other = shutil.copytree(killed, tmp_path / "other_params", symlinks=True)
-    changed = replace(params, train=replace(params.train, lr=params.train.lr / 2, epochs=1))  # 1: a short fresh run
-    (other / "params.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(changed)))))
-    log = _run(other, backend)
-    assert "was made with other params or input data: starting fresh" in log and "resuming from" not in log
-    assert folds == 1 or "finished fold 0 in .checkpoints/finished/reports/train_segmenter/fold_0 was trained with " \
-                         "other params or input data: training it again" in log
+    if backend == "tensorflow":  # the binding is backend-free: checked once
+        other = shutil.copytree(killed, tmp_path / "other_params", symlinks=True)
+        changed = replace(params, train=replace(params.train, lr=params.train.lr / 2, epochs=1))  # 1: a short fresh run
+        (other / "params.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(changed)))))
+        log = _run(other, backend)
+        assert "was made with other params or input data: starting fresh" in log and "resuming from" not in log
+        assert folds == 1 or "finished fold 0 in .checkpoints/finished/reports/train_segmenter/fold_0 was trained with " \
+                             "other params or input data: training it again" in log
 
     log = _run(killed, backend)
     assert f"resuming from epoch {k} of {EPOCHS}" in log
