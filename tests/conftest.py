@@ -55,12 +55,12 @@ def unchanged_after_session(root: Path, name: str) -> Iterator[Path]:
     assert not changed, f"a test wrote into the session fixture {name}: {changed[:10]}"
 
 
-def built_once(tmp_path_factory: pytest.TempPathFactory, worker_id: str, name: str,
+def built_once(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, name: str,
                build: Callable[[Path], Path]) -> Path:
     """``build(folder)``'s result, built once per pytest session even under pytest-xdist: the first worker
     to ask builds it in the session's shared temp folder (under a file lock), the others wait and reuse it.
-    Without xdist (``worker_id`` "master") it is built in a fresh temp folder as usual."""
-    if worker_id == "master":
+    Without xdist workers (no ``workerinput``: ``-n 0``, ``-p no:xdist``) it is built in a fresh temp folder."""
+    if not hasattr(request.config, "workerinput"):
         return build(tmp_path_factory.mktemp(name))
     shared = tmp_path_factory.getbasetemp().parent  # pytest-N/, one per session, shared by its workers
     folder, done = shared / name, shared / f"{name}.done"
@@ -73,7 +73,7 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, worker_id: str, name: s
 
 
 @pytest.fixture(scope="session")
-def demo_repo(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[Path]:
+def demo_repo(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Path]:
     """A git + DVC repo of the pipeline with tiny params (``tiny_repo.TINY``) after one ``dvc repro``
     (TensorFlow): demo data, slice store, split, both models, evaluation and report. Read it, or
     ``copy_repo`` it to run DVC."""
@@ -84,11 +84,11 @@ def demo_repo(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Itera
         dvc("repro", cwd=repo)
         return repo
 
-    yield from unchanged_after_session(built_once(tmp_path_factory, worker_id, "demo_repo", build), "demo_repo")
+    yield from unchanged_after_session(built_once(tmp_path_factory, request, "demo_repo", build), "demo_repo")
 
 
 @pytest.fixture(scope="session")
-def demo_store(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[Path]:
+def demo_store(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Path]:
     """A folder holding the default demo set (params.yaml's demo section: 30 patients x 24 slices written
     at 256 px in the kaggle_3m layout) as the stages see it: ``data/slices`` stored at params.yaml's
     ``data.image_size`` and ``data/split.csv`` from params.yaml's split section."""
@@ -109,14 +109,14 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iter
             work / "data/split.csv", index=False)
         return work
 
-    yield from unchanged_after_session(built_once(tmp_path_factory, worker_id, "demo_store", build), "demo_store")
+    yield from unchanged_after_session(built_once(tmp_path_factory, request, "demo_store", build), "demo_store")
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[Path]:
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Path]:
     """A model bundle folder (``tiny_models.write_tiny_bundle``: 64 px, LGG channels, gate threshold 0, a
     ResUNet trained for seconds). Copy it before changing anything in it."""
     from tiny_models import write_tiny_bundle
 
-    yield from unchanged_after_session(built_once(tmp_path_factory, worker_id, "tiny_bundle", write_tiny_bundle),
+    yield from unchanged_after_session(built_once(tmp_path_factory, request, "tiny_bundle", write_tiny_bundle),
                                        "tiny_bundle")

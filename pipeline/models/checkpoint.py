@@ -7,6 +7,8 @@ the previous epoch's checkpoint or this one, never a mix):
 - ``variables.npz``: every model variable (weights, BatchNormalization statistics, seed-generator states);
 - ``optimizer.npz``: the optimizer's variables (iterations, moments, learning rate);
 - ``best.npz``: the best epoch's weights when early stopping keeps them;
+- ``live/``: the run's dvclive folder so far (DVC deletes a stage's outputs before rerunning it; the
+  resumed run puts it back, ``restore_live``, and appends to its curves);
 - ``state.json``: the epochs done and the phase (``fit`` call) they belong to, the schedule's state (poly
   base rate, or ReduceLROnPlateau's wait / best / cooldown), ``BestWeights``' state, the history, the img/s of
   each epoch and the dvclive step; and ``binding``, a digest of the params and the stage's input files.
@@ -52,11 +54,15 @@ _binding: dict[str, str] = {}  # set by ``bind`` for the stage this process runs
 
 
 def bind(stage: str, params: Any, reads: Iterable[str | Path]) -> str:
-    """Bind this process's checkpoints to ``stage``, its params (a dataclass) and the files it reads: a
-    digest of the params and of each input file's path, size and modification time (folders walked)."""
+    """Bind this process's checkpoints to ``stage``, its params (a dataclass), the pipeline's code and the
+    files it reads: a digest of the params, of every ``pipeline/**/*.py`` file's content (a fix in the code
+    starts training afresh, as DVC reruns the stage) and of each input file's path, size and modification
+    time (folders walked)."""
     import dataclasses
 
     digest = hashlib.sha256(stage.encode())
+    for source in sorted(Path(__file__).resolve().parents[1].rglob("*.py")):  # the pipeline package
+        digest.update(source.read_bytes())
     digest.update(json.dumps(dataclasses.asdict(params), sort_keys=True, default=str).encode())
     for read in reads:
         root = Path(read)
@@ -102,6 +108,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
                      *[keras.ops.convert_to_numpy(v.value) for v in self.model.optimizer.variables])
             if run.best.best_weights is not None:
                 np.savez(tmp / "best.npz", *run.best.best_weights)
+            shutil.copytree(run.live.dir, tmp / "live", ignore=shutil.ignore_patterns("folds"))  # its curves so far
             (tmp / "state.json").write_text(json.dumps(state))
 
 
@@ -144,6 +151,12 @@ def read(folder: Path | None) -> dict[str, Any] | None:
         remove(folder)
         return None
     return state
+
+
+def restore_live(folder: Path, live_dir: str | Path) -> None:
+    """Put the checkpoint's dvclive files back into ``live_dir`` (what a stage rerun by DVC lost)."""
+    if (folder / "live").is_dir():
+        shutil.copytree(folder / "live", Path(live_dir), dirs_exist_ok=True)
 
 
 def restore(run: Any, model: keras.Model, folder: Path, state: dict[str, Any]) -> None:
@@ -203,6 +216,9 @@ def keep_fold(stage_dir: Path, fold: int, outputs: Iterable[Path]) -> None:
     root = _finished_folder(stage_dir)
     if root is None:
         return
+    outputs = list(outputs)
+    if any(output.is_absolute() for output in outputs):
+        raise ValueError(f"fold outputs must be relative to the stage's folder: {outputs}")
     with atomic_dir(root / f"fold_{fold}") as tmp:
         for output in outputs:
             if output.is_dir():
@@ -220,8 +236,13 @@ def restore_fold(stage_dir: Path, fold: int, folds: int) -> bool:
     folder = None if root is None else root / f"fold_{fold}"
     if folder is None or not (folder / "state.json").is_file():
         return False
-    if json.loads((folder / "state.json").read_text()).get("binding") != _binding["digest"]:
-        log.info("finished fold %d in %s was trained with other params or input data: training it again",
+    try:
+        binding = json.loads((folder / "state.json").read_text()).get("binding")
+    except (OSError, ValueError):
+        binding = None
+    if binding != _binding["digest"]:
+        log.info("finished fold %d in %s was trained with other params, code or input data (or is unreadable): "
+                 "training it again",
                  fold, folder)
         remove(folder)
         return False

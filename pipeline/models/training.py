@@ -138,6 +138,7 @@ def train_folds(split_csv: str | Path, model: Path, folder: Path, live_dir: Path
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True)
     if k == 1:
+        checkpoint.remove_folds(live_dir)  # fold models kept by an earlier, interrupted run with folds
         train_one(None, 1)
         return
     log.info("cross-validation: training %d fold models", k)
@@ -292,6 +293,8 @@ class TrainingRun:
               schedule: str = "early_stop", epochs: int | None = None) -> TrainingRun:
         folder = checkpoint.folder_for(live_dir)
         state = checkpoint.read(folder)
+        if state is not None:
+            checkpoint.restore_live(folder, live_dir)
         live = Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None, resume=state is not None)
         if schedule == "fixed":
             if not epochs:
