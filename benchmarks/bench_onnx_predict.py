@@ -18,9 +18,7 @@ code both ways; only the model calls differ. Prints one JSON line:
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import sys
 import tempfile
 import time
@@ -31,9 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_predict import StageTimer, run_once, write_models  # noqa: E402
+from bench_predict import StageTimer, run_once, volume_bench_args, write_case_and_models  # noqa: E402
 
-from pipeline.data.demo import write_brats2021  # noqa: E402
 from pipeline.evaluation.cascade import Cascade  # noqa: E402
 from pipeline.evaluation.metrics import dice  # noqa: E402
 from pipeline.export import export_bundle  # noqa: E402
@@ -61,19 +58,11 @@ def timed(models: Path, case: Path, out: Path, batch_size: int, repeat: int) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=256, help="model input size in pixels")
-    parser.add_argument("--slices", type=int, default=155, help="axial slices of the synthetic 240x240 volume")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--repeat", type=int, default=2, help="warm runs after the cold one (fastest reported)")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = volume_bench_args(__doc__.splitlines()[0])
 
     with tempfile.TemporaryDirectory(prefix="bench_onnx_predict_") as tmp:
         root = Path(tmp)
-        write_brats2021(root / "brats", patients=1, slices=args.slices, size=240, seed=0)
-        case = next(p for p in (root / "brats").iterdir() if p.is_dir())
-        write_models(root / "models", args.size)
+        case = write_case_and_models(root, args)
         start = time.perf_counter()
         export_bundle(root / "models", root / "onnx")
         export_seconds = time.perf_counter() - start

@@ -89,20 +89,33 @@ def run_once(predictor: Predictor, case: Path, out: Path, timer: StageTimer) -> 
     return seconds, cpu, summary
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def volume_bench_args(description: str) -> argparse.Namespace:
+    """The command line of the per-volume predict benchmarks (this one and bench_onnx_predict.py); sets up
+    logging."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--size", type=int, default=256, help="model input size in pixels")
     parser.add_argument("--slices", type=int, default=155, help="axial slices of the synthetic 240x240 volume")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=2, help="warm runs after the cold one (fastest reported)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return args
+
+
+def write_case_and_models(root: Path, args: argparse.Namespace) -> Path:
+    """A synthetic BraTS 2021 case (240 x 240 x args.slices) under root/brats and a model bundle at args.size
+    under root/models; returns the case folder."""
+    write_brats2021(root / "brats", patients=1, slices=args.slices, size=240, seed=0)
+    write_models(root / "models", args.size)
+    return next(p for p in (root / "brats").iterdir() if p.is_dir())
+
+
+def main() -> None:
+    args = volume_bench_args(__doc__.splitlines()[0])
 
     with tempfile.TemporaryDirectory(prefix="bench_predict_") as tmp:
         root = Path(tmp)
-        write_brats2021(root / "brats", patients=1, slices=args.slices, size=240, seed=0)
-        case = next(p for p in (root / "brats").iterdir() if p.is_dir())
-        write_models(root / "models", args.size)
+        case = write_case_and_models(root, args)
         start = time.perf_counter()
         predictor = Predictor.from_dir(root / "models", batch_size=args.batch_size)
         load_seconds = time.perf_counter() - start
