@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from backends import BACKENDS, INSTALLED, on
+from backends import BACKENDS, INSTALLED, on, thread_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,7 +153,7 @@ WORKER = textwrap.dedent('''
 
 def run_worker(backend: str, *args: str, timeout: int = 600) -> str:
     """Run WORKER under `backend`; returns its stdout (the test fails with its output if it fails)."""
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2",
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2", **thread_env(backend),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run([sys.executable, "-c", WORKER, *args], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=timeout)

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from backends import on
+from backends import on, thread_env
 from tiny_repo import copy_repo, dvc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,8 @@ def test_dvc_repro_under_another_backend(backend, demo_repo, tmp_path, monkeypat
     TensorFlow-trained classifier loaded and explained (Grad-CAM, integrated gradients) under this backend,
     and the DVC plumbing passing the backend on. The data stages are backend-free and not rerun."""
     repo = copy_repo(demo_repo, tmp_path)
-    monkeypatch.setenv("KERAS_BACKEND", backend)  # dvc passes the environment on to every stage
+    for name, value in {"KERAS_BACKEND": backend, **thread_env(backend)}.items():
+        monkeypatch.setenv(name, value)  # dvc passes the environment on to every stage
     dvc("repro", "--force", "--single-item", "train_segmenter", cwd=repo)
     ran = dvc("repro", cwd=repo).stdout
     assert "Running stage 'evaluate'" in ran and "Running stage 'report'" in ran, ran[-3000:]
@@ -51,7 +52,7 @@ def test_dvc_repro_under_another_backend(backend, demo_repo, tmp_path, monkeypat
 def test_explanations_under_another_backend(backend):
     """tests/test_explain.py (Grad-CAM, integrated gradients, the gradients against closed forms and a finite
     difference) passes on the JAX or PyTorch backend: each backend's gradient code is checked, not only run."""
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2", **thread_env(backend)}
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "tests/test_explain.py"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

@@ -69,6 +69,25 @@ def test_every_registered_backbone_names_a_keras_application():
         assert callable(getattr(keras.applications, backbone.application, None)), name
 
 
+def test_a_backbone_added_to_the_registry_is_a_params_choice_and_built():
+    """``register_backbone`` with an import path (``tiny_models.tiny_backbone``, as tests/test_devices.py uses it)."""
+    from tiny_models import TINY_BACKBONE, register_tiny_backbone
+
+    from pipeline.models.nets.classifier import build_classifier, zero_init_residual_branches
+
+    register_tiny_backbone()
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            register_tiny_backbone()
+        assert params_from_dict(with_value("classifier", "backbone", TINY_BACKBONE)).classifier.backbone == TINY_BACKBONE
+        model, info = build_classifier(32, TINY_BACKBONE, weights="none")
+        assert tuple(model.get_layer(info["last_conv_layer"]).output.shape) == (None, 16, 16, 8)
+        assert tuple(model.output.shape) == (None, 1) and zero_init_residual_branches(model, info) == 1
+    finally:
+        registry.unregister_backbone(TINY_BACKBONE)
+    assert TINY_BACKBONE not in registry.BACKBONES
+
+
 def test_every_registered_segmenter_builder_loads():
     for name, segmenter in registry.SEGMENTERS.items():
         assert callable(registry.load(segmenter.build)), name

@@ -1,7 +1,8 @@
 """Tiny stand-ins for the project's models, built in seconds: one classifier factory for every test that
 needs a small CNN with the real classifier's contract ([B, S, S, 3] uint8-range float32 in, [B, 1]
-sigmoid "tumour_probability" out), and the tiny trained model bundle the predict tests share
-(the session fixture ``tiny_bundle`` in conftest.py)."""
+sigmoid "tumour_probability" out), a classifier backbone to register in place of ResNet50
+(``register_tiny_backbone``), and the tiny trained model bundle the predict tests share (the session
+fixture ``tiny_bundle`` in conftest.py)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,36 @@ def tiny_classifier(size: int, widths: Sequence[int] = (16, 16), *, strides: int
         x = keras.layers.Dropout(dropout)(x)
     probability = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="tumour_probability")(x)
     return keras.Model(image, probability, name=name)
+
+
+TINY_BACKBONE = "tiny_resnet"  # the name ``register_tiny_backbone`` registers it under (classifier.backbone)
+
+
+def tiny_backbone(include_top: bool = False, weights: str | None = None, input_tensor=None) -> keras.Model:
+    """ResNet50 in miniature, called as keras.applications' constructors are (random init only): a strided
+    3x3 stem and one residual block, each convolution followed by BatchNormalization, layers named as
+    ResNet50's (the branch closes with "conv2_block1_2_bn"; the last map is "conv2_block1_out")."""
+    if include_top or weights is not None:
+        raise ValueError("the tiny backbone has no top and no pretrained weights")
+    bn = dict(epsilon=1.001e-5)  # as keras.applications.ResNet50
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="conv1_conv")(input_tensor)
+    x = keras.layers.Activation("relu", name="conv1_relu")(keras.layers.BatchNormalization(**bn, name="conv1_bn")(x))
+    y = keras.layers.Conv2D(8, 3, padding="same", name="conv2_block1_1_conv")(x)
+    y = keras.layers.BatchNormalization(**bn, name="conv2_block1_1_bn")(y)
+    y = keras.layers.Activation("relu", name="conv2_block1_1_relu")(y)
+    y = keras.layers.Conv2D(8, 3, padding="same", name="conv2_block1_2_conv")(y)
+    y = keras.layers.BatchNormalization(**bn, name="conv2_block1_2_bn")(y)
+    x = keras.layers.Activation("relu", name="conv2_block1_out")(keras.layers.Add(name="conv2_block1_add")([x, y]))
+    return keras.Model(keras.utils.get_source_inputs(input_tensor), x, name="tiny_resnet")
+
+
+def register_tiny_backbone() -> None:
+    """Register ``tiny_backbone`` as the classifier backbone ``TINY_BACKBONE`` (this module must be importable
+    as ``tiny_models``, i.e. tests/ on sys.path)."""
+    from pipeline.models import registry
+
+    registry.register_backbone(TINY_BACKBONE, registry.Backbone(
+        "tiny_models:tiny_backbone", "caffe", "conv2_block1_out", ("conv2_",), r"conv\d_block\d+_2_bn"))
 
 
 BUNDLE_SIZE = 64  # px: the tiny bundle's input size

@@ -6,7 +6,7 @@ and heads, ``losses.get_loss`` the losses, ``nets.segmenter.build_segmenter`` th
 Builders are named by import path ("module:attribute", loaded on use), so listing one costs no import.
 
 Adding a segmenter architecture is one module with a builder and one line in ``SEGMENTERS``
-(``register_segmenter`` does the same at run time, for tests and plugins).
+(``register_segmenter`` does the same at run time, for tests and plugins; ``register_backbone`` for backbones).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 class Backbone(NamedTuple):
     """How to build one classifier backbone and where its parts are."""
 
-    application: str  # the keras.applications constructor, e.g. "ResNet50"
+    application: str  # the keras.applications constructor, e.g. "ResNet50", or "module:function" called the same way
     preprocessing: str  # BackbonePreprocess mode matching its ImageNet weights
     last_conv_layer: str  # the last convolutional feature map, for Grad-CAM
     stage_starts: tuple[str, ...]  # layer-name prefixes opening each stage after the stem, input to output
@@ -33,6 +33,19 @@ BACKBONES: dict[str, Backbone] = {
     "densenet121": Backbone("DenseNet121", "torch", "relu", ("conv2_", "conv3_", "conv4_", "conv5_")),
     "efficientnetb0": Backbone("EfficientNetB0", "none", "top_activation", tuple(f"block{i}" for i in range(1, 8))),
 }
+
+
+def register_backbone(name: str, backbone: Backbone) -> None:
+    """Add a backbone under ``name``; ValueError when the name is taken."""
+    if name in BACKBONES:
+        raise ValueError(f"backbone {name!r} is already registered")
+    BACKBONES[name] = backbone
+
+
+def unregister_backbone(name: str) -> None:
+    """Remove a backbone ``register_backbone`` added."""
+    del BACKBONES[name]
+
 
 # classifier.head: average (pooling + dense) | max_cell (the slice scores as its most tumorous cell);
 # built in ``nets.classifier``.

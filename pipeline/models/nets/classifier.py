@@ -1,4 +1,5 @@
-"""Tumour-presence classifier: a keras.applications backbone plus a one-unit sigmoid head.
+"""Tumour-presence classifier: a keras.applications backbone (or one registered by import path,
+``registry.register_backbone``) plus a one-unit sigmoid head.
 
 The graph is flat: the backbone is built on our own input tensor (``input_tensor=``), so its
 layers are layers of the classifier itself and Grad-CAM reaches the last convolutional block
@@ -33,7 +34,7 @@ import keras
 
 from pipeline.errors import InputError
 from pipeline.models.nets.layers import BackbonePreprocess
-from pipeline.models.registry import BACKBONES, HEADS, Backbone  # the choice lists, written once
+from pipeline.models.registry import BACKBONES, HEADS, Backbone, load  # the choice lists, written once
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,8 @@ def _assemble(spec: Backbone, image_size: int, dropout: float, weights: str | No
     """A fresh classifier graph and its backbone (whose layers are the classifier's own)."""
     image = keras.Input((image_size, image_size, 3), dtype="float32", name=INPUT_NAME)
     x = BackbonePreprocess(spec.preprocessing, name="preprocess")(image)
-    base = getattr(keras.applications, spec.application)(include_top=False, weights=weights, input_tensor=x)
+    application = load(spec.application) if ":" in spec.application else getattr(keras.applications, spec.application)
+    base = application(include_top=False, weights=weights, input_tensor=x)
     if head == "max_cell":
         x = keras.layers.Dropout(dropout, name="head_dropout")(base.output)
         x = keras.layers.Conv2D(1, 1, dtype="float32", name=CELLS_NAME)(x)
