@@ -16,6 +16,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's headless Chromium: apt-get install -y chromium
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files holding a slow test first, in collection order, then the others. With ``--no-loadscope-reorder``
+    (pyproject.toml) pytest-xdist hands out files in this order, so the long ones start first and the short
+    ones even out the workers at the end; by default it sorts files by their number of tests, which leaves the
+    long files, with few tests each, for last."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
+
+
 @pytest.fixture(scope="session")
 def chromium(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run headless Chromium: ``chromium(*args, timeout=60)`` returns the completed process.
