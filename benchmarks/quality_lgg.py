@@ -8,6 +8,11 @@ in a fresh process in a scratch copy of the pipeline, so the workspace is untouc
     python benchmarks/quality_lgg.py --root /tmp/lgg50 --size 128 --defaults # today's defaults
     python benchmarks/quality_lgg.py --root R --set train.epochs=40 --keep /tmp/run1
     python benchmarks/quality_lgg.py --root /tmp/lgg50 --size 128 --set split.folds=5  # out-of-fold figures
+    python benchmarks/quality_lgg.py --store data/slices --set split.folds=5  # an ingested store, no ingest
+
+``--store`` reads an already ingested slice store (its ``data.image_size`` and patients as ingested); the
+store is linked read-only into the scratch copy and ``ingest`` is skipped. ``--stage-script`` runs each
+stage as ``python SCRIPT STAGE`` instead of ``python -m pipeline STAGE`` (the GPU kit's ``stage.py``).
 
 Prints {"benchmark": "quality_lgg", "settings", "patients": {split: n}, "folds", "val_dice_patient_mean" /
 "_median" / "_p5", "val_auc" (validation patients; with split.folds > 1 every non-test patient, out of fold),
@@ -29,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -63,12 +69,14 @@ def dvc_command(settings: dict[str, Any]) -> str:
                                      for k, v in settings.items())
 
 
-def run_stages(workdir: Path, log_path: Path) -> dict[str, float]:
+def run_stages(workdir: Path, log_path: Path, stages: tuple[str, ...] = STAGES,
+               runner: tuple[str, ...] = ("-m", "pipeline")) -> dict[str, float]:
+    """Run ``stages`` in order, each in a fresh ``python RUNNER STAGE`` process; seconds per stage."""
     seconds = {}
     with log_path.open("w") as log:
-        for stage in STAGES:
+        for stage in stages:
             start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "pipeline", stage], cwd=workdir, check=True,
+            subprocess.run([sys.executable, *runner, stage], cwd=workdir, check=True,
                            stdout=log, stderr=subprocess.STDOUT)
             seconds[stage] = round(time.perf_counter() - start, 1)
     return seconds
@@ -102,6 +110,8 @@ def headline(workdir: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, help="kaggle_3m root (folder of TCGA_* case folders)")
+    parser.add_argument("--store", type=Path, help="an ingested slice store (data/slices) to use instead of --root")
+    parser.add_argument("--stage-script", type=Path, help="run stages as `python SCRIPT STAGE` (default -m pipeline)")
     parser.add_argument("--size", type=int, default=None, help="image size in px (default: the recipe's 256)")
     parser.add_argument("--defaults", action="store_true", help="params.yaml's defaults instead of the recipe")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra params, as -S")
@@ -116,9 +126,21 @@ def main() -> None:
     if args.print_dvc:
         print(dvc_command({**settings, "data.root": str(args.root or "/path/to/kaggle_3m")}))
         return
-    if args.root is None or not args.root.is_dir():
-        parser.error("--root must be a kaggle_3m folder")
-    settings["data.root"] = str(args.root.resolve())
+    if args.store is not None:
+        if not (args.store / "manifest.csv").is_file():
+            parser.error(f"--store {args.store}: no manifest.csv (not an ingested slice store)")
+        patients = json.loads((args.store / "patients.json").read_text())
+        stored_size = int(np.load(next((args.store / "arrays").glob("*.image.npy")), mmap_mode="r").shape[1])
+        if args.size not in (None, stored_size):
+            parser.error(f"--store {args.store} holds {stored_size} px slices, not {args.size}")
+        settings["data.image_size"] = stored_size
+        settings["data.root"] = str(Path(next(iter(patients.values()))["meta"]["path"]).parent)
+    elif args.root is None or not args.root.is_dir():
+        parser.error("--root must be a kaggle_3m folder (or give --store)")
+    else:
+        settings["data.root"] = str(args.root.resolve())
+    stages = STAGES[1:] if args.store is not None else STAGES
+    runner = (str(args.stage_script.resolve()),) if args.stage_script else ("-m", "pipeline")
 
     with tempfile.TemporaryDirectory(prefix="quality_lgg_") as tmp:
         workdir = args.keep or Path(tmp)
@@ -127,8 +149,11 @@ def main() -> None:
                         ignore=shutil.ignore_patterns("__pycache__"))
         params = apply_settings(yaml.safe_load((REPO / "params.yaml").read_text()), settings)
         (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        if args.store is not None:
+            (workdir / "data").mkdir(exist_ok=True)
+            (workdir / "data" / "slices").symlink_to(args.store.resolve(), target_is_directory=True)
         start = time.perf_counter()
-        seconds = run_stages(workdir, workdir / "stages.log")
+        seconds = run_stages(workdir, workdir / "stages.log", stages, runner)
         result = {"benchmark": "quality_lgg", "settings": settings, **headline(workdir), "stage_seconds": seconds,
                   "total_seconds": round(time.perf_counter() - start, 1)}
     print(json.dumps(result))
