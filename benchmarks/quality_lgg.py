@@ -46,6 +46,7 @@ RECIPE: dict[str, Any] = {
     "data.source": "lgg",
     "data.image_size": 256,
     "evaluate.threshold": "patient_dice",
+    "classifier.head": "max_cell",  # 5-fold validation AUC 0.947 against 0.889-0.925 (README, Cross-validation)
 }
 
 
