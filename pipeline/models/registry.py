@@ -35,11 +35,16 @@ BACKBONES: dict[str, Backbone] = {
 }
 
 
+def _add(table: dict[str, Any], what: str, name: str, entry: Any) -> None:
+    """``table[name] = entry``; ValueError naming ``what`` when the name is taken."""
+    if name in table:
+        raise ValueError(f"{what} {name!r} is already registered")
+    table[name] = entry
+
+
 def register_backbone(name: str, backbone: Backbone) -> None:
     """Add a backbone under ``name``; ValueError when the name is taken."""
-    if name in BACKBONES:
-        raise ValueError(f"backbone {name!r} is already registered")
-    BACKBONES[name] = backbone
+    _add(BACKBONES, "backbone", name, backbone)
 
 
 def unregister_backbone(name: str) -> None:
@@ -87,9 +92,7 @@ SEGMENTERS: dict[str, Segmenter] = {
 
 def register_segmenter(name: str, segmenter: Segmenter) -> None:
     """Add an architecture under ``name``; ValueError when the name is taken."""
-    if name in SEGMENTERS:
-        raise ValueError(f"segmenter architecture {name!r} is already registered")
-    SEGMENTERS[name] = segmenter
+    _add(SEGMENTERS, "segmenter architecture", name, segmenter)
 
 
 def unregister_segmenter(name: str) -> None:
