@@ -30,6 +30,9 @@ THRESHOLD_RULES = ("youden", "f1", "patient_dice")
 # weights; "early_stop" stops when the validation metric has not improved for `patience` epochs (halving the
 # learning rate on plateaus) and keeps the best epoch's weights.
 SCHEDULES = ("fixed", "early_stop")
+CLASS_BALANCES = ("weights", "batches", "undersample", "none")  # classifier.class_balance (stages/train_classifier.py)
+# train.mixed_precision -> the Keras dtype policy (float16 is for GPUs: ~4x slower than float32 on a CPU)
+PRECISION_POLICIES = {False: "float32", True: "mixed_float16", "bfloat16": "mixed_bfloat16"}
 MAX_IMAGE_SIZE = 1024  # pixels a side; kaggle_3m slices are 256, BraTS 240
 
 
@@ -105,13 +108,20 @@ class TrainParams:
     epochs: int
     batch_size: int
     seed: int
-    mixed_precision: bool
+    mixed_precision: bool | str  # false (float32) | true (float16 layers: GPUs) | "bfloat16" (CPUs with AVX512_BF16/AMX)
     schedule: str = "fixed"  # fixed | early_stop (see SCHEDULES)
     deterministic: bool = True  # the backend's deterministic ops (pipeline.models.training.enable_deterministic_ops)
     devices: int | str = "auto"  # data-parallel devices (JAX backend): auto = every local one; see models/devices.py
 
+    @property
+    def precision_policy(self) -> str:
+        """The Keras dtype policy ``train.mixed_precision`` names: float32, mixed_float16 or mixed_bfloat16."""
+        return PRECISION_POLICIES[self.mixed_precision]
+
     def validate(self) -> None:
         _one_of("train.schedule", self.schedule, SCHEDULES)
+        if self.mixed_precision not in PRECISION_POLICIES:
+            raise ParamsError(f"train.mixed_precision: {self.mixed_precision!r} must be true, false or bfloat16")
         _in_range("train.lr", self.lr, 1e-8, 1)
         _in_range("train.epochs", self.epochs, 1, 10_000)
         _in_range("train.batch_size", self.batch_size, 1, 4096)
@@ -152,7 +162,7 @@ class ClassifierParams:
         _in_range("classifier.localisation_weight", self.localisation_weight, 0, 100)
         _one_of("classifier.head", self.head, HEADS)
         _one_of("classifier.backbone", self.backbone, tuple(BACKBONES))
-        _one_of("classifier.class_balance", self.class_balance, ("weights", "batches", "none"))
+        _one_of("classifier.class_balance", self.class_balance, CLASS_BALANCES)
         _in_range("classifier.dropout", self.dropout, 0, 0.95)
         if self.unfreeze != "all" and not (isinstance(self.unfreeze, int) and self.unfreeze >= 0):
             raise ParamsError(f"classifier.unfreeze: {self.unfreeze!r} must be a number of stages or 'all'")

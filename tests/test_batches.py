@@ -309,6 +309,23 @@ def test_balanced_batches_are_half_positive(store: SliceStore):
     assert uses.sum() == 16 and set(uses) <= {2, 3}
 
 
+def test_undersampled_epochs_are_every_positive_and_fresh_negatives(store: SliceStore):
+    """classifier.class_balance: undersample: an epoch is one pass over the 18 positives and 18 of the 30
+    negatives, half and half per batch, another 18 negatives the next epoch."""
+    ds = SliceBatches(store, store.manifest, 4, "label", None, seed=3, balanced=True, undersample=True)
+    positive = store.manifest.has_tumour.to_numpy()
+    assert positive.sum() == 18 and len(ds) == 2 * 18 // 4
+    seen = []
+    for _ in range(2):
+        chosen = np.concatenate([ds.batch_rows(i) for i in range(len(ds))])
+        assert len(set(chosen)) == len(chosen) == 36  # no slice twice in an epoch
+        assert set(chosen[positive[chosen]]) == set(np.flatnonzero(positive))
+        assert all(ds[i][1].sum() == 2 for i in range(len(ds)))
+        seen.append(set(chosen[~positive[chosen]]))
+        ds.on_epoch_end()
+    assert seen[0] != seen[1]
+
+
 def test_balanced_falls_back_to_shuffling_with_one_class(store: SliceStore):
     rows = store.manifest[~store.manifest.has_tumour]
     ds = SliceBatches(store, rows, 8, "label", None, seed=0, balanced=True)

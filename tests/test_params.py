@@ -46,6 +46,8 @@ def test_repo_params_load():
     (("evaluate", "keep_largest_component"), "yes", "evaluate.keep_largest_component: 'yes' must be true, false or auto"),
     (("evaluate", "keep_largest_component"), 1, "evaluate.keep_largest_component"),
     (("classifier", "head"), "attention", "classifier.head"),
+    (("train", "mixed_precision"), "float8", "train.mixed_precision: 'float8' must be true, false or bfloat16"),
+    (("classifier", "class_balance"), "oversample", "classifier.class_balance"),
     (("classifier", "localisation_weight"), -1, "classifier.localisation_weight"),
 ])
 def test_bad_values_name_the_key(path, value, message):
@@ -113,8 +115,16 @@ def test_split_file_is_optional():
     (("evaluate", "ig_steps"), 2), (("evaluate", "bootstrap"), 0), (("evaluate", "gradcam_per_group"), 0),
     (("evaluate", "min_component_px"), 0), (("data", "image_size"), 1024),
     (("evaluate", "keep_largest_component"), "auto"), (("evaluate", "keep_largest_component"), True),
+    (("train", "mixed_precision"), "bfloat16"), (("classifier", "class_balance"), "undersample"),
 ])
 def test_edge_values_that_work_are_accepted(path, value):
     raw = copy.deepcopy(RAW)
     raw[path[0]][path[1]] = value
     assert getattr(getattr(params_from_dict(raw), path[0]), path[1]) == value
+
+
+def test_mixed_precision_names_a_keras_policy():
+    for value, policy in ((False, "float32"), (True, "mixed_float16"), ("bfloat16", "mixed_bfloat16")):
+        raw = copy.deepcopy(RAW)
+        raw["train"]["mixed_precision"] = value
+        assert params_from_dict(raw).train.precision_policy == policy

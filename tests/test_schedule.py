@@ -3,8 +3,8 @@
 - fixed: exactly the planned epochs, the learning rate follows nnU-Net's poly decay over all phases, the
   validation metric never stops training nor picks the weights (the last ones are kept);
 - early_stop: today's behaviour (stops after `patience` epochs without improvement, restores the best);
-- two runs with one seed give bit-identical weights (fresh processes, TensorFlow backend on the CPU), a
-  second seed different ones.
+- two runs with one seed give bit-identical weights (fresh processes, TensorFlow backend on the CPU; float32
+  and bfloat16 layers), a second seed different ones.
 """
 
 from __future__ import annotations
@@ -110,7 +110,8 @@ WORKER = textwrap.dedent('''
     from pipeline.models.training import TrainingRun, setup
     from test_schedule import compile_at, tiny_data, tiny_model
 
-    setup(TrainParams(lr=1e-2, epochs=3, batch_size=8, seed=int(sys.argv[2]), mixed_precision=False,
+    precision = {"float32": False, "bfloat16": "bfloat16"}[sys.argv[4]]
+    setup(TrainParams(lr=1e-2, epochs=3, batch_size=8, seed=int(sys.argv[2]), mixed_precision=precision,
                       schedule="fixed", deterministic=True))
     model = tiny_model()
     x, y = tiny_data()
@@ -123,10 +124,11 @@ WORKER = textwrap.dedent('''
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="tensorflow is not installed")
-def test_same_seed_gives_identical_weights_tensorflow_cpu(tmp_path):
+@pytest.mark.parametrize("precision", ["float32", pytest.param("bfloat16", marks=pytest.mark.slow)])  # the CPU recipe
+def test_same_seed_gives_identical_weights_tensorflow_cpu(tmp_path, precision):
     def train(seed: int, name: str) -> str:
         env = {**os.environ, "KERAS_BACKEND": "tensorflow", "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
-        done = subprocess.run([sys.executable, "-c", WORKER, str(ROOT), str(seed), str(tmp_path / name)],
+        done = subprocess.run([sys.executable, "-c", WORKER, str(ROOT), str(seed), str(tmp_path / name), precision],
                               env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         return next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("WEIGHTS"))

@@ -94,14 +94,17 @@ class SliceBatches(keras.utils.PyDataset):
     batch included, so ``predict`` returns one output per row in order.
     balanced: every batch holds half positive, half negative slices, drawn without replacement
     within each pass over a class (the smaller class is cycled); ``len(rows) // batch_size``
-    batches an epoch. class_weight: {0: w0, 1: w1} -> per-sample weights as a third element.
+    batches an epoch. undersample (balanced batches, random undersampling): an epoch is as many batches as
+    the smaller class fills twice over (``2 * min(positives, negatives) // batch_size``), so it sees the
+    smaller class about once and as many of the larger, drawn afresh each epoch: fewer steps an epoch.
+    class_weight: {0: w0, 1: w1} -> per-sample weights as a third element.
     workers, use_multiprocessing, max_queue_size: how ``fit`` runs ``__getitem__`` (PyDataset).
     regions: the mask channels of target "mask" (``pipeline.data.regions``), whole tumour first.
     """
 
     def __init__(self, store: SliceStore, rows: pd.DataFrame, batch_size: int, target: str = "label",
                  augment: AugmentParams | None = None, shuffle: bool = False, seed: int = 0,
-                 class_weight: dict[int, float] | None = None, balanced: bool = False,
+                 class_weight: dict[int, float] | None = None, balanced: bool = False, undersample: bool = False,
                  workers: int = DEFAULT_WORKERS, use_multiprocessing: bool = DEFAULT_USE_MULTIPROCESSING,
                  max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE, regions: tuple[str, ...] = (WHOLE_TUMOUR,)):
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
@@ -111,8 +114,14 @@ class SliceBatches(keras.utils.PyDataset):
         if len(rows) == 0:
             raise ValueError("no rows to draw batches from")
         self.store = store
+        balanced = balanced or undersample
         self.shuffle = shuffle or balanced  # balanced batches are random batches
         self.rows = rows_for_this_process(rows.reset_index(drop=True), shuffled=self.shuffle)  # train.devices
+        # undersample: the epoch's share of this process's rows, from the classes of all of them (so every
+        # process of a multi-host run makes the same number of steps)
+        positive = int(rows["has_tumour"].astype(bool).sum())
+        smaller = min(positive, len(rows) - positive)
+        self._epoch_rows = 2 * smaller * len(self.rows) // len(rows) if undersample else len(self.rows)
         self.batch_size = batch_size
         self.target = target
         self.regions = tuple(regions)
@@ -136,7 +145,7 @@ class SliceBatches(keras.utils.PyDataset):
         self._plan: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
-        n = len(self.rows)
+        n = self._epoch_rows if self.balanced else len(self.rows)
         if self.balanced or self.shuffle:
             return max(1, n // self.batch_size)
         return math.ceil(n / self.batch_size)

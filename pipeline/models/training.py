@@ -41,7 +41,7 @@ def setup(train: TrainParams) -> None:
     seed_everything(train.seed)
     if train.deterministic:
         enable_deterministic_ops()
-    keras.mixed_precision.set_global_policy("mixed_float16" if train.mixed_precision else "float32")
+    keras.mixed_precision.set_global_policy(train.precision_policy)
     use_devices(train.devices, train.batch_size)
 
 
@@ -365,13 +365,42 @@ class TrainingRun:
 
 
 def save_model(model: keras.Model, path: str | Path, sidecar: dict[str, Any]) -> None:
-    """Save `model` as .keras and its sidecar JSON next to it (same stem, .json), atomically."""
+    """Save `model` as .keras (in float32: ``float32_copy``) and its sidecar JSON next to it (same stem,
+    .json), atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        model.save(tmp)
+        float32_copy(model).save(tmp)
     with atomic_path(path.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(sidecar, indent=2, default=str))
     log.info("saved %s (+ %s)", path, path.with_suffix(".json").name)
+
+
+def float32_copy(model: keras.Model) -> keras.Model:
+    """`model` with every layer computing in float32 and the same weights (`model` itself when it already
+    does). A mixed-precision run (``train.mixed_precision``) trains in float16 / bfloat16 but its variables
+    are float32; the saved model is float32, so evaluate, predict and the ONNX export (ONNX Runtime has no
+    bfloat16 kernels on the CPU) read it as any other."""
+    policy = keras.config.dtype_policy()
+    if policy.name == "float32":
+        return model
+    keras.config.set_dtype_policy("float32")  # for what the config leaves to the global policy (inputs, the model)
+    try:
+        copy = model.__class__.from_config(_float32_config(model.get_config()))
+    finally:
+        keras.config.set_dtype_policy(policy)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _float32_config(config: Any) -> Any:
+    """A layer / model config with every mixed dtype policy replaced by float32 (recursively)."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy" and config.get("config", {}).get("name", "").startswith("mixed_"):
+            return {**config, "config": {**config["config"], "name": "float32"}}
+        return {key: _float32_config(value) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_float32_config(value) for value in config]
+    return config
 
 
 def store_intensity(store: SliceStore) -> dict[str, Any]:

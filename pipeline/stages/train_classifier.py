@@ -73,12 +73,13 @@ def train(t: TrainParams, augment: AugmentParams, p: ClassifierParams, store: Sl
     labels = rows["train"].has_tumour.to_numpy(int)
     class_weight = class_weights_from(labels) if p.class_balance == "weights" else None
     train = SliceBatches(store, rows["train"], t.batch_size, target, augment, shuffle=True, seed=t.seed,
-                         class_weight=class_weight, balanced=p.class_balance == "batches")
+                         class_weight=class_weight, balanced=p.class_balance == "batches",
+                         undersample=p.class_balance == "undersample")
     val = SliceBatches(store, rows["val"], t.batch_size, target, None, shuffle=False, seed=t.seed)
-    log.info("classifier %s at %d px, %s%s; %d train slices (%.0f%% positive), %d val slices",
+    log.info("classifier %s at %d px, %s%s; %d train slices (%.0f%% positive; %d an epoch), %d val slices",
              p.backbone, size, "pretrained" if info["pretrained"] else "random init",
              f", localisation loss x{p.localisation_weight:g} on {info['last_conv_layer']}" if localising else "",
-             len(labels), 100 * labels.mean(), len(rows["val"]))
+             len(labels), 100 * labels.mean(), len(train) * t.batch_size, len(rows["val"]))
 
     def compile_at(lr: float) -> None:
         trainer.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy",
