@@ -26,6 +26,8 @@ SOURCES = ("demo", "lgg", "brats2021", "brats2023", "decathlon")
 # evaluate.threshold rules chosen on validation patients (besides sensitivity:X and a fixed number):
 # slice-level Youden J or F1, or the gate that maximises the cascade's mean per-patient Dice.
 THRESHOLD_RULES = ("youden", "f1", "patient_dice")
+# evaluate.slice_score: what the gate thresholds (pipeline/evaluation/cascade.py, cascade_slice_score)
+SLICE_SCORES = ("classifier", "cascade")
 # train.schedule: "fixed" trains exactly train.epochs with a poly-decaying learning rate and keeps the last
 # weights; "early_stop" stops when the validation metric has not improved for `patience` epochs (halving the
 # learning rate on plateaus) and keeps the best epoch's weights.
@@ -203,6 +205,7 @@ class EvaluateParams:
     ig_steps: int
     seed: int
     gradcam_layer: str = "last"  # "last": the backbone's last convolutional map; or a layer name
+    slice_score: str = "classifier"  # a SLICE_SCORES value
 
 
     def validate(self) -> None:
@@ -217,6 +220,8 @@ class EvaluateParams:
                 _in_range("evaluate.threshold", float(t.split(":", 1)[1]), 0, 1)
             except ValueError:
                 raise ParamsError(f"evaluate.threshold: {t!r}: the target sensitivity is not a number") from None
+        if self.slice_score not in SLICE_SCORES:
+            raise ParamsError(f"evaluate.slice_score: {self.slice_score!r} must be {' or '.join(SLICE_SCORES)}")
         _in_range("evaluate.min_component_px", self.min_component_px, 0, MAX_IMAGE_SIZE ** 2)
         if isinstance(self.keep_largest_component, str) and self.keep_largest_component != "auto":
             raise ParamsError(f"evaluate.keep_largest_component: {self.keep_largest_component!r} must be true, "

@@ -137,7 +137,8 @@ def write_fake_outputs(root: str | Path, *, n_patients: int = 30, slices_per_pat
     metrics: dict[str, Any] = {
         "classifier": {"pretrained": pretrained, "backbone": params.classifier.backbone,
                        "localisation_weight": params.classifier.localisation_weight},
-        "threshold": {"rule": str(params.evaluate.threshold), "value": threshold, "chosen_on": "val"},
+        "threshold": {"rule": str(params.evaluate.threshold), "value": threshold, "chosen_on": "val",
+                      "slice_score": params.evaluate.slice_score},
         "postprocessing": {"min_component_px": params.evaluate.min_component_px,
                            "keep_largest_component": params.evaluate.keep_largest_component is True,
                            "chosen_on": "val" if params.evaluate.keep_largest_component == "auto" else "params"},
@@ -296,6 +297,7 @@ def _split_metrics(rng: np.random.Generator, s: pd.DataFrame, p: pd.DataFrame, t
     clf["auc_ci_low"], clf["auc_ci_high"] = m.bootstrap_auc_ci(y, prob, s.patient_id.to_numpy(), n_resamples=200,
                                                                seed=int(rng.integers(2**31)))
     clf["average_precision"] = m.pr_curve_points(y, prob)["average_precision"] if y.any() else math.nan
+    clf["auc_classifier_alone"] = clf["auc"]  # the fake slice score is the classifier's probability
     py, pp = p.has_tumour.to_numpy(int), p.max_probability.to_numpy()
     patient = {"auc": m.roc_auc(py, pp), **m.classification_summary(py, pp, threshold)}
     positive = s[s.has_tumour]

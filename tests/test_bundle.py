@@ -37,6 +37,18 @@ def test_bundle_round_trip(tmp_path: Path) -> None:
     bundle = read_bundle(_bundle_dir(tmp_path))
     assert bundle.task == TASK and bundle.threshold == 0.42 and bundle.threshold_rule == "youden"
     assert bundle.post == PostProcessing(10, True) and bundle.seg_threshold == 0.5
+    assert bundle.slice_score == "classifier"
+
+
+def test_the_gate_score_round_trips_and_an_old_bundle_reads_as_classifier(tmp_path: Path) -> None:
+    folder = _bundle_dir(tmp_path)
+    Bundle(TASK, 0.42, "patient_dice", 0.5, PostProcessing(), slice_score="cascade").write(folder)
+    assert json.loads((folder / "cascade.json").read_text())["gate"]["score"] == "cascade"
+    assert read_bundle(folder).slice_score == "cascade"
+    raw = json.loads((folder / "cascade.json").read_text())
+    del raw["gate"]["score"]  # written before the score was recorded
+    (folder / "cascade.json").write_text(json.dumps(raw))
+    assert read_bundle(folder).slice_score == "classifier"
 
 
 @pytest.mark.parametrize("change, message", [
@@ -66,6 +78,7 @@ def test_bundle_round_trip(tmp_path: Path) -> None:
     (lambda b: b["models"].update(classifier=["classifier.keras", "classifier.keras"]), "listed twice"),
     (lambda b: b["models"].update(classifier=["classifier.keras", "other.keras"]), "2 classifiers but 1 segmenters"),
     (lambda b: b["gate"].update(chosen_on=["x"]), "chosen_on"),
+    (lambda b: b["gate"].update(score="segmenter"), "gate score 'segmenter' is not one of classifier, cascade"),
 ])
 def test_bad_bundle_is_one_line_naming_the_file(change, message: str, tmp_path: Path) -> None:
     folder = _bundle_dir(tmp_path)

@@ -457,7 +457,7 @@ def _scored(patients: dict) -> Any:
 
     from pipeline.evaluation.scoring import Scored
 
-    rows = [{"patient_id": pid, "slice_index": i, "split": split, "probability": 0.9}
+    rows = [{"patient_id": pid, "slice_index": i, "split": split, "probability": 0.9, "classifier_probability": 0.9}
             for pid, (split, truth, _) in patients.items() for i in range(len(truth))]
     return Scored(pd.DataFrame(rows), {p: s for p, (_, _, s) in patients.items()},
                   {p: t for p, (_, t, _) in patients.items()})

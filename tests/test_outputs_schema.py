@@ -87,7 +87,9 @@ def tiny_scored(split: str) -> tuple[Scored, Any]:
                          "probability": float(rng.uniform(0.6, 1) if t[i].any() else rng.uniform(0, 0.5))})
     store = SimpleNamespace(patients={pid: {"spacing_mm": None, "channels": ["t1", "flair", "t1gd"]}
                                       for pid in truth})
-    return Scored(pd.DataFrame(rows), seg, truth), store
+    slices = pd.DataFrame(rows)
+    slices["classifier_probability"] = slices.probability  # slice_score "classifier"
+    return Scored(slices, seg, truth), store
 
 
 def test_evaluate_split_writes_the_split_keys_of_the_schema():

@@ -32,6 +32,7 @@ def test_repo_params_load():
     (("split", "test"), 0.5, "split"),
     (("evaluate", "threshold"), "sensitivity:high", "evaluate.threshold"),
     (("evaluate", "threshold"), 1.5, "evaluate.threshold"),
+    (("evaluate", "slice_score"), "segmenter", "evaluate.slice_score"),
     (("classifier", "unfreeze"), "some", "classifier.unfreeze"),
     # valid types that used to fail only later, inside a stage (issue 13)
     (("evaluate", "ig_steps"), 0, "evaluate.ig_steps"),

@@ -6,7 +6,9 @@
     models/cascade.json                          written by ``evaluate``: the task spec (image size,
                                                  channels, intensity scaling, target region), the gate
                                                  threshold chosen on validation (or out-of-fold)
-                                                 patients, the segmenter's pixel threshold, the
+                                                 patients and the score it thresholds (the classifier's
+                                                 probability, or the cascade's slice score), the
+                                                 segmenter's pixel threshold, the
                                                  post-processing, the model files of each kind
                                                  (several: an ensemble, whose probabilities are
                                                  averaged) and the sha256 of every model file and
@@ -40,6 +42,7 @@ from pipeline.data.task import TaskSpec
 from pipeline.errors import InputError
 from pipeline.evaluation.postprocess import PostProcessing
 from pipeline.models.sidecar import load_sidecar
+from pipeline.params import SLICE_SCORES
 from pipeline.writing import atomic_path, remove_stale_temporaries
 
 CLASSIFIER_FILE = "classifier.keras"
@@ -69,6 +72,7 @@ class Bundle:
     # empty: hashed from the folder when written.
     sha256: dict[str, str] = field(default_factory=dict)
     format: str = "keras"  # a FORMATS key: what the model files are
+    slice_score: str = "classifier"  # a SLICE_SCORES value: what the gate thresholds (bundles without one: classifier)
 
     @property
     def models(self) -> dict[str, list[str]]:
@@ -76,7 +80,8 @@ class Bundle:
 
     def to_json(self) -> dict[str, Any]:
         return {"task": self.task.to_json(),
-                "gate": {"threshold": self.threshold, "rule": self.threshold_rule, "chosen_on": self.chosen_on},
+                "gate": {"threshold": self.threshold, "rule": self.threshold_rule, "chosen_on": self.chosen_on,
+                         "score": self.slice_score},
                 "seg_threshold": self.seg_threshold, "postprocessing": asdict(self.post),
                 "format": self.format, "models": self.models, "sha256": self.sha256}
 
@@ -182,10 +187,13 @@ def read_bundle(folder: str | Path) -> Bundle:
         chosen_on = raw["gate"].get("chosen_on", "val")
         if chosen_on not in ("val", "oof"):
             raise ValueError(f"gate chosen_on {chosen_on!r} is not val or oof")
+        slice_score = raw["gate"].get("score", "classifier")
+        if slice_score not in SLICE_SCORES:
+            raise ValueError(f"gate score {slice_score!r} is not one of {', '.join(SLICE_SCORES)}")
         bundle = Bundle(TaskSpec.from_json(raw["task"]), _fraction(raw["gate"]["threshold"], "gate threshold", path),
                         rule, _fraction(raw["seg_threshold"], "seg_threshold", path),
                         PostProcessing(**raw["postprocessing"]), *files,
-                        chosen_on=chosen_on, sha256=raw.get("sha256") or {}, format=fmt)
+                        chosen_on=chosen_on, sha256=raw.get("sha256") or {}, format=fmt, slice_score=slice_score)
     except FileNotFoundError:
         raise InputError(path, "missing: `evaluate` writes it (the gate threshold and task spec of these "
                                "models); run `dvc repro`") from None

@@ -1,7 +1,9 @@
 """Classifier-gated segmentation: the one code path that evaluation and inference share.
 
 The classifier scores every slice; slices scoring at or above the threshold go to the segmenter;
-the others get an empty mask. Optional per-patient post-processing then cleans the 3D mask.
+the others get an empty mask. With ``slice_score`` "cascade" the gate thresholds the classifier's
+probability times the segmenter's highest pixel probability on the slice (``cascade_slice_score``): a slice
+is tumour when both models find it. Optional per-patient post-processing then cleans the 3D mask.
 A segmenter with one output per region (data.target "regions") gives the whole tumour in its first
 channel, which the gate, the threshold choice and the whole-tumour metrics use as they are; ``combine_regions``
 makes the masks of every region: gated, post-processed whole tumour, each inner region cut to its parent.
@@ -30,6 +32,7 @@ from pipeline.evaluation.onnx_model import ONNX_SUFFIX, load_onnx_model
 from pipeline.evaluation.postprocess import PostProcessing, remove_small_components
 from pipeline.models.padded import fixed_batches
 from pipeline.models.registry import PIXEL_THRESHOLD
+from pipeline.params import SLICE_SCORES
 
 if TYPE_CHECKING:
     import keras
@@ -41,6 +44,14 @@ def gate(probabilities: np.ndarray, threshold: float) -> np.ndarray:
     """Slices sent to the segmenter: bool [D] = probability >= threshold, compared as the metrics compare
     (``pipeline.evaluation.metrics.predicted_positive``: float64, the threshold never rounded to float32)."""
     return predicted_positive(probabilities, threshold)
+
+
+def cascade_slice_score(probabilities: np.ndarray, seg_probabilities: np.ndarray) -> np.ndarray:
+    """The cascade's tumour score of each slice, float32 [D]: the classifier's probability [D] times the
+    segmenter's highest whole-tumour pixel probability on the slice (seg_probabilities float [D, H, W]).
+    Out of fold on the 50 shared LGG patients it ranks slices better than either alone (README)."""
+    seg_max = np.asarray(seg_probabilities, np.float32).reshape(len(seg_probabilities), -1).max(axis=1, initial=0.0)
+    return np.asarray(probabilities, np.float32) * seg_max
 
 
 def combine(seg_probabilities: np.ndarray, gated: np.ndarray, seg_threshold: float,
@@ -175,6 +186,26 @@ class Cascade:
     seg_threshold: float = PIXEL_THRESHOLD  # evaluate and predict set the segmenter sidecar's (via the bundle)
     post: PostProcessing = PostProcessing()
     batch_size: int = 16
+    slice_score: str = "classifier"  # a SLICE_SCORES value: what the gate thresholds (evaluate chooses, the bundle says)
+
+    def __post_init__(self) -> None:
+        if self.slice_score not in SLICE_SCORES:
+            raise ValueError(f"slice_score {self.slice_score!r} is not one of {', '.join(SLICE_SCORES)}")
+
+    def score_and_segment(self, images: np.ndarray, regions: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Each slice's gate score float32 [D] (``slice_score``) and the segmenter's output on the slices that
+        need it: float32 [D, H, W] (regions None: the whole tumour) or [D, H, W, R], zero where not gated.
+        The segmenter runs on every slice for the "cascade" score, else on the gated ones only."""
+        probabilities = self.classify(images)
+        run = np.ones(len(images), bool) if self.slice_score == "cascade" else gate(probabilities, self.threshold)
+        seg = np.zeros((*images.shape[:3], *(() if regions is None else (regions,))), np.float32)
+        if run.any():
+            seg[run] = self.segment(np.asarray(images)[run]) if regions is None \
+                else self.segment_regions(np.asarray(images)[run])
+        if self.slice_score == "cascade":
+            probabilities = cascade_slice_score(probabilities, seg if regions is None else seg[..., 0])
+            seg[~gate(probabilities, self.threshold)] = 0.0
+        return probabilities, seg
 
     @classmethod
     def load(cls, classifier_path: str | Path | Sequence[str | Path], segmenter_path: str | Path | Sequence[str | Path],
@@ -213,11 +244,8 @@ class Cascade:
         """``predict_volume`` for a segmenter with one output per region of ``regions``: probabilities float32 [D],
         gated bool [D], seg_probabilities float32 [D, H, W, R] (zero where not gated), region_masks bool
         [D, H, W, R] (``combine_regions``) and mask bool [D, H, W], the whole tumour."""
-        probabilities = self.classify(images)
+        probabilities, seg = self.score_and_segment(images, regions=len(regions))
         gated = gate(probabilities, self.threshold)
-        seg = np.zeros((*images.shape[:3], len(regions)), np.float32)
-        if gated.any():
-            seg[gated] = self.segment_regions(np.asarray(images)[gated])
         masks = combine_regions(seg, gated, self.seg_threshold, regions, self.post)
         return {"probabilities": probabilities, "gated": gated, "seg_probabilities": seg, "region_masks": masks,
                 "mask": masks[..., 0]}
@@ -225,13 +253,10 @@ class Cascade:
     def predict_volume(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Run the cascade on one patient's slices uint8 [D, H, W, 3].
 
-        Returns probabilities float32 [D], gated bool [D], seg_probabilities float32 [D, H, W]
-        (zero where not gated) and mask bool [D, H, W] after post-processing.
+        Returns probabilities float32 [D] (the gate score, ``slice_score``), gated bool [D], seg_probabilities
+        float32 [D, H, W] (zero where not gated) and mask bool [D, H, W] after post-processing.
         """
-        probabilities = self.classify(images)
+        probabilities, seg = self.score_and_segment(images)
         gated = gate(probabilities, self.threshold)
-        seg = np.zeros(images.shape[:3], np.float32)
-        if gated.any():
-            seg[gated] = self.segment(np.asarray(images)[gated])
         mask = combine(seg, gated, self.seg_threshold, self.post)
         return {"probabilities": probabilities, "gated": gated, "seg_probabilities": seg, "mask": mask}

@@ -45,8 +45,11 @@ _RATES = {
     "fn": "false negatives",
     "tn": "true negatives",
 }
-CLASSIFIER_SLICES = Group("slice-level classifier metrics at the threshold", {
+CLASSIFIER_SLICES = Group("slice-level tumour-presence metrics of the gate score (threshold.slice_score) at the "
+                          "threshold", {
     **_RATES,
+    "auc_classifier_alone": "the AUC of the classifier's own probability (= auc when threshold.slice_score is "
+                            "classifier)",
     "auc_ci_low": "95% patient-bootstrap CI of the AUC, lower end",
     "auc_ci_high": "95% patient-bootstrap CI of the AUC, upper end",
     "average_precision": "area under the precision-recall curve",
@@ -98,7 +101,9 @@ METRICS = Group("every metric of `evaluate`; a value is null where it is undefin
     }),
     "threshold": Group("the classifier gate", {
         "rule": "evaluate.threshold, the rule that chose it",
-        "value": "the threshold on the slice probability",
+        "value": "the threshold on the slice score",
+        "slice_score": 'evaluate.slice_score, what the gate thresholds: "classifier" (its probability) or "cascade" '
+                       "(the classifier's probability times the segmenter's highest pixel probability on the slice)",
         "chosen_on": '"val": chosen on the validation patients only; "oof" (split.folds > 1): on the out-of-fold '
                      'predictions of every non-test patient',
     }),

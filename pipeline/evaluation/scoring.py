@@ -29,7 +29,7 @@ from pipeline.data.split import split_manifest
 from pipeline.data.task import target_mask
 from pipeline.errors import InputError
 from pipeline.evaluation import metrics as m
-from pipeline.evaluation.cascade import Cascade, gate, gated_mask
+from pipeline.evaluation.cascade import Cascade, cascade_slice_score, gate, gated_mask
 from pipeline.evaluation.postprocess import PostProcessing
 from pipeline.models.sidecar import load_sidecar
 
@@ -95,6 +95,7 @@ def score_patients(store: SliceStore, split: pd.DataFrame, cascade: Cascade,
     if rows.empty:
         raise InputError("data/split.csv", "no validation or test patients to evaluate")
     probabilities = np.zeros(len(rows), np.float32)
+    classifier_probabilities = np.zeros(len(rows), np.float32)
     seg_pixels = np.zeros(len(rows), np.int64)
     overlap_pixels = np.zeros(len(rows), np.int64)
     seg_masks: dict[str, np.ndarray] = {}
@@ -103,12 +104,16 @@ def score_patients(store: SliceStore, split: pd.DataFrame, cascade: Cascade,
                            unit="patient", leave=False):
         images = store.images(pid)
         scorer = scorer_of(rows.loc[index], cascade, fold_cascades)
-        probabilities[index] = scorer.classify(images)
-        seg_masks[pid] = scorer.segment(images) >= scorer.seg_threshold
+        classifier_probabilities[index] = scorer.classify(images)
+        seg = scorer.segment(images)
+        probabilities[index] = cascade_slice_score(classifier_probabilities[index], seg) \
+            if scorer.slice_score == "cascade" else classifier_probabilities[index]
+        seg_masks[pid] = seg >= scorer.seg_threshold
         truth[pid] = target_mask(store.labels(pid))
         seg_pixels[index] = seg_masks[pid].sum(axis=(1, 2))
         overlap_pixels[index] = (seg_masks[pid] & truth[pid]).sum(axis=(1, 2))
-    rows["probability"] = probabilities
+    rows["probability"] = probabilities  # the gate score (cascade.slice_score)
+    rows["classifier_probability"] = classifier_probabilities
     rows["seg_pixels"] = seg_pixels  # segmenter pixels per slice (before the gate)
     rows["seg_overlap_pixels"] = overlap_pixels  # of which on the reference tumour
     return Scored(rows, seg_masks, truth)
@@ -272,6 +277,7 @@ def evaluate_split(scored: Scored, store: SliceStore, split_name: str, threshold
     clf["auc"] = m.roc_auc(y, p)
     clf["auc_ci_low"], clf["auc_ci_high"] = m.bootstrap_auc_ci(y, p, groups, n_resamples=n_bootstrap, seed=seed)
     clf["average_precision"] = m.pr_curve_points(y, p)["average_precision"] if y.any() else math.nan
+    clf["auc_classifier_alone"] = m.roc_auc(y, slices.classifier_probability.to_numpy())  # = auc for slice_score classifier
     py = patients.has_tumour.to_numpy(int)
     pp = patients.max_probability.to_numpy()
     clf_patient = m.classification_summary(py, pp, threshold)

@@ -144,7 +144,8 @@ class Predictor:
         classifiers = [models_dir / name for name in bundle.classifiers]
         segmenters = [models_dir / name for name in bundle.segmenters]
         cascade = Cascade.load(classifiers, segmenters, threshold=bundle.threshold if threshold is None else threshold,
-                               seg_threshold=bundle.seg_threshold, post=bundle.post, batch_size=batch_size)
+                               seg_threshold=bundle.seg_threshold, post=bundle.post, batch_size=batch_size,
+                               slice_score=bundle.slice_score)
         size = task.image_size
         loaded = [*zip(classifiers, members(cascade.classifier)), *zip(segmenters, members(cascade.segmenter))]
         for path, model in loaded:
@@ -276,7 +277,7 @@ class Predictor:
 
         summary.json: case_id, input, layout (the input's kind), source, status "ok", tumour_present (any
         predicted tumour pixel), classifier_positive (max_probability >= threshold), max_probability, threshold,
-        seg_threshold, postprocessing, n_slices, slices_with_tumour (slice numbers), tumour_area_unit
+        slice_score (what the gate and each slice's probability are), seg_threshold, postprocessing, n_slices, slices_with_tumour (slice numbers), tumour_area_unit
         ("px" of the input slices), voxel_mm (input voxel size, null for TIFFs), tumour_volume_ml (null
         without spacing), channels, image_size, model_files, outputs (file names in ``folder``), and
         slices: [{slice, probability, segmented, blank, tumour_px, tumour_mm2}] per slice. A segmenter with one
@@ -305,6 +306,7 @@ class Predictor:
                 "classifier_positive": bool(p.max_probability >= p.threshold),
                 "max_probability": p.max_probability,
                 "threshold": p.threshold,
+                "slice_score": self.cascade.slice_score,
                 "seg_threshold": self.cascade.seg_threshold,
                 "postprocessing": dataclasses.asdict(self.cascade.post),
                 "n_slices": len(case.slice_numbers),

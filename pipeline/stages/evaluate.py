@@ -70,9 +70,9 @@ def run(params: Params) -> None:
     # The gate threshold is chosen below; the segmenter's pixel threshold is the one it was trained with.
     # With folds: their ensemble (test patients).
     cascade = Cascade.load(classifiers, segmenters, threshold=0.5,
-                           seg_threshold=float(load_sidecar(SEGMENTER)["threshold"]))
+                           seg_threshold=float(load_sidecar(SEGMENTER)["threshold"]), slice_score=e.slice_score)
     # With folds each non-test patient is scored by its own fold's models only (out of fold).
-    fold_cascades = [Cascade(c, s, 0.5, seg_threshold=cascade.seg_threshold)
+    fold_cascades = [Cascade(c, s, 0.5, seg_threshold=cascade.seg_threshold, slice_score=e.slice_score)
                      for c, s in zip(members(cascade.classifier), members(cascade.segmenter), strict=True)] \
         if folds > 1 else None
     chosen_on = "oof" if folds > 1 else "val"
@@ -94,7 +94,8 @@ def run(params: Params) -> None:
     metrics: dict = {
         "classifier": {"pretrained": bool(sidecar["pretrained"]), "backbone": sidecar["backbone"],
                        "localisation_weight": float(sidecar.get("localisation_weight", 0.0))},
-        "threshold": {"rule": str(e.threshold), "value": threshold, "chosen_on": chosen_on},
+        "threshold": {"rule": str(e.threshold), "value": threshold, "chosen_on": chosen_on,
+                      "slice_score": e.slice_score},
         "postprocessing": {"min_component_px": post.min_component_px,
                            "keep_largest_component": post.keep_largest_component,
                            "chosen_on": chosen_on if len(keep_largest) > 1 else "params"},
@@ -131,7 +132,7 @@ def run(params: Params) -> None:
             write_region_outputs(scored, store, cascade, task.regions, out, fold_cascades)
         bundle = Bundle(task, threshold, str(e.threshold), cascade.seg_threshold, post,
                         classifiers=tuple(listed["classifier"]), segmenters=tuple(listed["segmenter"]),
-                        chosen_on=chosen_on, sha256=chosen_for)
+                        chosen_on=chosen_on, sha256=chosen_for, slice_score=e.slice_score)
         check(metrics, name="evaluate's metrics")
         (out / METRICS_FULL_JSON.relative_to(EVAL_DIR)).write_text(json_text(metrics))
         # models/ now holds all that predict needs (pipeline.evaluation.bundle); refused, and reports/eval left as
