@@ -140,6 +140,7 @@ class AugmentParams:
     zoom: float
     brightness: float
     contrast: float
+    per_channel: bool = False  # brightness and contrast drawn for each channel (sequence) on its own
 
     def validate(self) -> None:
         _in_range("augment.rotate_deg", self.rotate_deg, 0, 180)

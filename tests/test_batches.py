@@ -159,6 +159,32 @@ def test_intensity_changes_brightness_and_contrast_within_bounds():
     assert spread.min() >= 50 * 0.9 - 1e-3 and spread.max() <= 50 * 1.1 + 1e-3 and spread.std() > 0.5
 
 
+def test_per_channel_intensity_moves_each_channel_on_its_own():
+    per_channel = dataclasses.replace(AUG, per_channel=True, brightness=0.2, contrast=0.3)
+    images = np.full((300, 8, 8, 3), 100, np.float32)
+    images[:, :4] = 50
+    out = apply_intensity(images.copy(), np.random.default_rng(9), per_channel)
+    shift = out.mean(axis=(1, 2)) - 75  # [300, 3]: each channel's brightness change about its own mean
+    assert np.abs(shift).max() <= 0.2 * 255 + 1e-3
+    assert np.abs(shift[:, 0] - shift[:, 1]).mean() > 10  # drawn apart, not one value for all channels
+    spread = out[:, 4:].mean(axis=(1, 2)) - out[:, :4].mean(axis=(1, 2))
+    assert spread.min() >= 50 * 0.7 - 1e-3 and spread.max() <= 50 * 1.3 + 1e-3
+    assert np.abs(spread[:, 0] - spread[:, 2]).mean() > 1
+    shared = apply_intensity(images.copy(), np.random.default_rng(9), dataclasses.replace(per_channel, per_channel=False))
+    np.testing.assert_allclose(shared[..., 0], shared[..., 1])  # the default: one change for all channels
+
+
+def test_fused_per_channel_augmentation_equals_geometric_then_intensity():
+    per_channel = dataclasses.replace(AUG, per_channel=True)
+    images = np.random.default_rng(6).integers(0, 256, (8, 48, 48, 3), dtype=np.uint8)
+    masks = blob_masks(np.random.default_rng(7), 8, 48)
+    x, m = augment_batch(images, masks, np.random.default_rng(8), per_channel)
+    rng = np.random.default_rng(8)
+    g_images, g_masks = apply_geometric(images, masks, random_affine_params(rng, 8, per_channel, (48, 48)))
+    np.testing.assert_array_equal(m, g_masks)
+    np.testing.assert_allclose(x, apply_intensity(g_images.astype(np.float32), rng, per_channel), atol=1e-3)
+
+
 def test_disabled_augmentation_only_converts():
     images = np.random.default_rng(10).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
     for aug in (None, dataclasses.replace(AUG, enabled=False)):

@@ -68,11 +68,14 @@ def apply_intensity(images: np.ndarray, rng: np.random.Generator, aug: AugmentPa
 
     Per image: x -> (x - mean) * k + mean + b, with k uniform in [1 - contrast, 1 + contrast],
     b uniform in [-brightness, +brightness] * 255 and mean over all of the image's pixels and
-    channels; then clipped to 0..255. Returns the same float32 array.
+    channels; then clipped to 0..255. With ``aug.per_channel`` each channel draws its own k and b and
+    takes its own mean (sequences from different scanners differ each in its own way). Returns the
+    same float32 array.
     """
-    k, b = _intensity_params(rng, len(images), aug)
+    k, b = _intensity_params(rng, len(images), aug, images.shape[-1])
     for i, x in enumerate(images):
-        mean = np.float32(x.mean(dtype=np.float64))
+        mean = x.mean(axis=(0, 1), dtype=np.float64).astype(np.float32) if aug.per_channel \
+            else np.float32(x.mean(dtype=np.float64))
         np.multiply(x, k[i], out=x)
         np.add(x, mean * (1 - k[i]) + b[i], out=x)
         np.clip(x, 0, 255, out=x)
@@ -97,20 +100,22 @@ def augment_batch(images: np.ndarray, masks: np.ndarray | None, rng: np.random.G
         return images.astype(np.float32), masks
     n = len(images)
     matrices = random_affine_params(rng, n, aug, images.shape[1:3])
-    k, b = _intensity_params(rng, n, aug)
+    k, b = _intensity_params(rng, n, aug, images.shape[-1])
     out = np.empty(images.shape, np.float32)
     out_masks = None if masks is None else np.empty_like(masks)
 
     def augment_range(start: int, stop: int) -> None:
         warped = np.empty(images.shape[1:], np.uint8)
-        levels = np.arange(256, dtype=np.float32)
+        channels = warped.shape[2]
+        levels = np.arange(256, dtype=np.float32)[:, None, None]  # [256, 1, 1]: one table, or one per channel
         for i in range(start, stop):
             _warp_image(images[i], matrices[i], warped)
             if masks is not None:
                 _warp_mask(masks[i], matrices[i], out_masks[i])
-            mean = np.float32(np.mean(cv2.mean(warped)[:warped.shape[2]]))
+            means = np.float32(cv2.mean(warped)[:channels])
+            mean = means if aug.per_channel else np.float32(np.mean(means))
             lut = np.clip(levels * k[i] + (mean * (1 - k[i]) + b[i]), 0, 255)
-            cv2.LUT(warped, lut, dst=out[i])
+            cv2.LUT(warped, np.ascontiguousarray(lut), dst=out[i])
 
     chunks = min(n, threads or AUGMENT_THREADS)
     pool = _pool() if chunks > 1 and images[0].size >= MIN_VALUES_FOR_THREADS else None
@@ -174,10 +179,13 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _intensity_params(rng: np.random.Generator, n: int, aug: AugmentParams) -> tuple[np.ndarray, np.ndarray]:
-    """Contrast factors k and brightness offsets b (grey levels), float32 [n] each."""
-    k = rng.uniform(1 - aug.contrast, 1 + aug.contrast, n).astype(np.float32)
-    b = (rng.uniform(-aug.brightness, aug.brightness, n) * 255).astype(np.float32)
+def _intensity_params(rng: np.random.Generator, n: int, aug: AugmentParams, channels: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Contrast factors k and brightness offsets b (grey levels), float32 [n] each, or [n, channels] each
+    with ``aug.per_channel``."""
+    shape = (n, channels) if aug.per_channel else n
+    k = rng.uniform(1 - aug.contrast, 1 + aug.contrast, shape).astype(np.float32)
+    b = (rng.uniform(-aug.brightness, aug.brightness, shape) * 255).astype(np.float32)
     return k, b
 
 
