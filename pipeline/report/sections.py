@@ -75,6 +75,7 @@ def report_context(inputs: ReportInputs, params: Params, git: str) -> dict[str, 
         "pretrained": pretrained,
         "threshold": threshold,
         "threshold_text": threshold_rule_text(get(m, "threshold", "rule", default=inputs.threshold.get("rule"))),
+        "slice_score_text": slice_score_text(get(m, "threshold", "slice_score", default="classifier")),
         "banners": _banners(inputs, params, pretrained),
         "cards": _cards(m, threshold),
         "run": _run_summary(inputs, params),
@@ -86,6 +87,14 @@ def report_context(inputs: ReportInputs, params: Params, git: str) -> dict[str, 
     }
     ctx["missing"] = sorted(set(inputs.missing + [f"{p} (image)" for p in images.missing]))
     return ctx
+
+
+def slice_score_text(score: Any) -> str:
+    """What the gate thresholds (evaluate.slice_score), in words."""
+    if score == "cascade":
+        return ("the cascade's slice score: the classifier's probability times the segmenter's highest pixel "
+                "probability on the slice")
+    return "the classifier's probability"
 
 
 def threshold_rule_text(rule: Any) -> str:
@@ -243,7 +252,8 @@ def _skipped_rows(skipped: pd.DataFrame | None) -> list[tuple[str, str]]:
 
 
 CLASSIFIER_ROWS: list[tuple[str, str, Callable[[Any], str]]] = [
-    ("auc", "AUC (ROC)", num), ("average_precision", "Average precision", num),
+    ("auc", "AUC (ROC)", num), ("auc_classifier_alone", "AUC, classifier probability alone", num),
+    ("average_precision", "Average precision", num),
     ("sensitivity", "Sensitivity (recall)", pct), ("specificity", "Specificity", pct),
     ("ppv", "PPV (precision)", pct), ("npv", "NPV", pct), ("f1", "F1", num), ("accuracy", "Accuracy", pct),
     ("prevalence", "Prevalence", pct), ("brier", "Brier score", num),
