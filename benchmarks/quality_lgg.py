@@ -15,9 +15,11 @@ store is linked read-only into the scratch copy and ``ingest`` is skipped. ``--s
 stage as ``python SCRIPT STAGE`` instead of ``python -m pipeline STAGE`` (the GPU kit's ``stage.py``).
 
 Prints {"benchmark": "quality_lgg", "settings", "patients": {split: n}, "folds", "val_dice_patient_mean" /
-"_median" / "_p5", "val_auc" (validation patients; with split.folds > 1 every non-test patient, out of fold),
+"_median" / "_p5", "val_auc" (validation patients; with split.folds > 1 every non-test patient, out of fold; the AUC
+of the gate's slice score, evaluate.slice_score), "val_auc_classifier_alone",
 "val_dice_patient_mean_per_fold", "val_dice_patient_mean_sd", then the test split's "dice_patient_mean",
-"dice_patient_median", "dice_patient_p5", "hd95_median", "auc", "auc_ci", "sensitivity", "specificity",
+"dice_patient_median", "dice_patient_p5", "hd95_median", "auc", "auc_ci", "auc_classifier_alone", "sensitivity",
+"specificity",
 "segmenter_dice_slice", "pointing_game", "pointing_chance", "threshold", "stage_seconds": {stage: s},
 "total_seconds"}.
 """
@@ -96,11 +98,13 @@ def headline(workdir: Path) -> dict[str, Any]:
         # validation patients (split.folds > 1: every non-test patient, out of fold), and the spread over folds
         "val_dice_patient_mean": val["dice_patient_mean"], "val_dice_patient_median": val["dice_patient_median"],
         "val_dice_patient_p5": val["dice_patient_p5"], "val_auc": full["val"]["classifier"]["auc"],
+        "val_auc_classifier_alone": full["val"]["classifier"]["auc_classifier_alone"],
         "val_dice_patient_mean_per_fold": folds["dice_patient_mean_per_fold"],
         "val_dice_patient_mean_sd": folds["dice_patient_mean_sd"],
         "dice_patient_mean": cascade["dice_patient_mean"], "dice_patient_median": cascade["dice_patient_median"],
         "dice_patient_p5": cascade["dice_patient_p5"], "hd95_median": cascade["hd95_median"],
         "auc": clf["auc"], "auc_ci": [clf["auc_ci_low"], clf["auc_ci_high"]],
+        "auc_classifier_alone": clf["auc_classifier_alone"],
         "sensitivity": clf["sensitivity"], "specificity": clf["specificity"],
         "segmenter_dice_slice": test["segmenter"]["dice_slice_mean"],
         "pointing_game": explain.get("pointing_game"), "pointing_chance": explain.get("pointing_game_chance"),
