@@ -8,7 +8,8 @@ changes nothing). It
 - loads TensorFlow, when something imports it, with file descriptor 2 captured: the lines it prints
   before its logging is set up (oneDNN, CUDA drivers, CPU instructions) go to the debug log, anything
   else is written back to stderr unchanged;
-- keeps absl's Python logger to errors, and logs each distinct Python warning once, in one line.
+- keeps absl's Python logger to errors, sends TensorFlow's tf.function retracing warning (k fold models
+  trace k predict functions) to the debug log, and logs each distinct Python warning once, in one line.
 """
 
 from __future__ import annotations
@@ -97,6 +98,18 @@ class _QuietImports:
         return spec
 
 
+class _RetracingToDebug(logging.Filter):
+    """TensorFlow's "N out of the last M calls to <function> triggered tf.function retracing" warning, to the
+    debug log: scoring with the k fold models of a cross-validation traces one predict function per model,
+    which is expected, not a problem to report."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "triggered tf.function retracing" in record.getMessage():
+            log.debug("tensorflow: %s", record.getMessage())
+            return False
+        return True
+
+
 _seen_warnings: set[tuple[type, str]] = set()
 
 
@@ -115,6 +128,9 @@ def quiet() -> None:
     if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietImports) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietImports())
     logging.getLogger("absl").setLevel(logging.ERROR)
+    tf_logger = logging.getLogger("tensorflow")
+    if not any(isinstance(f, _RetracingToDebug) for f in tf_logger.filters):
+        tf_logger.addFilter(_RetracingToDebug())
     warnings.showwarning = _log_warning
 
 
