@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -113,6 +114,23 @@ def test_out_of_fold_scores_come_from_the_patients_own_fold_only(store_and_split
     moved = set(again.patient_id[again.probability.to_numpy() != scored.slices.probability.to_numpy()])
     own = set(split.patient_id[split.fold == 1])
     assert moved - set(split.patient_id[split.split == "test"]) == own
+
+
+def test_the_cascade_score_is_each_folds_own_classifier_times_its_own_segmenter(store_and_split):
+    """evaluate.slice_score "cascade" out of fold: a patient's score is its own fold's classifier probability times
+    its own fold's segmenter maximum (tests/test_slice_score.py has the score itself); the classifier's probability
+    stays in classifier_probability."""
+    store, split = store_and_split
+    values = [0.2, 0.5, 0.8]
+    folds = [dataclasses.replace(c, slice_score="cascade") for c in fold_cascades(values)]
+    ensemble = dataclasses.replace(ensemble_of(folds), slice_score="cascade")
+    slices = score_patients(store, out_of_fold_split(split), ensemble, folds).slices
+    oof = slices[slices.split == "val"]
+    for _, row in oof.sample(12, random_state=0).iterrows():
+        f = int(row.fold)
+        brightest = store.images(row.patient_id)[row.slice_index, ..., 0].max() / 255 * (1.0 + f / 4)
+        assert row.classifier_probability == pytest.approx(values[f])
+        assert row.probability == pytest.approx(values[f] * brightest, rel=1e-5)
 
 
 def test_fold_models_train_without_their_folds_patients(store_and_split, tmp_path):

@@ -192,6 +192,13 @@ class Cascade:
         if self.slice_score not in SLICE_SCORES:
             raise ValueError(f"slice_score {self.slice_score!r} is not one of {', '.join(SLICE_SCORES)}")
 
+    def gate_score(self, probabilities: np.ndarray, seg_probabilities: np.ndarray) -> np.ndarray:
+        """What the gate thresholds, float32 [D]: the classifier's probabilities [D], or with ``slice_score``
+        "cascade" those times the segmenter's highest pixel probability (seg_probabilities [D, H, W])."""
+        if self.slice_score == "cascade":
+            return cascade_slice_score(probabilities, seg_probabilities)
+        return np.asarray(probabilities, np.float32)
+
     def score_and_segment(self, images: np.ndarray, regions: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Each slice's gate score float32 [D] (``slice_score``) and the segmenter's output on the slices that
         need it: float32 [D, H, W] (regions None: the whole tumour) or [D, H, W, R], zero where not gated.
@@ -203,7 +210,7 @@ class Cascade:
             seg[run] = self.segment(np.asarray(images)[run]) if regions is None \
                 else self.segment_regions(np.asarray(images)[run])
         if self.slice_score == "cascade":
-            probabilities = cascade_slice_score(probabilities, seg if regions is None else seg[..., 0])
+            probabilities = self.gate_score(probabilities, seg if regions is None else seg[..., 0])
             seg[~gate(probabilities, self.threshold)] = 0.0
         return probabilities, seg
 

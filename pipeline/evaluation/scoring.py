@@ -29,7 +29,7 @@ from pipeline.data.split import split_manifest
 from pipeline.data.task import target_mask
 from pipeline.errors import InputError
 from pipeline.evaluation import metrics as m
-from pipeline.evaluation.cascade import Cascade, cascade_slice_score, gate, gated_mask
+from pipeline.evaluation.cascade import Cascade, gate, gated_mask
 from pipeline.evaluation.postprocess import PostProcessing
 from pipeline.models.sidecar import load_sidecar
 
@@ -106,8 +106,7 @@ def score_patients(store: SliceStore, split: pd.DataFrame, cascade: Cascade,
         scorer = scorer_of(rows.loc[index], cascade, fold_cascades)
         classifier_probabilities[index] = scorer.classify(images)
         seg = scorer.segment(images)
-        probabilities[index] = cascade_slice_score(classifier_probabilities[index], seg) \
-            if scorer.slice_score == "cascade" else classifier_probabilities[index]
+        probabilities[index] = scorer.gate_score(classifier_probabilities[index], seg)
         seg_masks[pid] = seg >= scorer.seg_threshold
         truth[pid] = target_mask(store.labels(pid))
         seg_pixels[index] = seg_masks[pid].sum(axis=(1, 2))
