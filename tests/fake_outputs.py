@@ -165,6 +165,7 @@ def write_fake_outputs(root: str | Path, *, n_patients: int = 30, slices_per_pat
     patient_table.to_csv(eval_dir / "patients.csv", index=False)
     (eval_dir / "threshold.json").write_text(json.dumps({
         "rule": str(params.evaluate.threshold), "threshold": threshold, "chosen_on": "val",
+        "slice_score": params.evaluate.slice_score,
         "val_sensitivity": metrics["val"]["classifier"]["sensitivity"],
         "val_specificity": metrics["val"]["classifier"]["specificity"]}, indent=2))
     (eval_dir / "gallery.json").write_text(json.dumps(gallery, indent=2))

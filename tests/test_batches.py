@@ -163,8 +163,9 @@ def test_per_channel_intensity_moves_each_channel_on_its_own():
     per_channel = dataclasses.replace(AUG, per_channel=True, brightness=0.2, contrast=0.3)
     images = np.full((300, 8, 8, 3), 100, np.float32)
     images[:, :4] = 50
+    images[..., 2] += 60  # a brighter channel: its change is about its own mean (135), not the image's (95)
     out = apply_intensity(images.copy(), np.random.default_rng(9), per_channel)
-    shift = out.mean(axis=(1, 2)) - 75  # [300, 3]: each channel's brightness change about its own mean
+    shift = out.mean(axis=(1, 2)) - [75, 75, 135]  # [300, 3]: each channel's brightness change
     assert np.abs(shift).max() <= 0.2 * 255 + 1e-3
     assert np.abs(shift[:, 0] - shift[:, 1]).mean() > 10  # drawn apart, not one value for all channels
     spread = out[:, 4:].mean(axis=(1, 2)) - out[:, :4].mean(axis=(1, 2))

@@ -9,6 +9,7 @@ segmenter's mask lands in the input's own space; the gate itself is tested with 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -124,6 +125,7 @@ def test_brats2021_case_gives_a_nifti_in_the_input_space(predictor: Predictor, i
     assert summary["tumour_present"] and summary["layout"] == "brats2021_case"
     assert summary["n_slices"] == mask.shape[2] == len(summary["slices"])  # every slice, none dropped
     assert summary["threshold"] == 0.0 and summary["channels"] == list(LGG_CHANNELS)
+    assert summary["slice_score"] == "classifier"  # the tiny bundle's gate.score (none written: read as classifier)
     assert summary["voxel_mm"] == [1.0, 1.0, 1.0]
     assert summary["tumour_volume_ml"] == pytest.approx(mask.sum() / 1000)
     per_slice = {s["slice"]: s["tumour_px"] for s in summary["slices"]}
@@ -198,6 +200,9 @@ def test_predict_volume_skips_blank_slices(predictor: Predictor) -> None:
     assert out["probabilities"][0] == 0 and not out["mask"][[0, 2]].any() and out["gated"][1]
     with pytest.raises(ValueError, match="uint8"):
         predictor.predict_volume(images.astype(np.float32))
+    cascade_scored = dataclasses.replace(predictor, cascade=dataclasses.replace(predictor.cascade, slice_score="cascade"))
+    out = cascade_scored.predict_volume(np.zeros_like(images))  # every slice blank: nothing for the models to score
+    assert not out["gated"].any() and not out["probabilities"].any() and out["blank"].all()
 
 
 # ------------------------------------------------------------------------------------------ TIFFs

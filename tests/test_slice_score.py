@@ -12,6 +12,8 @@ from pipeline.evaluation.cascade import Cascade, cascade_slice_score
 class Constant:
     """A stand-in classifier: every slice scores ``value``."""
 
+    output_shape = (None, 1)
+
     def __init__(self, value: float):
         self.value = value
 
@@ -20,7 +22,9 @@ class Constant:
 
 
 class Brightness:
-    """A stand-in segmenter: the pixel probability is the first channel / 255."""
+    """A stand-in segmenter of 32 px slices: the pixel probability is the first channel / 255."""
+
+    output_shape = (None, 32, 32, 1)
 
     def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(x, np.float32)[..., :1] / 255
@@ -55,10 +59,27 @@ def test_the_classifier_score_gates_as_before() -> None:
     assert out["mask"][1].sum() == 0  # 0.4 < the pixel threshold 0.5: gated, but nothing segmented
 
 
+class ThreeRegions:
+    """A stand-in segmenter with 3 outputs: whole tumour = first channel / 255, the inner regions 1.0 everywhere."""
+
+    def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
+        whole = np.asarray(x, np.float32)[..., :1] / 255
+        return np.concatenate([whole, np.ones_like(whole), np.ones_like(whole)], axis=-1)
+
+
 def test_regions_use_the_whole_tumour_channel_for_the_score() -> None:
-    cascade = Cascade(Constant(0.8), Brightness(), threshold=0.5, slice_score="cascade")
-    out = cascade.predict_regions(_slices(), ("whole_tumour",))
+    cascade = Cascade(Constant(0.8), ThreeRegions(), threshold=0.5, slice_score="cascade")
+    out = cascade.predict_regions(_slices(), ("whole_tumour", "tumour_core", "enhancing_tumour"))
+    np.testing.assert_allclose(out["probabilities"], [0.8, 0.8 * 0.4, 0.0], rtol=1e-6)  # not the inner regions' 1.0
     np.testing.assert_array_equal(out["gated"], [True, False, False])
+
+
+def test_a_volume_with_no_slices_scores_nothing() -> None:
+    """predict hands the cascade only the non-blank slices: none, for an all-black scan."""
+    cascade = Cascade(Constant(0.8), Brightness(), threshold=0.5, slice_score="cascade")
+    out = cascade.predict_volume(np.zeros((0, 32, 32, 3), np.uint8))
+    assert out["probabilities"].shape == (0,) and out["mask"].shape == (0, 32, 32)
+    assert cascade_slice_score(np.zeros(0), np.zeros((0, 32, 32))).shape == (0,)
 
 
 def test_an_unknown_score_is_refused() -> None:

@@ -57,7 +57,7 @@ RERUN = "re-run `evaluate` (`dvc repro`) to choose the gate for the models there
 
 @dataclass(frozen=True)
 class Bundle:
-    """What ``models/cascade.json`` holds. threshold: the gate on the classifier's probability, in [0, 1];
+    """What ``models/cascade.json`` holds. threshold: the gate on the slice score ``slice_score``, in [0, 1];
     seg_threshold: the segmenter's per-pixel probability threshold."""
 
     task: TaskSpec

@@ -1,9 +1,9 @@
 """Classifier-gated segmentation: the one code path that evaluation and inference share.
 
-The classifier scores every slice; slices scoring at or above the threshold go to the segmenter;
-the others get an empty mask. With ``slice_score`` "cascade" the gate thresholds the classifier's
-probability times the segmenter's highest pixel probability on the slice (``cascade_slice_score``): a slice
-is tumour when both models find it. Optional per-patient post-processing then cleans the 3D mask.
+The classifier scores every slice; slices scoring at or above the threshold are segmented; the others
+get an empty mask. With ``slice_score`` "cascade" the gate thresholds the classifier's probability times
+the segmenter's highest pixel probability on the slice (``cascade_slice_score``; every slice is then
+segmented to score it): a slice is tumour when both models find it. Optional per-patient post-processing then cleans the 3D mask.
 A segmenter with one output per region (data.target "regions") gives the whole tumour in its first
 channel, which the gate, the threshold choice and the whole-tumour metrics use as they are; ``combine_regions``
 makes the masks of every region: gated, post-processed whole tumour, each inner region cut to its parent.
@@ -50,7 +50,8 @@ def cascade_slice_score(probabilities: np.ndarray, seg_probabilities: np.ndarray
     """The cascade's tumour score of each slice, float32 [D]: the classifier's probability [D] times the
     segmenter's highest whole-tumour pixel probability on the slice (seg_probabilities float [D, H, W]).
     Out of fold on the 50 shared LGG patients it ranks slices better than either alone (README)."""
-    seg_max = np.asarray(seg_probabilities, np.float32).reshape(len(seg_probabilities), -1).max(axis=1, initial=0.0)
+    seg = np.asarray(seg_probabilities, np.float32)
+    seg_max = seg.reshape(len(seg), -1).max(axis=1, initial=0.0) if seg.size else np.zeros(len(seg), np.float32)
     return np.asarray(probabilities, np.float32) * seg_max
 
 

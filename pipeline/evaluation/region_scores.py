@@ -44,7 +44,7 @@ ML_PER_MM3 = 1e-3
 def patient_region_masks(cascade: Cascade, images: np.ndarray, probabilities: np.ndarray,
                          regions: tuple[str, ...]) -> np.ndarray:
     """The cascade's nested masks of one patient, bool [D, H, W, R], at the cascade's gate and post-processing;
-    probabilities: the classifier's float [D] (already scored)."""
+    probabilities: the gate scores float [D] (already scored: ``Cascade.gate_score``)."""
     gated = gate(probabilities, cascade.threshold)
     seg = np.zeros((*images.shape[:3], len(regions)), np.float32)
     if gated.any():

@@ -36,7 +36,7 @@ _RATES = {
     "npv": "TN / (TN + FN)",
     "f1": "2TP / (2TP + FP + FN)",
     "prevalence": "fraction positive",
-    "brier": "mean squared error of the probability",
+    "brier": "mean squared error of the slice score (the probability, at patient level its maximum)",
     "threshold": "the operating point applied (= threshold.value)",
     "n": "slices scored (patients, at patient level)",
     "n_positive": "of them with tumour",
@@ -54,8 +54,8 @@ CLASSIFIER_SLICES = Group("slice-level tumour-presence metrics of the gate score
     "auc_ci_high": "95% patient-bootstrap CI of the AUC, upper end",
     "average_precision": "area under the precision-recall curve",
 })
-CLASSIFIER_PATIENTS = Group("patient-level classifier metrics: a patient is positive when any slice is, its score is "
-                            "its maximum slice probability", dict(_RATES))
+CLASSIFIER_PATIENTS = Group("patient-level tumour-presence metrics: a patient is positive when any slice is, its score "
+                            "is its maximum slice score", dict(_RATES))
 SEGMENTER = Group("the segmenter alone, on the tumour slices", {
     "dice_slice_mean": "mean Dice over tumour slices",
     "dice_slice_median": "median Dice over tumour slices",
@@ -121,7 +121,7 @@ METRICS = Group("every metric of `evaluate`; a value is null where it is undefin
         "dice_patient_mean_sd": "their standard deviation over folds (null with one fold)",
         "dice_patient_mean_min": "the lowest fold's",
         "dice_patient_mean_max": "the highest fold's",
-        "auc_per_fold": "per fold, the slice-level classifier AUC of its patients",
+        "auc_per_fold": "per fold, the slice-level AUC of the gate's slice score over its patients",
     }),
     "val": SPLIT,
     "test": Group("metrics of the test patients (split.folds > 1: scored by the ensemble, the mean of the folds' "
@@ -153,6 +153,7 @@ REGION_METRICS = Group("per-region metrics of a segmenter with one output per re
 # Headline key -> its path in METRICS. Short keys: `dvc exp show` must fit a 160-column terminal.
 HEADLINE = {
     "auc": "test.classifier.auc",
+    "auc_classifier_alone": "test.classifier.auc_classifier_alone",
     "sensitivity": "test.classifier.sensitivity",
     "specificity": "test.classifier.specificity",
     "dice_mean": "test.cascade.dice_patient_mean",

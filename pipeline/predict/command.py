@@ -38,7 +38,9 @@ def main(argv: list[str], setup_logging: Callable[[bool], None]) -> int:
                              "`dvc repro` writes (default: models), or the ONNX bundle `python -m pipeline export` "
                              "writes (run on ONNX Runtime)")
     parser.add_argument("--threshold", type=_probability,
-                        help="classifier gate in [0, 1] (default: the one `evaluate` chose, in MODELS/cascade.json)")
+                        help="gate in [0, 1] on the bundle's slice score (cascade.json gate.score: the classifier's "
+                             "probability, or that times the segmenter's highest pixel probability); default: the "
+                             "one `evaluate` chose, in MODELS/cascade.json")
     parser.add_argument("--batch-size", type=_positive_int, default=16, help="slices per model call (default: 16)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)

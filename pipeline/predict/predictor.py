@@ -83,8 +83,8 @@ log = logging.getLogger(__name__)
 class Prediction:
     """The cascade's output for one case, at the models' resolution S (the case's stored slices).
 
-    probabilities: float32 [D] tumour probability per slice (0 for blank slices);
-    gated: bool [D] slices sent to the segmenter (probability >= threshold);
+    probabilities: float32 [D] the gate's slice score per slice (the bundle's slice_score; 0 for blank slices);
+    gated: bool [D] slices that pass the gate (probability >= threshold), the only ones with mask pixels;
     mask: bool [D, S, S] predicted tumour after post-processing;
     blank: bool [D] slices without any non-zero pixel, not run through the models;
     region_masks: bool [D, S, S, R] nested masks of ``regions`` (a segmenter with one output per region), else None.
@@ -152,8 +152,8 @@ class Predictor:
             if tuple(model.input_shape[1:4]) != (size, size, 3):
                 raise InputError(path, f"model input {tuple(model.input_shape[1:])} does not match its bundle's "
                                        f"image size {size} with 3 channels")
-        log.info("loaded %s (%s): %d px, channels %s, %s intensities, threshold %.4f%s", models_dir, bundle.format, size,
-                 ",".join(task.channels), task.intensity_mode, cascade.threshold,
+        log.info("loaded %s (%s): %d px, channels %s, %s intensities, threshold %.4f on the %s score%s", models_dir,
+                 bundle.format, size, ",".join(task.channels), task.intensity_mode, cascade.threshold, bundle.slice_score,
                  f", an ensemble of {len(classifiers)} fold models" if len(classifiers) > 1 else "")
         files = {kind: str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]
                  for kind, paths in (("classifier", classifiers), ("segmenter", segmenters))}

@@ -116,7 +116,7 @@ def run(params: Params) -> None:
         patients.to_csv(out / "patients.csv", index=False)
         val = metrics["val"]["classifier"]
         (out / "threshold.json").write_text(json_text({
-            "rule": str(e.threshold), "threshold": threshold, "chosen_on": chosen_on,
+            "rule": str(e.threshold), "threshold": threshold, "chosen_on": chosen_on, "slice_score": e.slice_score,
             "val_sensitivity": val["sensitivity"], "val_specificity": val["specificity"]}))
 
         test_slices, test_patients = tables["test"]
