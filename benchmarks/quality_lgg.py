@@ -9,10 +9,14 @@ in a fresh process in a scratch copy of the pipeline, so the workspace is untouc
     python benchmarks/quality_lgg.py --root R --set train.epochs=40 --keep /tmp/run1
     python benchmarks/quality_lgg.py --root /tmp/lgg50 --size 128 --set split.folds=5  # out-of-fold figures
     python benchmarks/quality_lgg.py --store data/slices --set split.folds=5  # an ingested store, no ingest
+    python benchmarks/quality_lgg.py --store S --classifier-from /tmp/run1 --set augment.per_channel=true
 
 ``--store`` reads an already ingested slice store (its ``data.image_size`` and patients as ingested); the
 store is linked read-only into the scratch copy and ``ingest`` is skipped. ``--stage-script`` runs each
 stage as ``python SCRIPT STAGE`` instead of ``python -m pipeline STAGE`` (the GPU kit's ``stage.py``).
+``--classifier-from RUN`` (with ``--store``) reuses a kept run's split and trained classifiers (every fold's) and
+trains only the segmenter, then evaluates: a segmenter setting compared in a third of the whole run's time
+(the classifier is RUN's, whatever the classifier params say; the README's segmenter-variant table).
 
 Prints {"benchmark": "quality_lgg", "settings", "patients": {split: n}, "folds", "val_dice_patient_mean" /
 "_median" / "_p5", "val_auc" (validation patients; with split.folds > 1 every non-test patient, out of fold; the AUC
@@ -72,6 +76,24 @@ def dvc_command(settings: dict[str, Any]) -> str:
                                      for k, v in settings.items())
 
 
+CLASSIFIER_OUTPUTS = ("data/split.csv", "models/classifier.keras", "models/classifier.json",
+                      "models/folds/classifier", "reports/train_classifier")  # what --classifier-from copies
+
+
+def reuse_classifier(run: Path, workdir: Path) -> None:
+    """Copy a finished run's split and classifier outputs (``CLASSIFIER_OUTPUTS``; the fold models when there
+    are any) into ``workdir``; FileNotFoundError naming what ``run`` lacks."""
+    for name in CLASSIFIER_OUTPUTS:
+        source, target = run / name, workdir / name
+        if source.is_dir():
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        elif source.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+        elif name != "models/folds/classifier":  # a single split has no fold models
+            raise FileNotFoundError(f"{source}: not found (--classifier-from needs a finished run kept with --keep)")
+
+
 def run_stages(workdir: Path, log_path: Path, stages: tuple[str, ...] = STAGES,
                runner: tuple[str, ...] = ("-m", "pipeline")) -> dict[str, float]:
     """Run ``stages`` in order, each in a fresh ``python RUNNER STAGE`` process; seconds per stage."""
@@ -122,6 +144,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra params, as -S")
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a deleted temp folder)")
     parser.add_argument("--print-dvc", action="store_true", help="print the recipe as a dvc exp run command")
+    parser.add_argument("--classifier-from", type=Path, metavar="RUN",
+                        help="a run kept with --keep: reuse its split and classifiers, train only the segmenter "
+                             "(needs --store)")
     args = parser.parse_args()
 
     settings = {"data.source": "lgg"} if args.defaults else dict(RECIPE)
@@ -145,6 +170,10 @@ def main() -> None:
     else:
         settings["data.root"] = str(args.root.resolve())
     stages = STAGES[1:] if args.store is not None else STAGES
+    if args.classifier_from is not None:
+        if args.store is None:
+            parser.error("--classifier-from needs --store (the store the run was trained on)")
+        stages = ("train_segmenter", "evaluate", "report")
     runner = (str(args.stage_script.resolve()),) if args.stage_script else ("-m", "pipeline")
 
     with tempfile.TemporaryDirectory(prefix="quality_lgg_") as tmp:
@@ -157,6 +186,8 @@ def main() -> None:
         if args.store is not None:
             (workdir / "data").mkdir(exist_ok=True)
             (workdir / "data" / "slices").symlink_to(args.store.resolve(), target_is_directory=True)
+        if args.classifier_from is not None:
+            reuse_classifier(args.classifier_from, workdir)
         start = time.perf_counter()
         seconds = run_stages(workdir, workdir / "stages.log", stages, runner)
         result = {"benchmark": "quality_lgg", "settings": settings, **headline(workdir), "stage_seconds": seconds,

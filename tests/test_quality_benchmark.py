@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from fake_outputs import write_fake_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,6 +17,23 @@ def load_benchmark():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_classifier_from_copies_the_split_and_every_folds_classifier(tmp_path):
+    run, work = tmp_path / "run", tmp_path / "work"
+    for name in ("data/split.csv", "models/classifier.keras", "models/classifier.json",
+                 "models/folds/classifier/fold_1.keras", "models/folds/segmenter/fold_1.keras",
+                 "reports/train_classifier/metrics.json", "models/segmenter.keras"):
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text(name)
+    benchmark = load_benchmark()
+    benchmark.reuse_classifier(run, work)
+    copied = sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.is_file())
+    assert copied == ["data/split.csv", "models/classifier.json", "models/classifier.keras",
+                      "models/folds/classifier/fold_1.keras", "reports/train_classifier/metrics.json"]  # no segmenter
+    (run / "models/classifier.keras").unlink()
+    with pytest.raises(FileNotFoundError, match="classifier.keras: not found"):
+        benchmark.reuse_classifier(run, tmp_path / "again")
 
 
 def test_headline_reads_test_and_out_of_fold_figures(tmp_path):
