@@ -51,7 +51,7 @@ def cascade_slice_score(probabilities: np.ndarray, seg_probabilities: np.ndarray
     segmenter's highest whole-tumour pixel probability on the slice (seg_probabilities float [D, H, W]).
     Out of fold on the 50 shared LGG patients it ranks slices better than either alone (README)."""
     seg = np.asarray(seg_probabilities, np.float32)
-    seg_max = seg.reshape(len(seg), -1).max(axis=1, initial=0.0) if seg.size else np.zeros(len(seg), np.float32)
+    seg_max = seg.max(axis=tuple(range(1, seg.ndim)), initial=0.0)  # [D]; D = 0 (no slices) gives []
     return np.asarray(probabilities, np.float32) * seg_max
 
 

@@ -72,7 +72,7 @@ def run(params: Params) -> None:
     cascade = Cascade.load(classifiers, segmenters, threshold=0.5,
                            seg_threshold=float(load_sidecar(SEGMENTER)["threshold"]), slice_score=e.slice_score)
     # With folds each non-test patient is scored by its own fold's models only (out of fold).
-    fold_cascades = [Cascade(c, s, 0.5, seg_threshold=cascade.seg_threshold, slice_score=e.slice_score)
+    fold_cascades = [Cascade(c, s, 0.5, seg_threshold=cascade.seg_threshold, slice_score=cascade.slice_score)
                      for c, s in zip(members(cascade.classifier), members(cascade.segmenter), strict=True)] \
         if folds > 1 else None
     chosen_on = "oof" if folds > 1 else "val"
@@ -132,7 +132,7 @@ def run(params: Params) -> None:
             write_region_outputs(scored, store, cascade, task.regions, out, fold_cascades)
         bundle = Bundle(task, threshold, str(e.threshold), cascade.seg_threshold, post,
                         classifiers=tuple(listed["classifier"]), segmenters=tuple(listed["segmenter"]),
-                        chosen_on=chosen_on, sha256=chosen_for, slice_score=e.slice_score)
+                        chosen_on=chosen_on, sha256=chosen_for, slice_score=cascade.slice_score)
         check(metrics, name="evaluate's metrics")
         (out / METRICS_FULL_JSON.relative_to(EVAL_DIR)).write_text(json_text(metrics))
         # models/ now holds all that predict needs (pipeline.evaluation.bundle); refused, and reports/eval left as
