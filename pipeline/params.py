@@ -100,8 +100,9 @@ class SplitParams:
         if abs(self.train + self.val + self.test - 1) > 1e-6:
             raise ParamsError(f"split: train + val + test must be 1, got {self.train + self.val + self.test}")
         for name in ("train", "val", "test"):  # training needs train and val patients, evaluate test patients
-            if getattr(self, name) <= 0:
-                raise ParamsError(f"split.{name}: {getattr(self, name)} must be above 0")
+            if getattr(self, name) <= 0 and not (name == "test" and self.folds > 1):  # folds: out-of-fold only
+                raise ParamsError(f"split.{name}: {getattr(self, name)} must be above 0"
+                                  + (" (0 only with split.folds > 1)" if name == "test" else ""))
 
 
 @dataclass(frozen=True)

@@ -272,11 +272,13 @@ def test_a_listed_fold_model_that_is_missing_is_named(tmp_path):
 
 
 @pytest.mark.slow
-def test_three_folds_through_split_training_evaluate_and_predict(tmp_path, monkeypatch):
+@pytest.mark.parametrize("test_fraction", [0.2, 0.0], ids=["with_test", "no_test"])
+def test_three_folds_through_split_training_evaluate_and_predict(tmp_path, monkeypatch, test_fraction):
     """split.folds 3 on a tiny demo store (9 patients, 32 px, 1 epoch, a 1-conv classifier): the split stage
     writes folds, each training stage trains 3 models and never reads a test patient, evaluate scores every
     non-test patient out of fold and writes the spread over folds, cascade.json lists the 3 models of each
-    kind, and the bundle loads as an ensemble."""
+    kind, and the bundle loads as an ensemble. With split.test 0 every patient is in a fold: the test metrics
+    are null, the headline keeps the out-of-fold figures, and the report shows them under a banner."""
     from dataclasses import replace
 
     from pipeline.data.demo import write_kaggle_3m
@@ -291,7 +293,7 @@ def test_three_folds_through_split_training_evaluate_and_predict(tmp_path, monke
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
     params = replace(params,
                      data=replace(params.data, source="lgg", root=str(tmp_path / "kaggle_3m"), image_size=32),
-                     split=replace(params.split, folds=3),
+                     split=replace(params.split, folds=3, train=0.8 - test_fraction, val=0.2, test=test_fraction),
                      train=replace(params.train, epochs=1, batch_size=8),
                      segmenter=replace(params.segmenter, filters=(16, 32), epochs_factor=1),
                      evaluate=replace(params.evaluate, bootstrap=5, gradcam_per_group=1, ig_steps=2))
@@ -300,6 +302,7 @@ def test_three_folds_through_split_training_evaluate_and_predict(tmp_path, monke
     split_stage.run(params)
     split = read_split("data/split.csv")
     test_ids = set(split.patient_id[split.split == "test"])
+    assert bool(test_ids) == (test_fraction > 0)
     assert sorted(split.fold.dropna().unique()) == [0, 1, 2] and split.fold[split.split == "test"].isna().all()
 
     read: set[str] = set()
@@ -342,6 +345,21 @@ def test_three_folds_through_split_training_evaluate_and_predict(tmp_path, monke
     assert len(bundle["models"]["classifier"]) == 3 and len(bundle["models"]["segmenter"]) == 3
     predictor = Predictor.from_dir("models")
     assert len(members(predictor.cascade.classifier)) == 3
+    headline = json.loads(Path("reports/metrics.json").read_text())
+    assert headline["val_dice_mean"] == metrics["val"]["cascade"]["dice_patient_mean"] is not None
+    if test_fraction == 0:
+        from pipeline.evaluation.schema import METRICS, leaf_paths, lookup
+        assert all(lookup(metrics, path) is None for path in leaf_paths(METRICS) if path.startswith("test."))
+        assert headline["dice_mean"] is None and not (slices.split == "test").any()
+        fold0 = set(split.patient_id[split.fold == 0])
+        gallery = json.loads(Path("reports/eval/gallery.json").read_text())
+        assert gallery and {g["patient_id"] for g in gallery} <= fold0, "explained by fold 0's classifier: its own"
+        from pipeline.stages import report
+        report.run(params)
+        html = Path("reports/index.html").read_text()
+        assert "No test split" in html and "Out-of-fold AUC" in html and "Test AUC" not in html
+    else:
+        assert headline["dice_mean"] == metrics["test"]["cascade"]["dice_patient_mean"] is not None
 
 
 def test_listed_model_files_stay_inside_the_folder(tmp_path):

@@ -61,7 +61,12 @@ def test_bad_values_name_the_key(path, value, message):
 def test_every_split_needs_patients():
     raw = copy.deepcopy(RAW)
     raw["split"].update(train=0.8, val=0.2, test=0.0)
-    with pytest.raises(ParamsError, match="split.test: 0.0 must be above 0"):
+    with pytest.raises(ParamsError, match=r"split.test: 0.0 must be above 0 \(0 only with split.folds > 1\)"):
+        params_from_dict(raw)
+    raw["split"]["folds"] = 5  # cross-validation over every patient: the out-of-fold figures are the evaluation
+    assert params_from_dict(raw).split.test == 0.0
+    raw["split"].update(train=1.0, val=0.0, test=0.0)
+    with pytest.raises(ParamsError, match="split.val: 0.0 must be above 0"):
         params_from_dict(raw)
 
 

@@ -14,6 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from fake_outputs import FakeRun, fake_params, write_fake_outputs
 
@@ -280,3 +282,30 @@ def test_cross_validation_figures_next_to_the_test_figures(tmp_path):
     assert "out of fold (3 folds)" in html and "test, ensemble" in html
     assert "0.610, 0.720, 0.830 (sd 0.110, min 0.610, max 0.830)" in html
     assert "out of fold" not in build(write_fake_outputs(tmp_path / "single"))
+
+
+def test_folds_get_a_row_each_and_no_test_split_shows_the_out_of_fold_figures(tmp_path):
+    """With folds the split table has a row per fold (and test); with no test split (split.test 0, the test
+    metrics null) the headline cards, tag and a banner say the figures are out of fold."""
+    from pipeline.evaluation.schema import METRICS, blank
+
+    run = write_fake_outputs(tmp_path)
+    split = pd.read_csv(run.split_csv)
+    non_test = split.split != "test"
+    split["fold"] = pd.Series(np.arange(non_test.sum()) % 3, index=split.index[non_test]).astype("Int64")
+    split.loc[non_test, "split"] = "train"
+    split.to_csv(run.split_csv, index=False)
+    html = build(run)
+    for fold in range(3):
+        n = int((split.fold == fold).sum())
+        assert re.search(rf"<td>fold {fold}</td><td class=\"n\">{n}</td>", html)
+    assert "Test AUC" in html and "No test split" not in html
+
+    path = run.reports_dir / "eval" / "metrics_full.json"
+    metrics = json.loads(path.read_text())
+    metrics["test"] = blank(METRICS.keys["test"])
+    path.write_text(json.dumps(metrics))
+    html = build(run)
+    assert "No test split" in html and "Test AUC" not in html and "out of fold, no test split" in html
+    auc = metrics["val"]["classifier"]["auc"]
+    assert re.search(rf"Out-of-fold AUC</div>\s*<div class=\"card-value\">{auc:.3f}</div>", html)

@@ -241,6 +241,7 @@ def test_split_file_without_test_patients_is_refused(tmp_path, rescanned):
     path = write_split_file(tmp_path / "splits.csv", split.replace({"split": {"test": "train"}}))
     with pytest.raises(InputError, match="no patient in test: evaluate needs test patients"):
         read_split_file(path, cases)
+    assert not (read_split_file(path, cases, folds=5).split == "test").any()  # folds: out of fold only
 
 
 # ----------------------------------------------------------------------------------- cross-validation folds

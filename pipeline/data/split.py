@@ -214,13 +214,14 @@ def check_patients_together(split: pd.DataFrame, cases: pd.DataFrame, where: str
                                 "a patient's scans must share one split")
 
 
-def read_split_file(path: str | Path, cases: pd.DataFrame) -> pd.DataFrame:
+def read_split_file(path: str | Path, cases: pd.DataFrame, folds: int = 1) -> pd.DataFrame:
     """The split a user gives in a CSV file (params.yaml ``split.file``) instead of the random one.
 
     path: CSV with columns patient_id (the slice store's case ids, as in data/split.csv) and split
     (train | val | test); other columns are ignored. cases: the store's ``patient_table``.
     Every case of the store must be listed exactly once, with a known split name, the scans of one
-    patient in one split, and train and val not empty; otherwise InputError naming the file.
+    patient in one split, and train and val not empty, test too unless ``folds`` > 1 (split.folds: then the
+    out-of-fold figures are the evaluation); otherwise InputError naming the file.
     Returns columns patient_id, split, one row per case in the order of ``cases``.
     """
     path = Path(path)
@@ -261,7 +262,7 @@ def read_split_file(path: str | Path, cases: pd.DataFrame) -> pd.DataFrame:
     for name in ("train", "val"):
         if not (split.split == name).any():
             raise InputError(path, f"no patient in {name}: training needs train and val patients")
-    if not (split.split == "test").any():
-        raise InputError(path, "no patient in test: evaluate needs test patients to score")
+    if folds == 1 and not (split.split == "test").any():
+        raise InputError(path, "no patient in test: evaluate needs test patients to score (or split.folds > 1)")
     log.info("split from %s: %s", path, split.split.value_counts().reindex(list(SPLITS), fill_value=0).to_dict())
     return split

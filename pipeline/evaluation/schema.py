@@ -2,7 +2,7 @@
 
 - ``METRICS``: ``reports/eval/metrics_full.json``, everything `evaluate` measures, nested;
 - ``HEADLINE``: ``reports/metrics.json``, the DVC metrics file (``dvc exp show``, ``dvc metrics diff``):
-  a few test-split figures, flat, each a path into METRICS;
+  a few figures, flat, each a path into METRICS: the validation (out-of-fold) AUC and Dice, then the test split's;
 - ``REGION_METRICS``: ``reports/eval/regions.json``, per-region figures, written with data.target "regions" only.
 
 `evaluate` checks what it writes against these (``check``), the report reads the full file, the test
@@ -125,7 +125,7 @@ METRICS = Group("every metric of `evaluate`; a value is null where it is undefin
     }),
     "val": SPLIT,
     "test": Group("metrics of the test patients (split.folds > 1: scored by the ensemble, the mean of the folds' "
-                  "probabilities)", {
+                  "probabilities; every value null when there is no test split, split.test 0 with folds)", {
         **SPLIT.keys, "explain": EXPLAIN}),
 })
 
@@ -150,8 +150,11 @@ REGION_METRICS = Group("per-region metrics of a segmenter with one output per re
     for split, name in (("val", "validation"), ("test", "test"))
 })
 
-# Headline key -> its path in METRICS. Short keys: `dvc exp show` must fit a 160-column terminal.
+# Headline key -> its path in METRICS. Short keys: `dvc exp show` must fit a 160-column terminal. The val_ figures
+# are the ones to choose a setting by (out of fold with split.folds > 1); the others are the test split's.
 HEADLINE = {
+    "val_auc": "val.classifier.auc",
+    "val_dice_mean": "val.cascade.dice_patient_mean",
     "auc": "test.classifier.auc",
     "auc_classifier_alone": "test.classifier.auc_classifier_alone",
     "sensitivity": "test.classifier.sensitivity",
@@ -206,6 +209,11 @@ def headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The headline figures of full metrics (checked against METRICS first)."""
     check(metrics)
     return {key: lookup(metrics, path) for key, path in HEADLINE.items()}
+
+
+def blank(schema: Group) -> dict[str, Any]:
+    """A metrics dict with exactly the keys of `schema`, every value None (null): a split with no patients."""
+    return {key: blank(spec) if isinstance(spec, Group) else None for key, spec in schema.keys.items()}
 
 
 def describe(path: str, schema: Group = METRICS) -> str:

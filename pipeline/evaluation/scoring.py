@@ -190,6 +190,21 @@ def choose_postprocessing(scored: Scored, threshold: float,
     return options[best], scores
 
 
+def explained_patients(tables: tuple[pd.DataFrame, pd.DataFrame],
+                       split: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The (slices, patients) tables of ``evaluate_split`` that the Grad-CAM gallery and the case pictures show.
+
+    The test split's as they are (split None). Without a test split (split.test 0 with folds), given the out-of-fold
+    tables and data/split.csv: fold 0's patients only, the ones fold 0's classifier (the one Grad-CAM explains)
+    never trained on.
+    """
+    slices, patients = tables
+    if split is None:
+        return slices, patients
+    own = set(split.patient_id[split.fold == 0]) if "fold" in split else set(patients.patient_id)
+    return slices[slices.patient_id.isin(own)], patients[patients.patient_id.isin(own)]
+
+
 def fold_spread(patients: pd.DataFrame, slices: pd.DataFrame, split: pd.DataFrame) -> dict[str, Any]:
     """The spread of the out-of-fold figures over the folds (``metrics.cross_validation``).
 

@@ -58,9 +58,16 @@ class _Images:
             return None
 
 
+def headline_split(m: Mapping[str, Any]) -> str:
+    """The split the headline cards, the Dice figure and the pictures are of: "test", or "val" (out of fold) when
+    the run has no test split (split.test 0 with folds: evaluate writes the test metrics as nulls)."""
+    return "val" if get(m, "test") is not None and get(m, "test", "cascade", "n_patients") is None else "test"
+
+
 def report_context(inputs: ReportInputs, params: Params, git: str) -> dict[str, Any]:
     """Plain values (strings, lists, dicts, data URIs) for the template."""
     m = inputs.metrics
+    shown = headline_split(m)
     images = _Images(inputs.reports_dir)
     threshold = as_float(get(m, "threshold", "value"))
     threshold = as_float(inputs.threshold.get("threshold")) if threshold is None else threshold
@@ -77,10 +84,12 @@ def report_context(inputs: ReportInputs, params: Params, git: str) -> dict[str, 
         "threshold_text": threshold_rule_text(get(m, "threshold", "rule", default=inputs.threshold.get("rule"))),
         "slice_score_text": slice_score_text(get(m, "threshold", "slice_score", default="classifier")),
         "banners": _banners(inputs, params, pretrained),
-        "cards": _cards(m, threshold),
+        "shown": {"split": shown, "tag": "test split" if shown == "test" else "out of fold, no test split",
+                  "patients": "test patients" if shown == "test" else "out-of-fold patients"},
+        "cards": _cards(m, threshold, shown),
         "run": _run_summary(inputs, params),
         "classifier": _classifier_section(inputs, threshold),
-        "dice": _dice_section(inputs, images),
+        "dice": _dice_section(inputs, images, shown),
         "regions": regions_section(inputs, images),
         "explain": _explain_section(inputs, images),
         "training": _training_section(inputs),
@@ -126,6 +135,12 @@ def _banners(inputs: ReportInputs, params: Params, pretrained: Any) -> list[dict
         banners.append({"level": "warning", "title": "Pretraining unknown",
                         "text": "Neither metrics_full.json nor the classifier sidecar records whether the classifier "
                                 "started from pretrained weights."})
+    if headline_split(inputs.metrics) == "val":
+        banners.append({"level": "info", "title": "No test split",
+                        "text": "Every patient trained the fold models (split.test 0): each figure here is out of "
+                                "fold, every patient scored by the fold's models that never saw it, and the gate and "
+                                "post-processing were chosen on those same predictions (optimistic, as validation "
+                                "figures are). Judge the ensemble on patients outside this data."})
     if params.data.source == "demo":
         banners.append({"level": "warning", "title": "Synthetic demo data",
                         "text": "These numbers come from generated images, not real MRI. They show that the "
@@ -133,22 +148,23 @@ def _banners(inputs: ReportInputs, params: Params, pretrained: Any) -> list[dict
     return banners
 
 
-def _cards(m: dict[str, Any], threshold: float | None) -> list[dict[str, str]]:
-    clf = get(m, "test", "classifier", default={})
-    cas = get(m, "test", "cascade", default={})
+def _cards(m: dict[str, Any], threshold: float | None, shown: str = "test") -> list[dict[str, str]]:
+    clf = get(m, shown, "classifier", default={})
+    cas = get(m, shown, "cascade", default={})
+    name = "Test" if shown == "test" else "Out-of-fold"
     tp, fn, tn, fp = (as_float(clf.get(k)) for k in ("tp", "fn", "tn", "fp"))
     at = f"at threshold {num(threshold)}" if threshold is not None else "at the chosen threshold"
     unit = cas.get("hd95_unit") or "px"
     auc_ci = ci(clf.get("auc_ci_low"), clf.get("auc_ci_high"))
     return [
-        {"label": "Test AUC", "value": num(clf.get("auc")),
+        {"label": f"{name} AUC", "value": num(clf.get("auc")),
          "detail": f"95% CI {auc_ci}" if auc_ci else "95% CI not available"},
         {"label": "Sensitivity", "value": pct(clf.get("sensitivity")),
          "detail": f"{count(tp)} of {count(tp + fn)} tumour slices, {at}" if tp is not None and fn is not None else at},
         {"label": "Specificity", "value": pct(clf.get("specificity")),
          "detail": f"{count(tn)} of {count(tn + fp)} tumour-free slices" if tn is not None and fp is not None else at},
         {"label": "Patient Dice, mean", "value": num(cas.get("dice_patient_mean")),
-         "detail": f"cascade, {count(cas.get('n_patients'))} test patients with tumour"},
+         "detail": f"cascade, {count(cas.get('n_patients'))} {name.lower()} patients with tumour"},
         {"label": "Patient Dice, median", "value": num(cas.get("dice_patient_median")),
          "detail": f"IQR {num(cas.get('dice_patient_p25'))}–{num(cas.get('dice_patient_p75'))}"},
         {"label": f"HD95, median ({unit})", "value": num(cas.get("hd95_median"), 1),
@@ -209,7 +225,8 @@ def _training_summary(summary: Mapping[str, Any]) -> str:
 
 
 def _split_table(manifest: pd.DataFrame | None, split: pd.DataFrame | None) -> dict[str, Any]:
-    """Patients and slices per split, with tumour counts; a note when the inputs are missing."""
+    """Patients and slices per split (with folds: per fold, and test), with tumour counts; a note when the inputs
+    are missing."""
     if split is None or not {"patient_id", "split"} <= set(split.columns):
         return {"rows": [], "note": "data/split.csv is missing: patient counts per split are not available."}
     split = split.astype({"patient_id": str})
@@ -217,10 +234,13 @@ def _split_table(manifest: pd.DataFrame | None, split: pd.DataFrame | None) -> d
         rows = [{"split": s, "patients": count((split.split == s).sum()), "tumour_patients": MISSING,
                  "slices": MISSING, "tumour_slices": MISSING} for s in SPLITS]
         return {"rows": rows, "note": "The slice manifest is missing: only patient counts are shown."}
+    folds = sorted(int(f) for f in split.fold.dropna().unique()) if "fold" in split else []
+    if folds:  # cross-validation: a row per fold (its out-of-fold patients), then test
+        split = split.assign(split=[f"fold {int(f)}" if pd.notna(f) else s for f, s in zip(split.fold, split.split)])
     rows_all = manifest.astype({"patient_id": str}).merge(split[["patient_id", "split"]], on="patient_id")
     rows_all["has_tumour"] = _bools(rows_all.has_tumour)
     rows = []
-    for name in (*SPLITS, "all"):
+    for name in (*([f"fold {f}" for f in folds] + ["test"] if folds else SPLITS), "all"):
         part = rows_all if name == "all" else rows_all[rows_all.split == name]
         slices, positive = len(part), int(part.has_tumour.sum())
         rows.append({
@@ -352,7 +372,7 @@ PATIENT_COLUMNS: list[tuple[str, str, str]] = [
 ]
 
 
-def _dice_section(inputs: ReportInputs, images: _Images) -> dict[str, Any]:
+def _dice_section(inputs: ReportInputs, images: _Images, shown: str = "test") -> dict[str, Any]:
     m = inputs.metrics
     patients = inputs.patients
     hd_unit = get(m, "test", "cascade", "hd95_unit") or _first(patients, "hd95_unit") or "px"
@@ -382,8 +402,8 @@ def _dice_section(inputs: ReportInputs, images: _Images) -> dict[str, Any]:
 
     figure = None
     if patients is not None and inputs.slices is not None and "split" in patients and "split" in inputs.slices:
-        p = patients[(patients.split == "test") & _bools(patients.get("has_tumour", pd.Series(True, patients.index)))]
-        s = inputs.slices[(inputs.slices.split == "test") & _bools(inputs.slices.get(
+        p = patients[(patients.split == shown) & _bools(patients.get("has_tumour", pd.Series(True, patients.index)))]
+        s = inputs.slices[(inputs.slices.split == shown) & _bools(inputs.slices.get(
             "has_tumour", pd.Series(True, inputs.slices.index)))]
         if len(p) or len(s):
             figure = data_uri(figures.dice_figure(p, s))
@@ -391,10 +411,11 @@ def _dice_section(inputs: ReportInputs, images: _Images) -> dict[str, Any]:
     spread = None
     if isinstance(folds, int) and folds > 1:
         per_fold = ", ".join(num(v) for v in cv.get("dice_patient_mean_per_fold") or [])
+        scored = (f", and the test patients are scored by the ensemble (the mean of the {folds} folds' probabilities)"
+                  if shown == "test" else " (no test split)")
         spread = (f"Cross-validation, {folds} folds: each non-test patient is scored by the models of its own fold "
                   f"(trained without it); the gate and the post-processing were chosen on these out-of-fold "
-                  f"predictions, and the test patients are scored by the ensemble (the mean of the {folds} folds' "
-                  f"probabilities). Mean per-patient cascade Dice per fold: {per_fold} (sd "
+                  f"predictions{scored}. Mean per-patient cascade Dice per fold: {per_fold} (sd "
                   f"{num(cv.get('dice_patient_mean_sd'))}, min {num(cv.get('dice_patient_mean_min'))}, max "
                   f"{num(cv.get('dice_patient_mean_max'))}).")
     return {

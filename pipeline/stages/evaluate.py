@@ -1,7 +1,9 @@
 """Stage `evaluate`: threshold on validation patients, cascade metrics on val and test, explanations.
 
 With split.folds > 1 the validation patients are every non-test patient, scored out of fold (by its own
-fold's models), and the test patients are scored by the ensemble of the folds."""
+fold's models), and the test patients are scored by the ensemble of the folds. With folds there may be no test
+split (split.test 0: every patient trains a final ensemble): the test metrics are then null and the pictures are
+of fold 0's out-of-fold patients."""
 
 from __future__ import annotations
 
@@ -18,13 +20,14 @@ from pipeline.evaluation.cascade import Cascade, members
 from pipeline.evaluation.gallery import explain_test_slices, patient_triptychs
 from pipeline.evaluation.postprocess import PostProcessing
 from pipeline.evaluation.region_scores import write_region_outputs
-from pipeline.evaluation.schema import check, headline
+from pipeline.evaluation.schema import METRICS, blank, check, headline
 from pipeline.evaluation.scoring import (
     EVAL_SPLITS,
     check_models_never_saw,
     choose_postprocessing,
     choose_threshold,
     evaluate_split,
+    explained_patients,
     fold_spread,
     out_of_fold_split,
     plot_tables,
@@ -105,6 +108,9 @@ def run(params: Params) -> None:
         (out / "images").mkdir()
         tables = {}
         for name in EVAL_SPLITS:
+            if not (scored.slices.split == name).any():  # no test split (split.test 0 with folds): nulls
+                metrics[name] = blank(METRICS.keys[name])  # type: ignore[arg-type]
+                continue
             metrics[name], slices, patients = evaluate_split(scored, store, name, threshold, post, e.bootstrap, e.seed)
             tables[name] = (slices, patients)
             for kind, table in plot_tables(slices).items():
@@ -119,14 +125,16 @@ def run(params: Params) -> None:
             "rule": str(e.threshold), "threshold": threshold, "chosen_on": chosen_on, "slice_score": e.slice_score,
             "val_sensitivity": val["sensitivity"], "val_specificity": val["specificity"]}))
 
-        test_slices, test_patients = tables["test"]
+        shown = "test" if "test" in tables else "val"  # the split the pictures are of
+        shown_slices, shown_patients = explained_patients(tables[shown], split if shown == "val" else None)
         # Grad-CAM explains one network: the single split's classifier, or with folds fold 0's.
-        gallery, pointing = explain_test_slices(members(cascade.classifier)[0], layer, store, test_slices,
+        gallery, pointing = explain_test_slices(members(cascade.classifier)[0], layer, store, shown_slices,
                                                 e, out / "images")
-        metrics["test"]["explain"] = pointing
+        if shown == "test":
+            metrics["test"]["explain"] = pointing
         (out / "gallery.json").write_text(json_text(gallery))
         (out / "cases.json").write_text(json_text(
-            patient_triptychs(store, test_patients, test_slices, scored.seg_masks, out / "images", post)))
+            patient_triptychs(store, shown_patients, shown_slices, scored.seg_masks, out / "images", post)))
         task = task_from_sidecars(MODELS_DIR)
         if len(task.regions) > 1:  # data.target "regions": every region scored, tabled and drawn
             write_region_outputs(scored, store, cascade, task.regions, out, fold_cascades)
@@ -140,10 +148,11 @@ def run(params: Params) -> None:
         bundle.write(MODELS_DIR)
     with atomic_path(METRICS_JSON) as tmp:
         tmp.write_text(json_text(headline(metrics)))
-    t = metrics["test"]
-    log.info("test: AUC %.3f [%.3f, %.3f], sensitivity %.3f, specificity %.3f; segmenter slice Dice %.3f; "
+    t = metrics[shown]
+    log.info("%s: AUC %.3f [%.3f, %.3f], sensitivity %.3f, specificity %.3f; segmenter slice Dice %.3f; "
              "cascade patient Dice mean %.3f median %.3f; pointing game %.2f (%.0f s)",
+             "test" if shown == "test" else "out of fold (no test split)",
              t["classifier"]["auc"], t["classifier"]["auc_ci_low"], t["classifier"]["auc_ci_high"],
              t["classifier"]["sensitivity"], t["classifier"]["specificity"], t["segmenter"]["dice_slice_mean"],
              t["cascade"]["dice_patient_mean"], t["cascade"]["dice_patient_median"],
-             t["explain"]["pointing_game"], time.perf_counter() - start)
+             pointing["pointing_game"], time.perf_counter() - start)

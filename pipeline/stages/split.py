@@ -24,7 +24,7 @@ def run(params: Params) -> None:
     store = SliceStore(SLICES_DIR)
     cases = patient_table(store.manifest, store.patients)
     if params.split.file:
-        split = read_split_file(params.split.file, cases)  # split.train/val/test/seed are not used
+        split = read_split_file(params.split.file, cases, params.split.folds)  # split.train/val/test/seed are not used
     else:
         split = assign_splits(cases, params.split)
     if params.split.folds > 1:  # the test patients stay; the others are dealt into folds
