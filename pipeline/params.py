@@ -33,6 +33,7 @@ SLICE_SCORES = ("classifier", "cascade")
 # learning rate on plateaus) and keeps the best epoch's weights.
 SCHEDULES = ("fixed", "early_stop")
 CLASS_BALANCES = ("weights", "batches", "undersample", "none")  # classifier.class_balance (stages/train_classifier.py)
+SEGMENTER_SAMPLING = ("uniform", "tumour_area")  # segmenter.sampling (pipeline/models/batches.py)
 # train.mixed_precision -> the Keras dtype policy (float16 is for GPUs: ~4x slower than float32 on a CPU)
 PRECISION_POLICIES = {False: "float32", True: "mixed_float16", "bfloat16": "mixed_bfloat16"}
 MAX_IMAGE_SIZE = 1024  # pixels a side; kaggle_3m slices are 256, BraTS 240
@@ -184,6 +185,7 @@ class SegmenterParams:
     epochs_factor: float
     patience: int
     arch: str = "resunet"  # the architecture, one of pipeline.models.registry.SEGMENTERS (resunet | unet)
+    sampling: str = "uniform"  # uniform (every slice once an epoch) | tumour_area (drawn by tumour area)
 
     def validate(self) -> None:
         _in_range("segmenter.epochs_factor", self.epochs_factor, 0.01, 100)
@@ -195,6 +197,7 @@ class SegmenterParams:
             raise ParamsError(f"segmenter.filters: {list(self.filters)}: widths below 16 corrupt the heap in "
                               "TensorFlow 2.21's oneDNN CPU kernels; use 16 or more, or set TF_ENABLE_ONEDNN_OPTS=0")
         _in_range("segmenter.negative_fraction", self.negative_fraction, 0, 1)
+        _one_of("segmenter.sampling", self.sampling, SEGMENTER_SAMPLING)
 
 
 @dataclass(frozen=True)

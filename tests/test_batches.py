@@ -20,7 +20,7 @@ from pipeline.models.augment import (
     default_threads,
     random_affine_params,
 )
-from pipeline.models.batches import SliceBatches, class_weights_from, in_memory
+from pipeline.models.batches import SliceBatches, class_weights_from, in_memory, tumour_area_weights
 from pipeline.params import AugmentParams
 
 AUG = AugmentParams(enabled=True, flip=True, rotate_deg=10.0, shift=0.05, zoom=0.1, brightness=0.1, contrast=0.1)
@@ -351,6 +351,28 @@ def test_undersampled_epochs_are_every_positive_and_fresh_negatives(store: Slice
         seen.append(set(chosen[~positive[chosen]]))
         ds.on_epoch_end()
     assert seen[0] != seen[1]
+
+
+def test_tumour_area_sampling_draws_slices_by_their_tumour_area(store: SliceStore):
+    """segmenter.sampling: tumour_area: over many epochs each slice comes up in proportion to its tumour area
+    plus a tenth of the mean area (tumour-free slices too, rarely); the same seed draws the same epochs."""
+    rows = store.manifest
+    area = rows.tumour_pixels.to_numpy(float)
+    assert (area > 0).sum() == 18 and len(set(area[area > 0])) > 5  # blobs of different sizes
+    ds = SliceBatches(store, rows, 4, "mask", None, shuffle=True, seed=1, by_tumour_area=True)
+    counts = np.zeros(len(rows))
+    epochs = 400
+    for epoch in range(epochs):
+        chosen = np.concatenate([ds.batch_rows(i, epoch) for i in range(len(ds))])
+        counts += np.bincount(chosen, minlength=len(rows))
+    expected = (area + 0.1 * area.mean()) / (area + 0.1 * area.mean()).sum() * counts.sum()
+    assert np.abs(counts - expected).max() < 4 * np.sqrt(expected.max())  # ~binomial noise
+    assert counts[area == 0].sum() < 0.1 * counts.sum() < counts[area > 0].sum()
+    again = SliceBatches(store, rows, 4, "mask", None, shuffle=True, seed=1, by_tumour_area=True)
+    assert np.array_equal(again.batch_rows(3, 7), ds.batch_rows(3, 7))
+    assert np.array_equal(tumour_area_weights(np.zeros(3)), np.ones(3))  # no tumour anywhere: uniform
+    with pytest.raises(ValueError, match="by_tumour_area"):
+        SliceBatches(store, rows, 4, "label", None, shuffle=True, balanced=True, by_tumour_area=True)
 
 
 def test_balanced_falls_back_to_shuffling_with_one_class(store: SliceStore):

@@ -49,6 +49,7 @@ def test_repo_params_load():
     (("classifier", "head"), "attention", "classifier.head"),
     (("train", "mixed_precision"), "float8", "train.mixed_precision: 'float8' must be true, false or bfloat16"),
     (("classifier", "class_balance"), "oversample", "classifier.class_balance"),
+    (("segmenter", "sampling"), "area", "segmenter.sampling"),
     (("classifier", "localisation_weight"), -1, "classifier.localisation_weight"),
 ])
 def test_bad_values_name_the_key(path, value, message):

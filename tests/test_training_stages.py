@@ -100,3 +100,31 @@ def test_tiny_segmenter_run_beats_empty_and_full_masks(demo_workdir):
     all_tumour_dice = float(np.mean(2 * tumour / (tumour + labels[0].size)))
     assert metrics["best_val_dice"] >= 0.5, metrics
     assert metrics["best_val_dice"] >= all_tumour_dice + 0.3, (metrics, all_tumour_dice)
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "tumour_area"])
+def test_segmenter_sampling_reaches_the_training_batches(demo_workdir, monkeypatch, sampling):
+    """segmenter.sampling decides how the segmenter's training batches are drawn (and only those: the
+    validation batches stay every slice in order)."""
+    from pipeline.stages import train_segmenter
+
+    work, params = demo_workdir
+    made = []
+
+    class Stop(Exception):
+        pass
+
+    def recording(*args, **kwargs):
+        made.append(kwargs)
+        if len(made) == 2:
+            raise Stop
+
+    monkeypatch.setattr(train_segmenter, "SliceBatches", recording)
+    monkeypatch.chdir(work)
+    params = replace(params, segmenter=replace(params.segmenter, sampling=sampling))
+    with pytest.raises(Stop):
+        train_segmenter.train(params.train, params.augment, params.segmenter, "whole_tumour",
+                              SliceStore("data/slices"), None, 1)
+    train, val = made
+    assert train["by_tumour_area"] is (sampling == "tumour_area") and train["shuffle"]
+    assert not val.get("by_tumour_area", False) and not val["shuffle"]

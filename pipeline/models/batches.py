@@ -100,13 +100,17 @@ class SliceBatches(keras.utils.PyDataset):
     class_weight: {0: w0, 1: w1} -> per-sample weights as a third element.
     workers, use_multiprocessing, max_queue_size: how ``fit`` runs ``__getitem__`` (PyDataset).
     regions: the mask channels of target "mask" (``pipeline.data.regions``), whole tumour first.
+    by_tumour_area (with shuffle, not balanced): an epoch draws ``len(rows)`` slices with replacement, each with
+    probability proportional to ``tumour_area_weights`` (foreground sampling: a slice with much tumour
+    comes up more often, as the per-patient 3-D Dice weighs it).
     """
 
     def __init__(self, store: SliceStore, rows: pd.DataFrame, batch_size: int, target: str = "label",
                  augment: AugmentParams | None = None, shuffle: bool = False, seed: int = 0,
                  class_weight: dict[int, float] | None = None, balanced: bool = False, undersample: bool = False,
                  workers: int = DEFAULT_WORKERS, use_multiprocessing: bool = DEFAULT_USE_MULTIPROCESSING,
-                 max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE, regions: tuple[str, ...] = (WHOLE_TUMOUR,)):
+                 max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE, regions: tuple[str, ...] = (WHOLE_TUMOUR,),
+                 by_tumour_area: bool = False):
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         _check_target(target)
         if batch_size < 1:
@@ -141,6 +145,12 @@ class SliceBatches(keras.utils.PyDataset):
             log.warning("balanced batches need positive and negative slices; %d/%d positive: plain shuffling",
                         len(positives), len(rows))
         self._classes = (positives, negatives)
+        self._draw_p = None
+        if by_tumour_area:
+            if not shuffle or self.balanced:
+                raise ValueError("by_tumour_area draws shuffled, unbalanced batches")
+            weights = tumour_area_weights(self.rows["tumour_pixels"].to_numpy(float))
+            self._draw_p = weights / weights.sum()
         self._plan_lock = threading.Lock()
         self._plan: tuple[int, np.ndarray] | None = None
 
@@ -198,6 +208,8 @@ class SliceBatches(keras.utils.PyDataset):
         if not (self.shuffle or self.balanced):
             return np.arange(n)
         rng = np.random.default_rng([self.seed, epoch, 2**31])  # index 2**31: no batch uses it
+        if self._draw_p is not None:
+            return rng.choice(n, size=n, replace=True, p=self._draw_p)
         if not self.balanced:
             return rng.permutation(n)
         # Balanced: batch i holds n_pos[i] positives, the rest negatives (odd sizes alternate the extra place).
@@ -221,6 +233,15 @@ class SliceBatches(keras.utils.PyDataset):
         state["store"] = SliceStore(state["store"])
         state["_plan_lock"] = threading.Lock()
         self.__dict__.update(state)
+
+
+def tumour_area_weights(tumour_pixels: np.ndarray, floor: float = 0.1) -> np.ndarray:
+    """Draw weights of slices by their tumour area (float [N] pixels -> float [N] >= 0, not normalised): the
+    area plus ``floor`` x the mean area, so small tumours (and tumour-free slices) still come up, as
+    brain-segmentation-pytorch weighs the slices of Buda et al. 2019 (there floor 0.1). All zero: uniform."""
+    area = np.asarray(tumour_pixels, float)
+    mean = area.mean() if len(area) else 0.0
+    return area + floor * mean if mean > 0 else np.ones_like(area)
 
 
 def _cycle(rng: np.random.Generator, members: np.ndarray, k: int) -> np.ndarray:

@@ -82,7 +82,7 @@ def train(t: TrainParams, augment: AugmentParams, p: SegmenterParams, target: st
              list(p.filters), size, model.count_params(), ", ".join(regions), len(train_rows), len(val_rows))
 
     train = SliceBatches(store, train_rows, t.batch_size, "mask", augment, shuffle=True, seed=t.seed,
-                         regions=regions)
+                         regions=regions, by_tumour_area=p.sampling == "tumour_area")
     val = SliceBatches(store, val_rows, t.batch_size, "mask", None, shuffle=False, seed=t.seed, regions=regions)
     model.compile(optimizer=keras.optimizers.Adam(t.lr),
                   loss=get_loss(p.loss, p.tversky_alpha, p.tversky_beta, p.focal_gamma),
