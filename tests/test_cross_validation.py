@@ -358,6 +358,9 @@ def test_three_folds_through_split_training_evaluate_and_predict(tmp_path, monke
         report.run(params)
         html = Path("reports/index.html").read_text()
         assert "No test split" in html and "Out-of-fold AUC" in html and "Test AUC" not in html
+        assert "Inputs not found" not in html and "Test slices" not in html and "test, ensemble" not in html
+        cases = json.loads(Path("reports/eval/cases.json").read_text())
+        assert cases and {c["patient_id"] for c in cases} <= fold0
     else:
         assert headline["dice_mean"] == metrics["test"]["cascade"]["dice_patient_mean"] is not None
 
@@ -397,3 +400,19 @@ def test_evaluate_refuses_models_trained_for_another_split(tmp_path):
         check_models_never_saw(single, paths[:1])
     (tmp_path / "fold_0.json").write_text(json.dumps({"kind": "classifier"}))  # written before trained_on
     check_models_never_saw(single, paths[:1])
+
+
+def test_evaluate_needs_test_patients_or_folds(store_and_split, tmp_path, monkeypatch):
+    """A split with no test patient is for cross-validation only (split.test 0 with folds): a single split
+    without one (a hand-written split.csv) stops evaluate with one line naming the file."""
+    from pipeline.params import load_params
+    from pipeline.stages import evaluate
+
+    store, split = store_and_split
+    monkeypatch.chdir(tmp_path)
+    Path("data").mkdir()
+    Path("data/slices").symlink_to(store.root)
+    single = split.drop(columns="fold").assign(split=np.where(split.fold.fillna(0) == 0, "val", "train"))
+    single.to_csv("data/split.csv", index=False)
+    with pytest.raises(InputError, match="data/split.csv: no patient in test and no folds"):
+        evaluate.run(load_params(Path(__file__).resolve().parents[1] / "params.yaml"))

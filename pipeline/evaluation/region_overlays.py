@@ -50,9 +50,11 @@ def region_overlay_png(image: np.ndarray, flair: int, truth: np.ndarray, pred: n
 
 def region_cases(store: SliceStore, patients: pd.DataFrame, masks: dict[str, np.ndarray], regions: tuple[str, ...],
                  image_dir: Path) -> list[dict[str, Any]]:
-    """The best, median and worst test patients by whole-tumour Dice, each at its slice with the most whole
-    tumour: [{rank, patient_id, dice {region: Dice}, slice_index, png}]. patients: ``region_patient_rows``."""
-    test = patients[(patients.split == "test") & patients.has_region]
+    """The best, median and worst test patients (without a test split, split.test 0: out-of-fold patients) by
+    whole-tumour Dice, each at its slice with the most whole tumour: [{rank, patient_id, dice {region: Dice},
+    slice_index, png}]. patients: ``region_patient_rows``."""
+    shown = "test" if (patients.split == "test").any() else "val"
+    test = patients[(patients.split == shown) & patients.has_region]
     whole = test[test.region == regions[0]].sort_values("dice", ascending=False, kind="stable")
     if whole.empty:
         return []

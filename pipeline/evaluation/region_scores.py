@@ -134,7 +134,7 @@ def write_region_outputs(scored: Scored, store: SliceStore, cascade: Cascade, re
     patients.to_csv(out / "regions.csv", index=False)
     (out / "regions.json").write_text(json_text(summary))
     (out / "region_cases.json").write_text(json_text(region_cases(store, patients, masks, regions, out / "images")))
-    for region, figures in summary["test"].items():
+    for region, figures in summary["test"].items() if (patients.split == "test").any() else ():
         log.info("test %s: Dice per slice %.3f, per patient mean %.3f; HD95 median %.1f %s; sensitivity %.3f, "
                  "specificity %.4f; volume error %.2f %s", region, figures["dice_slice_mean"],
                  figures["dice_patient_mean"], figures["hd95_median"], figures["hd95_unit"],

@@ -24,7 +24,7 @@ def markdown() -> str:
     """The metrics section of docs/outputs.md (paths relative to reports/), from HEADLINE and METRICS."""
     short, full = (path.relative_to(REPORTS_DIR).as_posix() for path in (METRICS_JSON, METRICS_FULL_JSON))
     lines = [f"- `{short}` — DVC metrics of `evaluate` (`dvc exp show`, `dvc metrics diff`): the headline, "
-             "flat, all on the test patients:"]
+             "flat: the validation (out-of-fold) AUC and Dice, then the test patients' figures:"]
     lines += [f"  - `{key}` — {describe(path)} (`{path}` of `{full}`)" for key, path in HEADLINE.items()]
     lines.append(f"- `{full}` — {METRICS.doc}:")
     lines += _group_lines(METRICS, "", 1, {})

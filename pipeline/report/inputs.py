@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pandas as pd
 
 from pipeline import paths
 from pipeline.errors import InputError
+from pipeline.report.formatting import get
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,12 @@ class ReportInputs:
     region_cases: list[dict[str, Any]] = field(default_factory=list)
 
 
+def headline_split(m: Mapping[str, Any]) -> str:
+    """The split the headline cards, the Dice figure and the pictures are of: "test", or "val" (out of fold) when
+    the run has no test split (split.test 0 with folds: evaluate writes the test metrics as nulls)."""
+    return "val" if get(m, "test") is not None and get(m, "test", "cascade", "n_patients") is None else "test"
+
+
 def _under(reports_dir: Path, path: Path) -> Path:
     """`path` (written relative to the repository root in paths.py) relative to `reports_dir`."""
     return Path(reports_dir) / path.relative_to(paths.REPORTS_DIR)
@@ -79,8 +87,9 @@ def load_inputs(reports_dir: Path, slices_dir: Path, split_csv: Path, models_dir
         raise InputError(metrics_path, "not a JSON object of metrics")
     missing: list[str] = []
     plots = {}
+    splits = ("val",) if headline_split(metrics) == "val" else ("val", "test")  # no test split: no test plots
     for kind in ("roc", "pr", "calibration", "confusion"):
-        for split in ("val", "test"):
+        for split in splits:
             table = _read_csv(eval_dir / "plots" / f"{kind}_{split}.csv", missing)
             if table is not None:
                 plots[f"{kind}_{split}"] = table

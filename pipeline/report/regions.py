@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pipeline.report.formatting import MISSING, count, num
-from pipeline.report.inputs import ReportInputs
+from pipeline.report.inputs import ReportInputs, headline_split
 
 # (key in a region's figures, row label, decimals; None: a count)
 _ROWS = (
@@ -25,18 +25,21 @@ _ROWS = (
 
 def regions_section(inputs: ReportInputs, images: Callable[[Any], str | None]) -> dict[str, Any] | None:
     """Template values of the section; None when the run has no per-region metrics (data.target whole_tumour)."""
-    test, val = (inputs.region_metrics.get(split) or {} for split in ("test", "val"))
-    if not isinstance(test, Mapping) or not test:
+    shown = ("test", "val") if headline_split(inputs.metrics) == "test" else ("val",)  # no test split: out of fold
+    columns = [inputs.region_metrics.get(split) or {} for split in shown]
+    if not all(isinstance(c, Mapping) for c in columns) or not columns[0]:
         return None
     tables = []
-    for region, figures in test.items():
-        other = val.get(region, {}) if isinstance(val, Mapping) else {}
+    for region, figures in columns[0].items():
+        beside = [c.get(region, {}) for c in columns[1:]]
         units = {"hd": figures.get("hd95_unit", "px"), "vol": figures.get("volume_unit", "px")}
         rows = [{"label": label.format(**units),
-                 "cells": [count(d.get(key)) if digits is None else num(d.get(key), digits) for d in (figures, other)]}
+                 "cells": [count(d.get(key)) if digits is None else num(d.get(key), digits) for d in (figures, *beside)]}
                 for key, label, digits in _ROWS]
         tables.append({"region": region, "name": region.replace("_", " "), "rows": rows})
     cases = [{"rank": str(c.get("rank", "")).capitalize(), "patient_id": str(c.get("patient_id", MISSING)),
               "dice": ", ".join(f"{r.replace('_', ' ')} {num(d)}" for r, d in (c.get("dice") or {}).items()),
               "png": images(c.get("png"))} for c in inputs.region_cases if isinstance(c, Mapping)]
-    return {"tables": tables, "cases": cases}
+    return {"tables": tables, "cases": cases,
+            "columns": ["test", "validation"] if len(shown) == 2 else ["out of fold (no test split)"],
+            "patients": "test patients" if len(shown) == 2 else "out-of-fold patients"}

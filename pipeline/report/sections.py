@@ -16,7 +16,7 @@ from pipeline.evaluation.schema import METRICS
 from pipeline.params import Params
 from pipeline.report import figures
 from pipeline.report.formatting import MISSING, as_float, ci, count, data_uri, get, num, pct, truthy
-from pipeline.report.inputs import ReportInputs
+from pipeline.report.inputs import ReportInputs, headline_split
 from pipeline.report.regions import regions_section
 
 log = logging.getLogger(__name__)
@@ -58,12 +58,6 @@ class _Images:
             return None
 
 
-def headline_split(m: Mapping[str, Any]) -> str:
-    """The split the headline cards, the Dice figure and the pictures are of: "test", or "val" (out of fold) when
-    the run has no test split (split.test 0 with folds: evaluate writes the test metrics as nulls)."""
-    return "val" if get(m, "test") is not None and get(m, "test", "cascade", "n_patients") is None else "test"
-
-
 def report_context(inputs: ReportInputs, params: Params, git: str) -> dict[str, Any]:
     """Plain values (strings, lists, dicts, data URIs) for the template."""
     m = inputs.metrics
@@ -88,7 +82,7 @@ def report_context(inputs: ReportInputs, params: Params, git: str) -> dict[str, 
                   "patients": "test patients" if shown == "test" else "out-of-fold patients"},
         "cards": _cards(m, threshold, shown),
         "run": _run_summary(inputs, params),
-        "classifier": _classifier_section(inputs, threshold),
+        "classifier": _classifier_section(inputs, threshold, shown),
         "dice": _dice_section(inputs, images, shown),
         "regions": regions_section(inputs, images),
         "explain": _explain_section(inputs, images),
@@ -240,7 +234,8 @@ def _split_table(manifest: pd.DataFrame | None, split: pd.DataFrame | None) -> d
     rows_all = manifest.astype({"patient_id": str}).merge(split[["patient_id", "split"]], on="patient_id")
     rows_all["has_tumour"] = _bools(rows_all.has_tumour)
     rows = []
-    for name in (*([f"fold {f}" for f in folds] + ["test"] if folds else SPLITS), "all"):
+    tested = ["test"] if (split.split == "test").any() else []  # no test split (split.test 0): no test row
+    for name in (*([f"fold {f}" for f in folds] + tested if folds else SPLITS), "all"):
         part = rows_all if name == "all" else rows_all[rows_all.split == name]
         slices, positive = len(part), int(part.has_tumour.sum())
         rows.append({
@@ -280,11 +275,12 @@ CLASSIFIER_ROWS: list[tuple[str, str, Callable[[Any], str]]] = [
 ]
 
 
-def _classifier_section(inputs: ReportInputs, threshold: float | None) -> dict[str, Any]:
+def _classifier_section(inputs: ReportInputs, threshold: float | None, shown: str = "test") -> dict[str, Any]:
+    """shown: "test", or "val" when the run has no test split (its columns, curves and confusion matrix left out)."""
     m = inputs.metrics
     columns = [("test", "classifier", "Test", "slices"), ("test", "classifier_patient", "Test", "patients"),
                ("val", "classifier", "Validation", "slices"), ("val", "classifier_patient", "Validation", "patients")]
-    columns = [c for c in columns if isinstance(get(m, c[0], c[1]), Mapping)]
+    columns = [c for c in columns if isinstance(get(m, c[0], c[1]), Mapping) and (c[0] == "val" or shown == "test")]
     rows = []
     for key, label, fmt in CLASSIFIER_ROWS:
         cells = []
@@ -304,7 +300,7 @@ def _classifier_section(inputs: ReportInputs, threshold: float | None) -> dict[s
         rows.append({"label": label, "cells": cells})
 
     curve_labels, roc_points, pr_points, roc, pr, cal = {}, {}, {}, {}, {}, {}
-    for split in ("test", "val"):
+    for split in ("test", "val") if shown == "test" else ("val",):
         d = get(m, split, "classifier", default={})
         name = "test" if split == "test" else "validation"
         auc_text = f"AUC {num(d.get('auc'))}" + (f", 95% CI {ci(d.get('auc_ci_low'), d.get('auc_ci_high'))}"
@@ -319,15 +315,17 @@ def _classifier_section(inputs: ReportInputs, threshold: float | None) -> dict[s
             pr[split] = inputs.plots[f"pr_{split}"]
         if _has(inputs.plots.get(f"calibration_{split}"), "mean_predicted", "fraction_positive"):
             cal[split] = inputs.plots[f"calibration_{split}"]
-    test = get(m, "test", "classifier", default={})
+    test = get(m, shown, "classifier", default={})  # the shown split's (out of fold without a test split)
+    name = "Test" if shown == "test" else "Out-of-fold"
     pr_labels = {s: f"{'test' if s == 'test' else 'validation'} (AP {num(get(m, s, 'classifier', 'average_precision'))})"
                  for s in pr}
     cal_labels = {s: f"{'test' if s == 'test' else 'validation'} (Brier {num(get(m, s, 'classifier', 'brier'))})"
                   for s in cal}
-    confusion = [(f"Test slices (n = {count(test.get('n'))})", _confusion_counts(test, inputs.plots.get("confusion_test")))]
-    patient = get(m, "test", "classifier_patient", default={})
+    confusion = [(f"{name} slices (n = {count(test.get('n'))})",
+                  _confusion_counts(test, inputs.plots.get(f"confusion_{shown}")))]
+    patient = get(m, shown, "classifier_patient", default={})
     if all(as_float(patient.get(k)) is not None for k in ("tp", "fp", "fn", "tn")):
-        confusion.append((f"Test patients (n = {count(patient.get('n'))})", patient))
+        confusion.append((f"{name} patients (n = {count(patient.get('n'))})", patient))
     have_confusion = confusion[0][1] is not None
     return {
         "columns": [{"split": c[2], "level": c[3], "is_val": c[0] == "val"} for c in columns],
@@ -383,7 +381,7 @@ def _dice_section(inputs: ReportInputs, images: _Images, shown: str = "test") ->
     cv = get(m, "cross_validation", default={})
     folds = cv.get("folds") if isinstance(cv, Mapping) else None
     val_name = f"out of fold ({folds} folds)" if isinstance(folds, int) and folds > 1 else "validation"
-    for split in ("test", "val"):
+    for split in ("test", "val") if shown == "test" else ("val",):
         for key, label in (("cascade", "Cascade"), ("segmenter_all_slices", "Segmenter, all slices")):
             d = get(m, split, key)
             if not isinstance(d, Mapping):
@@ -397,8 +395,8 @@ def _dice_section(inputs: ReportInputs, images: _Images, shown: str = "test") ->
                 count(d.get("n_tumour_free_patients")), count(d.get("fp_slices_tumour_free")),
                 num(d.get("fp_volume_tumour_free"), 0)]})
     numbers = _slice_numbers(inputs.slices)
-    seg = get(m, "test", "segmenter", default={})
-    cas, seg_all = get(m, "test", "cascade", default={}), get(m, "test", "segmenter_all_slices", default={})
+    seg = get(m, shown, "segmenter", default={})
+    cas, seg_all = get(m, shown, "cascade", default={}), get(m, shown, "segmenter_all_slices", default={})
 
     figure = None
     if patients is not None and inputs.slices is not None and "split" in patients and "split" in inputs.slices:

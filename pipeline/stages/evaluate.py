@@ -14,7 +14,7 @@ import pandas as pd
 
 from pipeline.data.slices import SliceStore
 from pipeline.data.split import fold_count, read_split
-from pipeline.errors import ParamsError
+from pipeline.errors import InputError, ParamsError
 from pipeline.evaluation.bundle import CASCADE_FILE, Bundle, bundle_files, file_hashes, task_from_sidecars
 from pipeline.evaluation.cascade import Cascade, members
 from pipeline.evaluation.gallery import explain_test_slices, patient_triptychs
@@ -64,6 +64,8 @@ def run(params: Params) -> None:
     store = SliceStore(SLICES_DIR)
     split = read_split(str(SPLIT_CSV))
     folds = fold_count(split)
+    if folds == 1 and not (split.split == "test").any():  # split.test 0 is for folds only (params, split.file)
+        raise InputError(SPLIT_CSV, "no patient in test and no folds: evaluate needs test patients or split.folds > 1")
     classifiers = [fold_model(CLASSIFIER, f) for f in range(folds)]
     segmenters = [fold_model(SEGMENTER, f) for f in range(folds)]
     listed = {"classifier": [str(p.relative_to(MODELS_DIR)) for p in classifiers],
