@@ -190,18 +190,12 @@ def choose_postprocessing(scored: Scored, threshold: float,
     return options[best], scores
 
 
-def explained_patients(tables: tuple[pd.DataFrame, pd.DataFrame],
-                       split: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The (slices, patients) tables of ``evaluate_split`` that the Grad-CAM gallery and the case pictures show.
-
-    The test split's as they are (split None). Without a test split (split.test 0 with folds), given the out-of-fold
-    tables and data/split.csv: fold 0's patients only, the ones fold 0's classifier (the one Grad-CAM explains)
-    never trained on.
-    """
+def of_fold(tables: tuple[pd.DataFrame, pd.DataFrame], split: pd.DataFrame,
+            fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``evaluate_split``'s (slices, patients) tables cut to the patients of one cross-validation fold of
+    data/split.csv (those its fold model never trained on)."""
+    own = set(split.patient_id[split.fold == fold])
     slices, patients = tables
-    if split is None:
-        return slices, patients
-    own = set(split.patient_id[split.fold == 0]) if "fold" in split else set(patients.patient_id)
     return slices[slices.patient_id.isin(own)], patients[patients.patient_id.isin(own)]
 
 

@@ -61,10 +61,16 @@ class ReportInputs:
     region_cases: list[dict[str, Any]] = field(default_factory=list)
 
 
+def reported_splits(m: Mapping[str, Any]) -> tuple[str, ...]:
+    """The splits the report shows, the headline's first: ("test", "val"), or ("val",) (out of fold) when the run
+    has no test split (split.test 0 with folds: evaluate writes the test metrics as nulls)."""
+    no_test = get(m, "test") is not None and get(m, "test", "cascade", "n_patients") is None
+    return ("val",) if no_test else ("test", "val")
+
+
 def headline_split(m: Mapping[str, Any]) -> str:
-    """The split the headline cards, the Dice figure and the pictures are of: "test", or "val" (out of fold) when
-    the run has no test split (split.test 0 with folds: evaluate writes the test metrics as nulls)."""
-    return "val" if get(m, "test") is not None and get(m, "test", "cascade", "n_patients") is None else "test"
+    """The split the headline cards, the Dice figure and the pictures are of: "test", or "val" without a test split."""
+    return reported_splits(m)[0]
 
 
 def _under(reports_dir: Path, path: Path) -> Path:
@@ -87,9 +93,8 @@ def load_inputs(reports_dir: Path, slices_dir: Path, split_csv: Path, models_dir
         raise InputError(metrics_path, "not a JSON object of metrics")
     missing: list[str] = []
     plots = {}
-    splits = ("val",) if headline_split(metrics) == "val" else ("val", "test")  # no test split: no test plots
     for kind in ("roc", "pr", "calibration", "confusion"):
-        for split in splits:
+        for split in reported_splits(metrics):  # no test split: no test plots
             table = _read_csv(eval_dir / "plots" / f"{kind}_{split}.csv", missing)
             if table is not None:
                 plots[f"{kind}_{split}"] = table

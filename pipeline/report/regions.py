@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pipeline.report.formatting import MISSING, count, num
-from pipeline.report.inputs import ReportInputs, headline_split
+from pipeline.report.inputs import ReportInputs, reported_splits
 
 # (key in a region's figures, row label, decimals; None: a count)
 _ROWS = (
@@ -25,7 +25,7 @@ _ROWS = (
 
 def regions_section(inputs: ReportInputs, images: Callable[[Any], str | None]) -> dict[str, Any] | None:
     """Template values of the section; None when the run has no per-region metrics (data.target whole_tumour)."""
-    shown = ("test", "val") if headline_split(inputs.metrics) == "test" else ("val",)  # no test split: out of fold
+    shown = reported_splits(inputs.metrics)  # no test split: the out-of-fold figures alone
     columns = [inputs.region_metrics.get(split) or {} for split in shown]
     if not all(isinstance(c, Mapping) for c in columns) or not columns[0]:
         return None

@@ -16,7 +16,7 @@ from pipeline.evaluation.schema import METRICS
 from pipeline.params import Params
 from pipeline.report import figures
 from pipeline.report.formatting import MISSING, as_float, ci, count, data_uri, get, num, pct, truthy
-from pipeline.report.inputs import ReportInputs, headline_split
+from pipeline.report.inputs import ReportInputs, headline_split, reported_splits
 from pipeline.report.regions import regions_section
 
 log = logging.getLogger(__name__)
@@ -280,7 +280,7 @@ def _classifier_section(inputs: ReportInputs, threshold: float | None, shown: st
     m = inputs.metrics
     columns = [("test", "classifier", "Test", "slices"), ("test", "classifier_patient", "Test", "patients"),
                ("val", "classifier", "Validation", "slices"), ("val", "classifier_patient", "Validation", "patients")]
-    columns = [c for c in columns if isinstance(get(m, c[0], c[1]), Mapping) and (c[0] == "val" or shown == "test")]
+    columns = [c for c in columns if isinstance(get(m, c[0], c[1]), Mapping) and c[0] in reported_splits(m)]
     rows = []
     for key, label, fmt in CLASSIFIER_ROWS:
         cells = []
@@ -300,7 +300,7 @@ def _classifier_section(inputs: ReportInputs, threshold: float | None, shown: st
         rows.append({"label": label, "cells": cells})
 
     curve_labels, roc_points, pr_points, roc, pr, cal = {}, {}, {}, {}, {}, {}
-    for split in ("test", "val") if shown == "test" else ("val",):
+    for split in reported_splits(m):
         d = get(m, split, "classifier", default={})
         name = "test" if split == "test" else "validation"
         auc_text = f"AUC {num(d.get('auc'))}" + (f", 95% CI {ci(d.get('auc_ci_low'), d.get('auc_ci_high'))}"
@@ -381,7 +381,7 @@ def _dice_section(inputs: ReportInputs, images: _Images, shown: str = "test") ->
     cv = get(m, "cross_validation", default={})
     folds = cv.get("folds") if isinstance(cv, Mapping) else None
     val_name = f"out of fold ({folds} folds)" if isinstance(folds, int) and folds > 1 else "validation"
-    for split in ("test", "val") if shown == "test" else ("val",):
+    for split in reported_splits(m):
         for key, label in (("cascade", "Cascade"), ("segmenter_all_slices", "Segmenter, all slices")):
             d = get(m, split, key)
             if not isinstance(d, Mapping):

@@ -27,8 +27,8 @@ from pipeline.evaluation.scoring import (
     choose_postprocessing,
     choose_threshold,
     evaluate_split,
-    explained_patients,
     fold_spread,
+    of_fold,
     out_of_fold_split,
     plot_tables,
     score_patients,
@@ -128,7 +128,8 @@ def run(params: Params) -> None:
             "val_sensitivity": val["sensitivity"], "val_specificity": val["specificity"]}))
 
         shown = "test" if "test" in tables else "val"  # the split the pictures are of
-        shown_slices, shown_patients = explained_patients(tables[shown], split if shown == "val" else None)
+        # without a test split, fold 0's out-of-fold patients: fold 0's classifier (Grad-CAM's) never saw them
+        shown_slices, shown_patients = tables["test"] if shown == "test" else of_fold(tables["val"], split, 0)
         # Grad-CAM explains one network: the single split's classifier, or with folds fold 0's.
         gallery, pointing = explain_test_slices(members(cascade.classifier)[0], layer, store, shown_slices,
                                                 e, out / "images")
