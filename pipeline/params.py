@@ -20,7 +20,7 @@ import yaml
 
 from pipeline.errors import ParamsError
 from pipeline.models.registry import BACKBONES, HEADS, LOSSES, SEGMENTERS
-from pipeline.sequences import INTENSITIES, SEQUENCES, TARGETS
+from pipeline.sequences import INTENSITIES, SEQUENCES, TARGETS, flair_channel
 
 SOURCES = ("demo", "lgg", "brats2021", "brats2023", "decathlon")
 # evaluate.threshold rules chosen on validation patients (besides sensitivity:X and a fixed number):
@@ -143,9 +143,11 @@ class AugmentParams:
     brightness: float
     contrast: float
     per_channel: bool = False  # brightness and contrast drawn for each channel (sequence) on its own
+    missing_sequences: float = 0.0  # probability a slice shows kaggle_3m's fill of missing sequences (FLAIR in their place)
 
     def validate(self) -> None:
         _in_range("augment.rotate_deg", self.rotate_deg, 0, 180)
+        _in_range("augment.missing_sequences", self.missing_sequences, 0, 1)
         for name in ("shift", "zoom", "brightness", "contrast"):
             _in_range(f"augment.{name}", getattr(self, name), 0, 0.5)
 
@@ -246,6 +248,11 @@ class Params:
     classifier: ClassifierParams
     segmenter: SegmenterParams
     evaluate: EvaluateParams
+
+    def validate(self) -> None:
+        if self.augment.missing_sequences > 0 and flair_channel(self.data.channels) is None:
+            raise ParamsError(f"augment.missing_sequences: {self.augment.missing_sequences} needs flair among "
+                              f"data.channels (it fills the other sequences with it); got {list(self.data.channels)}")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

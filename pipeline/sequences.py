@@ -16,3 +16,8 @@ INTENSITIES = ("as_stored", "per_volume")
 # data.target: the whole tumour alone (one segmenter output; the LGG recipe), or every region of
 # pipeline.data.regions.REGIONS (one segmenter output each).
 TARGETS = ("whole_tumour", "regions")
+
+
+def flair_channel(channels: tuple[str, ...] | list[str]) -> int | None:
+    """Index of the FLAIR sequence among the input channels (1 in kaggle_3m's order), None without one."""
+    return list(channels).index("flair") if "flair" in channels else None

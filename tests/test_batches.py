@@ -18,6 +18,7 @@ from pipeline.models.augment import (
     apply_intensity,
     augment_batch,
     default_threads,
+    fill_missing_sequences,
     random_affine_params,
 )
 from pipeline.models.batches import SliceBatches, class_weights_from, in_memory, tumour_area_weights
@@ -173,6 +174,37 @@ def test_per_channel_intensity_moves_each_channel_on_its_own():
     assert np.abs(spread[:, 0] - spread[:, 2]).mean() > 1
     shared = apply_intensity(images.copy(), np.random.default_rng(9), dataclasses.replace(per_channel, per_channel=False))
     np.testing.assert_allclose(shared[..., 0], shared[..., 1])  # the default: one change for all channels
+
+
+def test_missing_sequences_fill_others_with_flair_as_kaggle_3m_does():
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (300, 8, 8, 3), dtype=np.uint8)
+    kept = images.copy()
+    out = fill_missing_sequences(images, np.random.default_rng(4), 1.0, flair=1)
+    np.testing.assert_array_equal(images, kept)  # the input is not written into
+    np.testing.assert_array_equal(out[..., 1], images[..., 1])  # FLAIR itself is kept
+    filled = np.stack([(out[..., c] == out[..., 1]).all(axis=(1, 2)) for c in (0, 2)], axis=1)  # [300, 2]
+    kept_as_is = np.stack([(out[..., c] == images[..., c]).all(axis=(1, 2)) for c in (0, 2)], axis=1)
+    assert (filled | kept_as_is).all() and filled.any(axis=1).all()  # every slice: one or both others filled
+    patterns = {tuple(row) for row in filled}
+    assert patterns == {(True, False), (False, True), (True, True)}  # each pattern of the dataset turns up
+    some = fill_missing_sequences(images, np.random.default_rng(4), 0.3, flair=1)
+    share = np.mean([not np.array_equal(a, b) for a, b in zip(some, images, strict=True)])
+    assert 0.2 < share < 0.4
+
+
+def test_missing_sequences_off_draws_nothing_and_on_needs_flair():
+    images = np.random.default_rng(6).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    masks = blob_masks(np.random.default_rng(7), 6, 32)
+    on = dataclasses.replace(AUG, missing_sequences=0.5)
+    a, _ = augment_batch(images, masks, np.random.default_rng(1), AUG)
+    b, _ = augment_batch(images, masks, np.random.default_rng(1), dataclasses.replace(AUG, missing_sequences=0.0),
+                         flair=1)
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="FLAIR"):
+        augment_batch(images, masks, np.random.default_rng(1), on)
+    c, _ = augment_batch(images, masks, np.random.default_rng(1), on, flair=1)
+    assert c.shape == a.shape and not np.array_equal(a, c)
 
 
 def test_fused_per_channel_augmentation_equals_geometric_then_intensity():

@@ -51,11 +51,21 @@ def test_repo_params_load():
     (("classifier", "class_balance"), "oversample", "classifier.class_balance"),
     (("segmenter", "sampling"), "area", "segmenter.sampling"),
     (("classifier", "localisation_weight"), -1, "classifier.localisation_weight"),
+    (("augment", "missing_sequences"), 1.5, "augment.missing_sequences"),
 ])
 def test_bad_values_name_the_key(path, value, message):
     raw = copy.deepcopy(RAW)
     raw[path[0]][path[1]] = value
     with pytest.raises(ParamsError, match=message):
+        params_from_dict(raw)
+
+
+def test_missing_sequences_needs_flair_among_the_channels():
+    raw = copy.deepcopy(RAW)
+    raw["augment"]["missing_sequences"] = 0.3
+    assert params_from_dict(raw).augment.missing_sequences == 0.3
+    raw["data"]["channels"] = ["t1", "t2", "t1gd"]
+    with pytest.raises(ParamsError, match=r"augment.missing_sequences: 0.3 needs flair among data.channels"):
         params_from_dict(raw)
 
 

@@ -82,8 +82,30 @@ def apply_intensity(images: np.ndarray, rng: np.random.Generator, aug: AugmentPa
     return images
 
 
+def fill_missing_sequences(images: np.ndarray, rng: np.random.Generator, probability: float, flair: int
+                           ) -> np.ndarray:
+    """kaggle_3m's fill of missing sequences, drawn as an augmentation, on uint8 images [B, H, W, C].
+
+    The dataset writes FLAIR into the channel of a sequence a patient lacks (of the 50 shared patients, two
+    have FLAIR in all three channels, two in the post-contrast one). With ``probability`` a slice gets one
+    of those patterns, drawn uniformly from every non-empty set of the channels other than ``flair`` (its
+    index): those channels are replaced by its FLAIR. Returns a copy when a slice is filled, else ``images``.
+    """
+    n, others = len(images), [c for c in range(images.shape[-1]) if c != flair]
+    patterns = [[c for bit, c in enumerate(others) if code >> bit & 1] for code in range(1, 2 ** len(others))]
+    filled = rng.random(n) < probability
+    chosen = rng.integers(0, len(patterns), n)
+    if not filled.any():
+        return images
+    images = images.copy()
+    for i in np.flatnonzero(filled):
+        images[i][..., patterns[chosen[i]]] = images[i][..., flair, None]
+    return images
+
+
 def augment_batch(images: np.ndarray, masks: np.ndarray | None, rng: np.random.Generator,
-                  aug: AugmentParams | None, threads: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                  aug: AugmentParams | None, threads: int | None = None, flair: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
     """Augment one batch: uint8 images [B, H, W, C] and masks uint8 [B, H, W] (or None).
 
     Returns (float32 images [B, H, W, C] in 0..255, uint8 masks [B, H, W] or None). With
@@ -95,9 +117,16 @@ def augment_batch(images: np.ndarray, masks: np.ndarray | None, rng: np.random.G
     contiguous chunks (default ``AUGMENT_THREADS``) on a shared pool of ``AUGMENT_THREADS`` threads
     (OpenCV releases the GIL). Every random draw is made before the split, so the result does not
     depend on the number of threads.
+
+    flair: the FLAIR channel's index, which ``aug.missing_sequences`` > 0 needs (``fill_missing_sequences``,
+    applied first; at 0 it draws nothing, so the other draws are as without it).
     """
     if aug is None or not aug.enabled:
         return images.astype(np.float32), masks
+    if aug.missing_sequences > 0:
+        if flair is None:
+            raise ValueError("augment.missing_sequences needs the FLAIR channel's index")
+        images = fill_missing_sequences(images, rng, aug.missing_sequences, flair)
     n = len(images)
     matrices = random_affine_params(rng, n, aug, images.shape[1:3])
     k, b = _intensity_params(rng, n, aug, images.shape[-1])

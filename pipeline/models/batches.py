@@ -103,6 +103,7 @@ class SliceBatches(keras.utils.PyDataset):
     by_tumour_area (with shuffle, not balanced): an epoch draws ``len(rows)`` slices with replacement, each with
     probability proportional to ``tumour_area_weights`` (foreground sampling: a slice with much tumour
     comes up more often, as the per-patient 3-D Dice weighs it).
+    flair: the FLAIR channel's index, for ``augment.missing_sequences`` (``pipeline.sequences.flair_channel``).
     """
 
     def __init__(self, store: SliceStore, rows: pd.DataFrame, batch_size: int, target: str = "label",
@@ -110,7 +111,7 @@ class SliceBatches(keras.utils.PyDataset):
                  class_weight: dict[int, float] | None = None, balanced: bool = False, undersample: bool = False,
                  workers: int = DEFAULT_WORKERS, use_multiprocessing: bool = DEFAULT_USE_MULTIPROCESSING,
                  max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE, regions: tuple[str, ...] = (WHOLE_TUMOUR,),
-                 by_tumour_area: bool = False):
+                 by_tumour_area: bool = False, flair: int | None = None):
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         _check_target(target)
         if batch_size < 1:
@@ -130,6 +131,7 @@ class SliceBatches(keras.utils.PyDataset):
         self.target = target
         self.regions = tuple(regions)
         self.augment = augment if augment is not None and augment.enabled else None
+        self.flair = flair
         self.seed = seed
         self.class_weight = dict(class_weight) if class_weight is not None else None
         self.epoch = 0
@@ -181,7 +183,8 @@ class SliceBatches(keras.utils.PyDataset):
         chosen = self.batch_rows(index, epoch)
         images, labels = self.store.read(self._patient_ids[chosen].tolist(), self._slice_indices[chosen].tolist())
         rng = np.random.default_rng([self.seed, epoch, index])
-        x, labels = augment_batch(images, labels if self.target != "label" else None, rng, self.augment)
+        x, labels = augment_batch(images, labels if self.target != "label" else None, rng, self.augment,
+                                  flair=self.flair)
         has_tumour = self._has_tumour[chosen]
         y = _targets(self.target, has_tumour, labels, self.regions)
         if self.target == "label+mask":

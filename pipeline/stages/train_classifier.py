@@ -35,6 +35,7 @@ from pipeline.paths import (
     fold_live_dir,
     fold_model,
 )
+from pipeline.sequences import flair_channel
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,14 @@ WRITES = (CLASSIFIER, CLASSIFIER.with_suffix(".json"), CLASSIFIER_FOLDS, TRAIN_C
 def run(params: Params) -> None:
     store = SliceStore(SLICES_DIR)
     train_folds(SPLIT_CSV, CLASSIFIER, CLASSIFIER_FOLDS, TRAIN_CLASSIFIER_DIR,
-                lambda fold, folds: train(params.train, params.augment, params.classifier, store, fold, folds))
+                lambda fold, folds: train(params.train, params.augment, params.classifier, store, fold, folds,
+                                          flair_channel(params.data.channels)))
 
 
 def train(t: TrainParams, augment: AugmentParams, p: ClassifierParams, store: SliceStore, fold: int | None,
-          folds: int) -> None:
-    """Train one classifier: the single split's (fold None), or fold model `fold` of `folds`."""
+          folds: int, flair: int | None = None) -> None:
+    """Train one classifier: the single split's (fold None), or fold model `fold` of `folds`. flair: the FLAIR
+    channel's index (augment.missing_sequences)."""
     keras.backend.clear_session()
     setup(t)
     rows = training_rows(store, SPLIT_CSV, fold)
@@ -74,7 +77,7 @@ def train(t: TrainParams, augment: AugmentParams, p: ClassifierParams, store: Sl
     class_weight = class_weights_from(labels) if p.class_balance == "weights" else None
     train = SliceBatches(store, rows["train"], t.batch_size, target, augment, shuffle=True, seed=t.seed,
                          class_weight=class_weight, balanced=p.class_balance == "batches",
-                         undersample=p.class_balance == "undersample")
+                         undersample=p.class_balance == "undersample", flair=flair)
     val = SliceBatches(store, rows["val"], t.batch_size, target, None, shuffle=False, seed=t.seed)
     log.info("classifier %s at %d px, %s%s; %d train slices (%.0f%% positive; %d an epoch), %d val slices",
              p.backbone, size, "pretrained" if info["pretrained"] else "random init",
