@@ -13,6 +13,7 @@ import pytest
 
 from pipeline.data.case import LGG_CHANNELS, Case
 from pipeline.data.slices import SliceStore, write_store
+from pipeline.errors import InputError
 from pipeline.models.augment import (
     apply_geometric,
     apply_intensity,
@@ -205,6 +206,32 @@ def test_missing_sequences_off_draws_nothing_and_on_needs_flair():
         augment_batch(images, masks, np.random.default_rng(1), on)
     c, _ = augment_batch(images, masks, np.random.default_rng(1), on, flair=1)
     assert c.shape == a.shape and not np.array_equal(a, c)
+
+
+
+def test_missing_sequences_find_flair_among_the_stores_channels(store: SliceStore, tmp_path: Path):
+    flair = LGG_CHANNELS.index("flair")
+    on = dataclasses.replace(AUG, enabled=True, flip=False, rotate_deg=0.0, shift=0.0, zoom=0.0, brightness=0.0,
+                             contrast=0.0, missing_sequences=1.0)
+    x, _ = SliceBatches(store, store.manifest, 8, "mask", on, shuffle=True)[0]
+    others = [c for c in range(3) if c != flair]
+    filled = [(x[..., c] == x[..., flair]).all(axis=(1, 2)) for c in others]
+    assert np.logical_or(*filled).all()  # every slice has FLAIR copied into one or both other channels
+    assert SliceBatches(store, store.manifest, 8, "mask", AUG).flair is None  # off: the channels are not read
+    image = np.ones((2, SIZE, SIZE, 3), np.uint8)
+    write_store([Case("Q", image, np.zeros((2, SIZE, SIZE), np.uint8), "lgg", ("t1", "t1ce", "t2"), np.arange(2))],
+                tmp_path / "slices")
+    no_flair = SliceStore(tmp_path / "slices")
+    with pytest.raises(InputError, match="flair"):
+        SliceBatches(no_flair, no_flair.manifest, 2, "mask", on)
+
+
+def test_a_store_with_mixed_channel_orders_is_an_error(tmp_path: Path):
+    image, labels = np.ones((2, SIZE, SIZE, 3), np.uint8), np.zeros((2, SIZE, SIZE), np.uint8)
+    write_store([Case("A", image, labels, "lgg", LGG_CHANNELS, np.arange(2)),
+                 Case("B", image, labels, "lgg", LGG_CHANNELS[::-1], np.arange(2))], tmp_path / "slices")
+    with pytest.raises(InputError, match="channel orders"):
+        _ = SliceStore(tmp_path / "slices").channels
 
 
 def test_fused_per_channel_augmentation_equals_geometric_then_intensity():

@@ -19,7 +19,7 @@ from pipeline.data.demo import write_brats2021, write_brats2023, write_decathlon
 from pipeline.data.regions import REGIONS
 from pipeline.data.slices import SliceStore
 from pipeline.evaluation.schema import REGION_METRICS, check
-from pipeline.models.training import save_model, store_channels, store_intensity
+from pipeline.models.training import save_model, store_intensity
 from pipeline.params import Params, load_params
 from pipeline.predict.outputs import write_run_index
 from pipeline.predict.predictor import Predictor
@@ -46,7 +46,7 @@ def save_tiny_classifier() -> None:
     store = SliceStore("data/slices")
     model = tiny_classifier(SIZE, (16, 16), strides=2, padding="valid")
     save_model(model, Path("models/classifier.keras"), {
-        "kind": "classifier", "input_size": SIZE, "channels": store_channels(store), "intensity": store_intensity(store),
+        "kind": "classifier", "input_size": SIZE, "channels": store.channels, "intensity": store_intensity(store),
         "backbone": "tiny", "last_conv_layer": LAST_CONV, "pretrained": False, "localisation_weight": 0.0,
         "head": "average", "threshold": None})
 

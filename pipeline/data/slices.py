@@ -194,6 +194,14 @@ class SliceStore:
         return self._labels[patient_id]
 
     @property
+    def channels(self) -> list[str]:
+        """The channel names shared by every patient in the store, in stored order (a mix is an error)."""
+        names = {tuple(p["channels"]) for p in self.patients.values()}
+        if len(names) != 1:
+            raise InputError(self.root, f"patients have different channel orders: {sorted(names)}")
+        return list(names.pop())
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
         """(H, W, C) of every stored slice, from the first array file's header (no patient's slices are read)."""
         if "_image_shape" not in self.__dict__:

@@ -23,6 +23,7 @@ from pipeline.evaluation.explain import (
 )
 from pipeline.evaluation.postprocess import PostProcessing
 from pipeline.params import EvaluateParams
+from pipeline.sequences import flair_channel
 
 if TYPE_CHECKING:  # keras loads only where a model runs: predict on ONNX Runtime imports this module without it
     import keras
@@ -35,10 +36,11 @@ GROUPS = {  # (has_tumour, predicted_positive)
 MAX_POINTING_SLICES = 256
 
 
-def flair_channel(store: SliceStore) -> int:
-    """Index of the FLAIR channel in the stored images (1 in the LGG order), else the middle one."""
+def picture_channel(store: SliceStore) -> int:
+    """Index of the channel the pictures show: FLAIR (1 in the LGG order), else the middle one."""
     channels = next(iter(store.patients.values()))["channels"]
-    return channels.index("flair") if "flair" in channels else len(channels) // 2
+    flair = flair_channel(channels)
+    return len(channels) // 2 if flair is None else flair
 
 
 def explain_test_slices(classifier: keras.Model, layer: str, store: SliceStore, slices: pd.DataFrame,
@@ -49,7 +51,7 @@ def explain_test_slices(classifier: keras.Model, layer: str, store: SliceStore, 
     Returns (gallery entries as in docs/outputs.md, the `explain` metrics of pipeline/evaluation/schema.py).
     """
     rng = np.random.default_rng(params.seed)
-    channel = flair_channel(store)
+    channel = picture_channel(store)
     picked = []
     for group, (has, pred) in GROUPS.items():
         candidates = slices[(slices.has_tumour == has) & (slices.predicted_positive == pred)]
@@ -112,7 +114,7 @@ def patient_triptychs(store: SliceStore, patients: pd.DataFrame, slices: pd.Data
     if ranked.empty:
         return []
     picks = {"best": ranked.iloc[0], "median": ranked.iloc[len(ranked) // 2], "worst": ranked.iloc[-1]}
-    channel = flair_channel(store)
+    channel = picture_channel(store)
     cases = []
     for rank, row in picks.items():
         pid = row.patient_id

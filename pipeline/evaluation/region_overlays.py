@@ -16,7 +16,7 @@ import pandas as pd
 from pipeline.data.regions import REGIONS, region_masks
 from pipeline.data.slices import SliceStore
 from pipeline.evaluation.explain import _label, _panel, _with_title, _write_png
-from pipeline.evaluation.gallery import flair_channel
+from pipeline.evaluation.gallery import picture_channel
 
 # BGR outline colours, by the region's place in pipeline.data.regions.REGIONS: yellow, red, cyan, then more.
 _PALETTE = ((0, 220, 255), (60, 60, 255), (255, 255, 0), (255, 0, 255), (0, 255, 0), (255, 128, 0))
@@ -59,7 +59,7 @@ def region_cases(store: SliceStore, patients: pd.DataFrame, masks: dict[str, np.
     if whole.empty:
         return []
     picks = {"best": whole.iloc[0], "median": whole.iloc[len(whole) // 2], "worst": whole.iloc[-1]}
-    flair = flair_channel(store)
+    flair = picture_channel(store)
     cases = []
     for rank, row in picks.items():
         pid = row.patient_id

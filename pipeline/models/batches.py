@@ -31,10 +31,12 @@ import pandas as pd
 from pipeline.data.regions import WHOLE_TUMOUR
 from pipeline.data.slices import SliceStore
 from pipeline.data.task import target_mask
+from pipeline.errors import InputError
 from pipeline.models.augment import augment_batch
 from pipeline.models.devices import rows_for_this_process
 from pipeline.models.padded import fixed_batches, pad_rows  # noqa: F401  (their home before)
 from pipeline.params import AugmentParams
+from pipeline.sequences import flair_channel
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +105,7 @@ class SliceBatches(keras.utils.PyDataset):
     by_tumour_area (with shuffle, not balanced): an epoch draws ``len(rows)`` slices with replacement, each with
     probability proportional to ``tumour_area_weights`` (foreground sampling: a slice with much tumour
     comes up more often, as the per-patient 3-D Dice weighs it).
-    flair: the FLAIR channel's index, for ``augment.missing_sequences`` (``pipeline.sequences.flair_channel``).
+    With ``augment.missing_sequences`` the FLAIR channel is found by name among the store's channels.
     """
 
     def __init__(self, store: SliceStore, rows: pd.DataFrame, batch_size: int, target: str = "label",
@@ -111,7 +113,7 @@ class SliceBatches(keras.utils.PyDataset):
                  class_weight: dict[int, float] | None = None, balanced: bool = False, undersample: bool = False,
                  workers: int = DEFAULT_WORKERS, use_multiprocessing: bool = DEFAULT_USE_MULTIPROCESSING,
                  max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE, regions: tuple[str, ...] = (WHOLE_TUMOUR,),
-                 by_tumour_area: bool = False, flair: int | None = None):
+                 by_tumour_area: bool = False):
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         _check_target(target)
         if batch_size < 1:
@@ -131,7 +133,7 @@ class SliceBatches(keras.utils.PyDataset):
         self.target = target
         self.regions = tuple(regions)
         self.augment = augment if augment is not None and augment.enabled else None
-        self.flair = flair
+        self.flair = _flair_channel(store) if self.augment is not None and self.augment.missing_sequences else None
         self.seed = seed
         self.class_weight = dict(class_weight) if class_weight is not None else None
         self.epoch = 0
@@ -251,6 +253,14 @@ def _cycle(rng: np.random.Generator, members: np.ndarray, k: int) -> np.ndarray:
     """``k`` draws from ``members``: consecutive random permutations (no repeat within a pass)."""
     passes = math.ceil(k / len(members))
     return np.concatenate([rng.permutation(members) for _ in range(passes)])[:k]
+
+
+def _flair_channel(store: SliceStore) -> int:
+    """Index of FLAIR among the store's channels, which ``augment.missing_sequences`` copies into the others."""
+    flair = flair_channel(store.channels)
+    if flair is None:
+        raise InputError(store.root, f"augment.missing_sequences needs a flair channel; the slices have {store.channels}")
+    return flair
 
 
 def _check_target(target: str) -> None:

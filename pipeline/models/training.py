@@ -410,11 +410,3 @@ def store_intensity(store: SliceStore) -> dict[str, Any]:
     if len(found) != 1:
         raise InputError(store.root, f"patients were ingested with different intensity scalings: {sorted(found)}")
     return json.loads(found.pop())
-
-
-def store_channels(store: SliceStore) -> list[str]:
-    """The channel names shared by every patient in the store (a mix is an error)."""
-    names = {tuple(p["channels"]) for p in store.patients.values()}
-    if len(names) != 1:
-        raise InputError(store.root, f"patients have different channel orders: {sorted(names)}")
-    return list(names.pop())

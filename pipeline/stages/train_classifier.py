@@ -20,7 +20,6 @@ from pipeline.models.training import (
     save_model,
     set_batchnorm_momentum,
     setup,
-    store_channels,
     store_intensity,
     train_folds,
     training_rows,
@@ -35,7 +34,6 @@ from pipeline.paths import (
     fold_live_dir,
     fold_model,
 )
-from pipeline.sequences import flair_channel
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +46,12 @@ WRITES = (CLASSIFIER, CLASSIFIER.with_suffix(".json"), CLASSIFIER_FOLDS, TRAIN_C
 def run(params: Params) -> None:
     store = SliceStore(SLICES_DIR)
     train_folds(SPLIT_CSV, CLASSIFIER, CLASSIFIER_FOLDS, TRAIN_CLASSIFIER_DIR,
-                lambda fold, folds: train(params.train, params.augment, params.classifier, store, fold, folds,
-                                          flair_channel(params.data.channels)))
+                lambda fold, folds: train(params.train, params.augment, params.classifier, store, fold, folds))
 
 
 def train(t: TrainParams, augment: AugmentParams, p: ClassifierParams, store: SliceStore, fold: int | None,
-          folds: int, flair: int | None = None) -> None:
-    """Train one classifier: the single split's (fold None), or fold model `fold` of `folds`. flair: the FLAIR
-    channel's index (augment.missing_sequences)."""
+          folds: int) -> None:
+    """Train one classifier: the single split's (fold None), or fold model `fold` of `folds`."""
     keras.backend.clear_session()
     setup(t)
     rows = training_rows(store, SPLIT_CSV, fold)
@@ -77,7 +73,7 @@ def train(t: TrainParams, augment: AugmentParams, p: ClassifierParams, store: Sl
     class_weight = class_weights_from(labels) if p.class_balance == "weights" else None
     train = SliceBatches(store, rows["train"], t.batch_size, target, augment, shuffle=True, seed=t.seed,
                          class_weight=class_weight, balanced=p.class_balance == "batches",
-                         undersample=p.class_balance == "undersample", flair=flair)
+                         undersample=p.class_balance == "undersample")
     val = SliceBatches(store, rows["val"], t.batch_size, target, None, shuffle=False, seed=t.seed)
     log.info("classifier %s at %d px, %s%s; %d train slices (%.0f%% positive; %d an epoch), %d val slices",
              p.backbone, size, "pretrained" if info["pretrained"] else "random init",
@@ -107,7 +103,7 @@ def train(t: TrainParams, augment: AugmentParams, p: ClassifierParams, store: Sl
     sidecar = {
         "kind": "classifier",
         "input_size": size,
-        "channels": store_channels(store),
+        "channels": store.channels,
         "intensity": store_intensity(store),
         "input_range": "uint8 values 0..255 as float32, channels last; preprocessing is inside the model",
         "preprocessing": info["preprocessing"],

@@ -22,7 +22,6 @@ from pipeline.models.training import (
     save_model,
     set_batchnorm_momentum,
     setup,
-    store_channels,
     store_intensity,
     train_folds,
     training_rows,
@@ -37,7 +36,6 @@ from pipeline.paths import (
     fold_live_dir,
     fold_model,
 )
-from pipeline.sequences import flair_channel
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +59,13 @@ def segmenter_rows(rows: pd.DataFrame, negative_fraction: float, seed: int) -> p
 def run(params: Params) -> None:
     store = SliceStore(SLICES_DIR)
     train_folds(SPLIT_CSV, SEGMENTER, SEGMENTER_FOLDS, TRAIN_SEGMENTER_DIR,
-                lambda fold, folds: train(params.train, params.augment, params.segmenter, params.data.target, store, fold, folds,
-                                          flair_channel(params.data.channels)))
+                lambda fold, folds: train(params.train, params.augment, params.segmenter, params.data.target, store, fold, folds))
 
 
 def train(t: TrainParams, augment: AugmentParams, p: SegmenterParams, target: str, store: SliceStore,
-          fold: int | None, folds: int, flair: int | None = None) -> None:
+          fold: int | None, folds: int) -> None:
     """Train one segmenter for data.target ``target``: the single split's (fold None), or fold model `fold`
-    of `folds`. flair: the FLAIR channel's index (augment.missing_sequences)."""
+    of `folds`."""
     keras.backend.clear_session()
     setup(t)
     rows = training_rows(store, SPLIT_CSV, fold)
@@ -84,7 +81,7 @@ def train(t: TrainParams, augment: AugmentParams, p: SegmenterParams, target: st
              list(p.filters), size, model.count_params(), ", ".join(regions), len(train_rows), len(val_rows))
 
     train = SliceBatches(store, train_rows, t.batch_size, "mask", augment, shuffle=True, seed=t.seed,
-                         regions=regions, by_tumour_area=p.sampling == "tumour_area", flair=flair)
+                         regions=regions, by_tumour_area=p.sampling == "tumour_area")
     val = SliceBatches(store, val_rows, t.batch_size, "mask", None, shuffle=False, seed=t.seed, regions=regions)
     model.compile(optimizer=keras.optimizers.Adam(t.lr),
                   loss=get_loss(p.loss, p.tversky_alpha, p.tversky_beta, p.focal_gamma),
@@ -98,7 +95,7 @@ def train(t: TrainParams, augment: AugmentParams, p: SegmenterParams, target: st
     sidecar = {
         "kind": "segmenter",
         "input_size": size,
-        "channels": store_channels(store),
+        "channels": store.channels,
         "intensity": store_intensity(store),
         "input_range": "uint8 values 0..255 as float32, channels last; per-image standardisation is inside the model",
         "target": target,
