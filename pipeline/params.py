@@ -250,6 +250,7 @@ class Params:
     evaluate: EvaluateParams
 
     def validate(self) -> None:
+        # before ingest, so a run that cannot train fails in a second (training checks the store's channels too)
         if self.augment.missing_sequences > 0 and flair_channel(self.data.channels) is None:
             raise ParamsError(f"augment.missing_sequences: {self.augment.missing_sequences} needs flair among "
                               f"data.channels (it fills the other sequences with it); got {list(self.data.channels)}")

@@ -208,7 +208,6 @@ def test_missing_sequences_off_draws_nothing_and_on_needs_flair():
     assert c.shape == a.shape and not np.array_equal(a, c)
 
 
-
 def test_missing_sequences_find_flair_among_the_stores_channels(store: SliceStore, tmp_path: Path):
     flair = LGG_CHANNELS.index("flair")
     on = dataclasses.replace(AUG, enabled=True, flip=False, rotate_deg=0.0, shift=0.0, zoom=0.0, brightness=0.0,
@@ -219,7 +218,7 @@ def test_missing_sequences_find_flair_among_the_stores_channels(store: SliceStor
     assert np.logical_or(*filled).all()  # every slice has FLAIR copied into one or both other channels
     assert SliceBatches(store, store.manifest, 8, "mask", AUG).flair is None  # off: the channels are not read
     image = np.ones((2, SIZE, SIZE, 3), np.uint8)
-    write_store([Case("Q", image, np.zeros((2, SIZE, SIZE), np.uint8), "lgg", ("t1", "t1ce", "t2"), np.arange(2))],
+    write_store([Case("Q", image, np.zeros((2, SIZE, SIZE), np.uint8), "lgg", ("t1", "t1gd", "t2"), np.arange(2))],
                 tmp_path / "slices")
     no_flair = SliceStore(tmp_path / "slices")
     with pytest.raises(InputError, match="flair"):

@@ -257,9 +257,10 @@ def _cycle(rng: np.random.Generator, members: np.ndarray, k: int) -> np.ndarray:
 
 def _flair_channel(store: SliceStore) -> int:
     """Index of FLAIR among the store's channels, which ``augment.missing_sequences`` copies into the others."""
-    flair = flair_channel(store.channels)
+    channels = store.channels
+    flair = flair_channel(channels)
     if flair is None:
-        raise InputError(store.root, f"augment.missing_sequences needs a flair channel; the slices have {store.channels}")
+        raise InputError(store.root, f"augment.missing_sequences needs a flair channel; the slices have {channels}")
     return flair
 
 

@@ -52,6 +52,7 @@ def run(params: Params) -> None:
 def train(t: TrainParams, augment: AugmentParams, p: ClassifierParams, store: SliceStore, fold: int | None,
           folds: int) -> None:
     """Train one classifier: the single split's (fold None), or fold model `fold` of `folds`."""
+    channels = store.channels  # the sidecar's; a store with mixed channel orders fails here, before training
     keras.backend.clear_session()
     setup(t)
     rows = training_rows(store, SPLIT_CSV, fold)
@@ -103,7 +104,7 @@ def train(t: TrainParams, augment: AugmentParams, p: ClassifierParams, store: Sl
     sidecar = {
         "kind": "classifier",
         "input_size": size,
-        "channels": store.channels,
+        "channels": channels,
         "intensity": store_intensity(store),
         "input_range": "uint8 values 0..255 as float32, channels last; preprocessing is inside the model",
         "preprocessing": info["preprocessing"],

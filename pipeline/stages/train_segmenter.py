@@ -66,6 +66,7 @@ def train(t: TrainParams, augment: AugmentParams, p: SegmenterParams, target: st
           fold: int | None, folds: int) -> None:
     """Train one segmenter for data.target ``target``: the single split's (fold None), or fold model `fold`
     of `folds`."""
+    channels = store.channels  # the sidecar's; a store with mixed channel orders fails here, before training
     keras.backend.clear_session()
     setup(t)
     rows = training_rows(store, SPLIT_CSV, fold)
@@ -95,7 +96,7 @@ def train(t: TrainParams, augment: AugmentParams, p: SegmenterParams, target: st
     sidecar = {
         "kind": "segmenter",
         "input_size": size,
-        "channels": store.channels,
+        "channels": channels,
         "intensity": store_intensity(store),
         "input_range": "uint8 values 0..255 as float32, channels last; per-image standardisation is inside the model",
         "target": target,
