@@ -188,6 +188,7 @@ class SegmenterParams:
     patience: int
     arch: str = "resunet"  # the architecture, one of pipeline.models.registry.SEGMENTERS (resunet | unet)
     sampling: str = "uniform"  # uniform (every slice once an epoch) | tumour_area (drawn by tumour area)
+    deep_supervision: int = 0  # decoder levels under the top with a training-only head of their own (nets/deep_supervision.py)
 
     def validate(self) -> None:
         _in_range("segmenter.epochs_factor", self.epochs_factor, 0.01, 100)
@@ -200,6 +201,7 @@ class SegmenterParams:
                               "TensorFlow 2.21's oneDNN CPU kernels; use 16 or more, or set TF_ENABLE_ONEDNN_OPTS=0")
         _in_range("segmenter.negative_fraction", self.negative_fraction, 0, 1)
         _one_of("segmenter.sampling", self.sampling, SEGMENTER_SAMPLING)
+        _in_range("segmenter.deep_supervision", self.deep_supervision, 0, len(self.filters) - 2)  # levels under the top
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from pipeline.data.regions import target_regions
 from pipeline.data.slices import SliceStore
 from pipeline.models.batches import SliceBatches
 from pipeline.models.losses import get_loss
+from pipeline.models.nets.deep_supervision import DeepSupervisedLoss, with_deep_supervision
 from pipeline.models.nets.segmenter import PIXEL_THRESHOLD, build_segmenter
 from pipeline.models.registry import SEGMENTERS
 from pipeline.models.seg_metrics import DiceAt, IoUAt
@@ -84,13 +85,17 @@ def train(t: TrainParams, augment: AugmentParams, p: SegmenterParams, target: st
     train = SliceBatches(store, train_rows, t.batch_size, "mask", augment, shuffle=True, seed=t.seed,
                          regions=regions, by_tumour_area=p.sampling == "tumour_area")
     val = SliceBatches(store, val_rows, t.batch_size, "mask", None, shuffle=False, seed=t.seed, regions=regions)
-    model.compile(optimizer=keras.optimizers.Adam(t.lr),
-                  loss=get_loss(p.loss, p.tversky_alpha, p.tversky_beta, p.focal_gamma),
-                  metrics=[DiceAt(PIXEL_THRESHOLD), IoUAt(PIXEL_THRESHOLD)])
+    loss = get_loss(p.loss, p.tversky_alpha, p.tversky_beta, p.focal_gamma)
+    trained = with_deep_supervision(model, p.deep_supervision)  # `model` itself without deep supervision
+    if p.deep_supervision:
+        loss = DeepSupervisedLoss(loss, p.deep_supervision)
+        log.info("deep supervision: decoder levels 2-%d with heads of their own in training", p.deep_supervision + 1)
+    trained.compile(optimizer=keras.optimizers.Adam(t.lr), loss=loss,
+                    metrics=[DiceAt(PIXEL_THRESHOLD, channels=len(regions)), IoUAt(PIXEL_THRESHOLD, channels=len(regions))])
     epochs = max(1, round(t.epochs * p.epochs_factor))
     training = TrainingRun.start(fold_live_dir(TRAIN_SEGMENTER_DIR, fold or 0), "val_dice", p.patience,
                                  len(train) * t.batch_size, t.schedule, epochs)
-    training.fit(model, train, val, epochs)
+    training.fit(trained, train, val, epochs)
     summary = training.finish({"parameters": model.count_params()})
 
     sidecar = {
