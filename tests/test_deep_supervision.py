@@ -45,22 +45,24 @@ def test_the_heads_sit_on_the_decoder_levels_and_come_out_at_full_size(arch):
 
 def test_the_loss_is_the_weighted_sum_over_the_blocks_and_survives_serialisation():
     rng = np.random.default_rng(1)
-    y_true = (rng.uniform(size=(2, 8, 8, 1)) > 0.6).astype("float32")
-    main, head = (rng.uniform(0.01, 0.99, (2, 8, 8, 1)).astype("float32") for _ in range(2))
+    y_true = (rng.uniform(size=(2, 8, 8, 3)) > 0.6).astype("float32")  # 3 regions: a block is 3 channels
+    main, head = (rng.uniform(0.01, 0.99, (2, 8, 8, 3)).astype("float32") for _ in range(2))
     loss = DeepSupervisedLoss(BCEDiceLoss(), levels=1)
     expected = 2 / 3 * float(bce_dice_loss(y_true, main)) + 1 / 3 * float(bce_dice_loss(y_true, head))
     assert float(loss(y_true, np.concatenate([main, head], axis=-1))) == pytest.approx(expected, rel=1e-5)
     same = keras.losses.deserialize(keras.losses.serialize(loss))
     assert isinstance(same.loss, BCEDiceLoss) and same.levels == 1
     assert float(same(y_true, np.concatenate([main, head], axis=-1))) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="has 6 channels for a 3-channel mask, got 9"):
+        loss(y_true, np.concatenate([main, head, head], axis=-1))
 
 
 def test_the_metric_scores_the_main_output_only():
-    y_true = np.zeros((1, 4, 4, 1), "float32")
-    y_true[0, :2] = 1
-    perfect_main_wrong_head = np.concatenate([y_true, 1 - y_true], axis=-1)
-    metric = DiceAt(0.5, channels=1)
-    metric.update_state(y_true, perfect_main_wrong_head)
+    y_true = np.zeros((1, 4, 4, 3), "float32")
+    y_true[0, :2, :, 0] = y_true[0, 1:, :, 1] = y_true[0, :, :1, 2] = 1
+    perfect_main_wrong_heads = np.concatenate([y_true, 1 - y_true, 1 - y_true], axis=-1)
+    metric = DiceAt(0.5)
+    metric.update_state(y_true, perfect_main_wrong_heads)
     assert float(metric.result()) == 1.0
 
 
@@ -85,11 +87,16 @@ def test_the_stage_trains_with_heads_and_saves_the_plain_segmenter(tiny_store, m
     segmenter = {**params.as_dict()["segmenter"], "filters": [16, 32, 64], "epochs_factor": 1, "deep_supervision": 1}
     params = params_from_dict({**params.as_dict(), "segmenter": segmenter})
     params = replace(params, train=replace(params.train, epochs=1, batch_size=4))
+    trained = []
+    monkeypatch.setattr(train_segmenter, "with_deep_supervision",
+                        lambda model, levels: trained.append(with_deep_supervision(model, levels)) or trained[-1])
     monkeypatch.chdir(work)
     train_segmenter.run(params)
 
+    # what trained: the heads, under the weighted loss
+    assert trained[0].output_shape == (None, 32, 32, 2) and isinstance(trained[0].loss, DeepSupervisedLoss)
     model = keras.saving.load_model(work / "models/segmenter.keras", compile=False, safe_mode=True)
-    assert model.output_shape == (None, 32, 32, 1)
+    assert model.output_shape == (None, 32, 32, 1)  # what was saved: the plain segmenter
     assert not [layer.name for layer in model.layers if layer.name.startswith("deep_")]
     sidecar = json.loads((work / "models/segmenter.json").read_text())
     assert sidecar["params"]["segmenter"]["deep_supervision"] == 1

@@ -4,8 +4,8 @@ Unlike the batch-level soft Dice loss, these score every image on its own and av
 scores over the epoch, the way evaluation reports them. Per image and channel, with A the
 predicted mask (y_pred > threshold) and B the true mask (y_true > 0.5):
   Dice = 2|A∩B| / (|A| + |B|),  IoU = |A∩B| / |A∪B|,  and 1.0 when A and B are both empty.
-``channels`` n scores only the first n channels of y_pred (a deep-supervised training model's main output,
-``nets.deep_supervision``); None, all of them.
+y_pred may have more channels than y_true (a deep-supervised training model's heads after its main output,
+``nets.deep_supervision``): only its first C are scored, C = y_true's.
 Registered (package "pipeline") with get_config, so compiled models load with safe_mode=True.
 """
 
@@ -20,10 +20,9 @@ from keras import ops
 class _OverlapAt(keras.metrics.Metric):
     """Mean over images (and channels) of an overlap score; subclasses define ``_score``."""
 
-    def __init__(self, threshold: float, name: str = "overlap", dtype: Any = None, channels: int | None = None):
+    def __init__(self, threshold: float, name: str = "overlap", dtype: Any = None):
         super().__init__(name=name, dtype=dtype)
         self.threshold = float(threshold)
-        self.channels = None if channels is None else int(channels)
         self.total = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="total")
         self.count = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="count")
 
@@ -31,10 +30,9 @@ class _OverlapAt(keras.metrics.Metric):
         raise NotImplementedError
 
     def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
-        """y_true [B, H, W, C], y_pred [B, H, W, C] (or [B, H, W, K >= channels]); sample_weight, optional, [B]
-        (per-image weights)."""
-        if self.channels is not None:
-            y_pred = y_pred[..., :self.channels]
+        """y_true [B, H, W, C], y_pred [B, H, W, >= C] (its first C channels scored); sample_weight, optional,
+        [B] (per-image weights)."""
+        y_pred = y_pred[..., :y_true.shape[-1]]
         pred = ops.cast(ops.cast(y_pred, "float32") > self.threshold, "float32")
         true = ops.cast(ops.cast(y_true, "float32") > 0.5, "float32")
         axes = tuple(range(1, len(pred.shape) - 1))
@@ -51,15 +49,15 @@ class _OverlapAt(keras.metrics.Metric):
         return ops.where(self.count > 0, self.total / ops.maximum(self.count, 1e-12), 0.0)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "threshold": self.threshold, "channels": self.channels}
+        return {**super().get_config(), "threshold": self.threshold}
 
 
 @keras.saving.register_keras_serializable(package="pipeline")
 class DiceAt(_OverlapAt):
     """Mean per-image Dice of (y_pred > threshold) vs y_true; empty vs empty counts as 1.0."""
 
-    def __init__(self, threshold: float, name: str = "dice", dtype: Any = None, channels: int | None = None):
-        super().__init__(threshold, name=name, dtype=dtype, channels=channels)
+    def __init__(self, threshold: float, name: str = "dice", dtype: Any = None):
+        super().__init__(threshold, name=name, dtype=dtype)
 
     def _score(self, intersection: Any, size_pred: Any, size_true: Any) -> Any:
         sizes = size_pred + size_true
@@ -70,8 +68,8 @@ class DiceAt(_OverlapAt):
 class IoUAt(_OverlapAt):
     """Mean per-image IoU (Jaccard) of (y_pred > threshold) vs y_true; empty vs empty counts as 1.0."""
 
-    def __init__(self, threshold: float, name: str = "iou", dtype: Any = None, channels: int | None = None):
-        super().__init__(threshold, name=name, dtype=dtype, channels=channels)
+    def __init__(self, threshold: float, name: str = "iou", dtype: Any = None):
+        super().__init__(threshold, name=name, dtype=dtype)
 
     def _score(self, intersection: Any, size_pred: Any, size_true: Any) -> Any:
         union = size_pred + size_true - intersection

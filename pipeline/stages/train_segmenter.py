@@ -91,7 +91,7 @@ def train(t: TrainParams, augment: AugmentParams, p: SegmenterParams, target: st
         loss = DeepSupervisedLoss(loss, p.deep_supervision)
         log.info("deep supervision: decoder levels 2-%d with heads of their own in training", p.deep_supervision + 1)
     trained.compile(optimizer=keras.optimizers.Adam(t.lr), loss=loss,
-                    metrics=[DiceAt(PIXEL_THRESHOLD, channels=len(regions)), IoUAt(PIXEL_THRESHOLD, channels=len(regions))])
+                    metrics=[DiceAt(PIXEL_THRESHOLD), IoUAt(PIXEL_THRESHOLD)])
     epochs = max(1, round(t.epochs * p.epochs_factor))
     training = TrainingRun.start(fold_live_dir(TRAIN_SEGMENTER_DIR, fold or 0), "val_dice", p.patience,
                                  len(train) * t.batch_size, t.schedule, epochs)

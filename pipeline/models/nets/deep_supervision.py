@@ -8,9 +8,9 @@ of the image size) each a head of their own while the segmenter trains:
 
 The training model gives the main output and the heads side by side on the channel axis,
 [B, S, S, out_channels x (n + 1)], main first, so it stays a one-output model: the same batches, the same
-metric names (``DiceAt`` and ``IoUAt`` score the first out_channels channels, the main output) and the same
+metric names (``DiceAt`` and ``IoUAt`` score as many channels as the mask has: the main output) and the same
 checkpoints. ``DeepSupervisedLoss`` scores each block of channels against the one mask with the segmenter's
-loss and sums them with nnU-Net's weights, halving per level (1, 1/2, 1/4 ...), normalised to sum 1. The
+loss and sums them with weights halving per level, as nnU-Net's (1, 1/2, 1/4 ...), normalised to sum 1. The
 saved segmenter is the plain model, without the heads: evaluate, predict and the export never see them.
 
 A decoder level's output is found by name: the last layer of the model whose name starts "dec{l}_"
@@ -49,8 +49,8 @@ def with_deep_supervision(model: keras.Model, levels: int) -> keras.Model:
     for level in range(2, levels + 2):
         x = decoder_level_output(model, level)
         factor = size // x.shape[1]
-        x = keras.layers.Conv2D(channels, 1, name=f"deep_{level}_logits")(x)
-        x = keras.layers.UpSampling2D(factor, interpolation="bilinear", name=f"deep_{level}_up")(x)
+        x = keras.layers.Conv2D(channels, 1, dtype="float32", name=f"deep_{level}_logits")(x)  # float32, as the main head
+        x = keras.layers.UpSampling2D(factor, interpolation="bilinear", dtype="float32", name=f"deep_{level}_up")(x)
         outputs.append(keras.layers.Activation("sigmoid", dtype="float32", name=f"deep_{level}")(x))
     joined = keras.layers.Concatenate(name="deep_supervision", dtype="float32")(outputs)
     return keras.Model(model.input, joined, name=f"{model.name}_deep_supervision")
@@ -71,6 +71,9 @@ class DeepSupervisedLoss(keras.losses.Loss):
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         channels = y_true.shape[-1]
+        if y_pred.shape[-1] != channels * (self.levels + 1):
+            raise ValueError(f"a {self.levels}-level deep-supervised output has {channels * (self.levels + 1)} "
+                             f"channels for a {channels}-channel mask, got {y_pred.shape[-1]}")
         return sum(weight * self.loss.call(y_true, y_pred[..., i * channels:(i + 1) * channels])
                    for i, weight in enumerate(self.factors))
 
