@@ -129,3 +129,24 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixtur
 
     yield from unchanged_after_session(built_once(tmp_path_factory, request, "tiny_bundle", write_tiny_bundle),
                                        "tiny_bundle")
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory: pytest.TempPathFactory):
+    """A working folder with a tiny demo slice store (8 patients x 6 slices at 32 px) and its split, and the
+    params that made it: (folder, Params). For training a stage on in a test."""
+    from pipeline.data.demo import write_kaggle_3m
+    from pipeline.data.slices import SliceStore, write_store
+    from pipeline.data.sources import read_cases
+    from pipeline.data.split import assign_splits, patient_table
+    from pipeline.params import load_params
+
+    work = tmp_path_factory.mktemp("segmenter")
+    params = load_params(ROOT / "params.yaml")
+    params = replace(params, data=replace(params.data, source="lgg", root=str(work / "kaggle_3m"), image_size=32))
+    write_kaggle_3m(work / "kaggle_3m", 8, 6, 64, seed=3)
+    write_store(read_cases(params.data), work / "data/slices")
+    store = SliceStore(work / "data/slices")
+    assign_splits(patient_table(store.manifest, store.patients), params.split).to_csv(work / "data/split.csv",
+                                                                                        index=False)
+    return work, params

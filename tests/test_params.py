@@ -52,6 +52,8 @@ def test_repo_params_load():
     (("segmenter", "sampling"), "area", "segmenter.sampling"),
     (("classifier", "localisation_weight"), -1, "classifier.localisation_weight"),
     (("augment", "missing_sequences"), 1.5, "augment.missing_sequences"),
+    (("segmenter", "deep_supervision"), 4, r"segmenter.deep_supervision: 4 is outside \[0, 3\]"),  # 5 widths: 3 under the top
+    (("segmenter", "deep_supervision"), True, "segmenter.deep_supervision: expected a whole number"),
 ])
 def test_bad_values_name_the_key(path, value, message):
     raw = copy.deepcopy(RAW)

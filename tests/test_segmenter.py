@@ -20,10 +20,6 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.data.demo import write_kaggle_3m
-from pipeline.data.slices import SliceStore, write_store
-from pipeline.data.sources import read_cases
-from pipeline.data.split import assign_splits, patient_table
 from pipeline.errors import ParamsError
 from pipeline.evaluation.cascade import combine, gated_mask
 from pipeline.evaluation.postprocess import PostProcessing
@@ -113,20 +109,6 @@ def toy_arch():
     registry.register_segmenter("toy", registry.Segmenter(f"{__name__}:build_toy", "toy (tests/test_segmenter.py)"))
     yield "toy"
     registry.unregister_segmenter("toy")
-
-
-@pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory):
-    """A working folder with a tiny demo slice store (8 patients x 6 slices at 32 px) and its split."""
-    work = tmp_path_factory.mktemp("segmenter")
-    params = load_params(ROOT / "params.yaml")
-    params = replace(params, data=replace(params.data, source="lgg", root=str(work / "kaggle_3m"), image_size=32))
-    write_kaggle_3m(work / "kaggle_3m", 8, 6, 64, seed=3)
-    write_store(read_cases(params.data), work / "data/slices")
-    store = SliceStore(work / "data/slices")
-    assign_splits(patient_table(store.manifest, store.patients), params.split).to_csv(work / "data/split.csv",
-                                                                                        index=False)
-    return work, params
 
 
 def test_a_registered_architecture_is_a_params_choice_and_trains_through_the_stage(toy_arch, tiny_store,
