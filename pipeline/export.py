@@ -55,7 +55,6 @@ def export_bundle(models_dir: str | Path, out_dir: str | Path) -> dict[str, floa
         raise InputError(out_dir, "exists and holds something other than a model bundle; refusing to replace it")
     _check_backend()
     size = bundle.task.image_size
-    images = np.random.default_rng(0).integers(0, 256, (CHECK_IMAGES, size, size, 3)).astype(np.float32)
     exported: dict[str, list[str]] = {"classifier": [], "segmenter": []}
     differences: dict[str, float] = {}
     with atomic_dir(out_dir) as tmp:
@@ -67,7 +66,8 @@ def export_bundle(models_dir: str | Path, out_dir: str | Path) -> dict[str, floa
                 onnx_name = str(PurePosixPath(name).with_suffix(FORMATS["onnx"]))
                 target = tmp / onnx_name
                 target.parent.mkdir(parents=True, exist_ok=True)
-                difference = export_model(model, size, target, images)
+                images = np.random.default_rng(0).integers(0, 256, (CHECK_IMAGES, size, size, model.input_shape[-1]))
+                difference = export_model(model, size, target, images.astype(np.float32))
                 if not difference <= TOLERANCE:
                     raise PipelineError(f"{source}: its ONNX export differs from it by up to {difference:.3g} "
                                         f"(more than {TOLERANCE:g}) on random images; not exported")
@@ -83,12 +83,12 @@ def export_bundle(models_dir: str | Path, out_dir: str | Path) -> dict[str, floa
 
 
 def export_model(model: Any, size: int, path: Path, images: np.ndarray) -> float:
-    """Write ``model`` ([B, size, size, 3] float32 in, one output) to ``path`` as ONNX with a dynamic batch
-    axis; returns the largest |Keras - ONNX Runtime| output over ``images``."""
+    """Write ``model`` ([B, size, size, C] float32 in, one output; C = 3, or a 2.5-D segmenter's 3 x (2n + 1)) to
+    ``path`` as ONNX with a dynamic batch axis; returns the largest |Keras - ONNX Runtime| output over ``images``."""
     import keras
 
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)  # one INFO line per conversion step otherwise
-    signature = [keras.InputSpec(shape=(None, size, size, 3), dtype="float32", name="image")]
+    signature = [keras.InputSpec(shape=(None, size, size, model.input_shape[-1]), dtype="float32", name="image")]
     model.export(str(path), format="onnx", verbose=False, input_signature=signature)
     expected = np.asarray(model.predict_on_batch(images), np.float32)
     found = load_onnx_model(path).predict_on_batch(images)

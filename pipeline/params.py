@@ -37,6 +37,7 @@ SEGMENTER_SAMPLING = ("uniform", "tumour_area")  # segmenter.sampling (pipeline/
 # train.mixed_precision -> the Keras dtype policy (float16 is for GPUs: ~4x slower than float32 on a CPU)
 PRECISION_POLICIES = {False: "float32", True: "mixed_float16", "bfloat16": "mixed_bfloat16"}
 MAX_IMAGE_SIZE = 1024  # pixels a side; kaggle_3m slices are 256, BraTS 240
+MAX_CONTEXT_SLICES = 3  # segmenter.context_slices: neighbours either side (7 slices, 21 channels)
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,7 @@ class SegmenterParams:
     arch: str = "resunet"  # the architecture, one of pipeline.models.registry.SEGMENTERS (resunet | unet)
     sampling: str = "uniform"  # uniform (every slice once an epoch) | tumour_area (drawn by tumour area)
     deep_supervision: int = 0  # decoder levels under the top with a training-only head of their own (nets/deep_supervision.py)
+    context_slices: int = 0  # 2.5-D input: the stored slices this many either side join as channels (pipeline/data/context.py)
 
     def validate(self) -> None:
         _in_range("segmenter.epochs_factor", self.epochs_factor, 0.01, 100)
@@ -202,6 +204,7 @@ class SegmenterParams:
         _in_range("segmenter.negative_fraction", self.negative_fraction, 0, 1)
         _one_of("segmenter.sampling", self.sampling, SEGMENTER_SAMPLING)
         _in_range("segmenter.deep_supervision", self.deep_supervision, 0, len(self.filters) - 2)  # levels under the top
+        _in_range("segmenter.context_slices", self.context_slices, 0, MAX_CONTEXT_SLICES)
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,8 @@ class Scaled:
 class Brightness:
     """A stand-in segmenter: the pixel probability is the first channel / 255 x `scale`."""
 
+    input_shape = (None, None, None, 3)  # one slice of any size
+
     def __init__(self, scale: float):
         self.scale = scale
 

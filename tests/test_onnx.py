@@ -237,3 +237,38 @@ def test_a_fold_ensemble_exports_every_fold_model(tiny_bundle: Path, cases: dict
     case = keras_predictor.read(find_inputs(cases["brats2021"])[0])
     theirs, ours = keras_predictor.predict_case(case), onnx_predictor.predict_case(case)
     assert theirs.mask.any() and dice(theirs.mask, ours.mask) >= MIN_DICE
+
+
+def test_a_bundle_of_neighbouring_slices_predicts_and_exports(tiny_bundle: Path, cases: dict[str, Path],
+                                                              tmp_path: Path) -> None:
+    """A 2.5-D segmenter (segmenter.context_slices 1: 9 input channels) in a bundle: predict gives each slice the
+    neighbours of the whole volume, blank slices included, as evaluate's Cascade does; the ONNX export takes
+    9 channels and predicts the same."""
+    from pipeline.evaluation.cascade import Cascade
+    from pipeline.models.nets import build_resunet
+    from pipeline.models.training import save_model
+
+    folder = shutil.copytree(tiny_bundle, tmp_path / "context_bundle")
+    bundle = read_bundle(folder)
+    keras.utils.set_random_seed(5)
+    segmenter = build_resunet(64, (16, 32), in_channels=9)
+    sidecar = {**json.loads((folder / "segmenter.json").read_text()), "context_slices": 1}
+    save_model(segmenter, folder / "segmenter.keras", sidecar)
+    dataclasses.replace(bundle, sha256={}).write(folder)
+    predictor = Predictor.from_dir(folder)
+    case = predictor.read(find_inputs(cases["brats2021"])[0])
+    images = case.image.copy()
+    images[len(images) // 2] = 0  # a blank slice inside the volume: skipped, yet still a neighbour
+    found = predictor.predict_volume(images)
+    assert found["blank"].tolist().count(True) >= 1
+    scored = ~found["blank"]
+    plain = Cascade(None, segmenter, 0.0).segment(images)  # the whole volume's neighbours
+    assert np.allclose(found["seg_probabilities"][scored], plain[scored], atol=1e-4)  # batches differ: float noise
+    assert not np.allclose(plain, np.asarray(segmenter.predict_on_batch(
+        np.concatenate([images] * 3, axis=-1).astype(np.float32)))[..., 0], atol=1e-3)  # the context matters
+
+    export_bundle(folder, tmp_path / "context_onnx")
+    onnx_predictor = Predictor.from_dir(tmp_path / "context_onnx")
+    assert onnx_predictor.cascade.segmenter.input_shape[-1] == 9
+    onnx_found = onnx_predictor.predict_volume(images)
+    assert np.abs(onnx_found["seg_probabilities"] - found["seg_probabilities"]).max() <= TOLERANCE

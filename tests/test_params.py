@@ -54,6 +54,8 @@ def test_repo_params_load():
     (("augment", "missing_sequences"), 1.5, "augment.missing_sequences"),
     (("segmenter", "deep_supervision"), 4, r"segmenter.deep_supervision: 4 is outside \[0, 3\]"),  # 5 widths: 3 under the top
     (("segmenter", "deep_supervision"), True, "segmenter.deep_supervision: expected a whole number"),
+    (("segmenter", "context_slices"), 4, r"segmenter.context_slices: 4 is outside \[0, 3\]"),
+    (("segmenter", "context_slices"), -1, "segmenter.context_slices"),
 ])
 def test_bad_values_name_the_key(path, value, message):
     raw = copy.deepcopy(RAW)

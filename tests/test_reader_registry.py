@@ -115,6 +115,8 @@ class _BrightModel:
     """Stands in for a Keras model: the classifier says 1 for a slice with a BRIGHT pixel, the
     segmenter marks the BRIGHT pixels."""
 
+    input_shape = (None, None, None, 3)  # one slice of any size
+
     def __init__(self, segmenter: bool):
         self.segmenter = segmenter
 

@@ -229,10 +229,10 @@ def test_region_scores_of_a_perfect_segmenter(tmp_path: Path) -> None:
     store = SliceStore(tmp_path / "store")
 
     class Perfect(SimpleNamespace):
-        def segment_regions(self, images: np.ndarray) -> np.ndarray:  # the reference of the patient asked for
+        def segment_regions(self, images: np.ndarray, index: np.ndarray) -> np.ndarray:  # the reference asked for
             labels = next(np.asarray(store.labels(pid)) for pid in store.patient_ids
                           if np.array_equal(np.asarray(store.images(pid)), images))
-            return region_masks(labels, REGIONS).astype(np.float32)
+            return region_masks(labels[index], REGIONS).astype(np.float32)
 
     slices = store.manifest.assign(split=["val" if i % 2 else "test" for i in pd.factorize(store.manifest.patient_id)[0]],
                                    probability=1.0)

@@ -24,6 +24,7 @@ class Constant:
 class Brightness:
     """A stand-in segmenter of 32 px slices: the pixel probability is the first channel / 255."""
 
+    input_shape = (None, 32, 32, 3)
     output_shape = (None, 32, 32, 1)
 
     def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
@@ -61,6 +62,8 @@ def test_the_classifier_score_gates_as_before() -> None:
 
 class ThreeRegions:
     """A stand-in segmenter with 3 outputs: whole tumour = first channel / 255, the inner regions 1.0 everywhere."""
+
+    input_shape = (None, 32, 32, 3)
 
     def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
         whole = np.asarray(x, np.float32)[..., :1] / 255

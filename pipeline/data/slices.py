@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.data.case import Case
+from pipeline.data.context import with_context
 from pipeline.errors import InputError
 from pipeline.writing import atomic_dir
 
@@ -210,14 +211,17 @@ class SliceStore:
             self._image_shape = tuple(header.shape[1:])
         return self._image_shape  # type: ignore[return-value]
 
-    def read(self, patient_ids: Sequence[str], slice_indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Gather slices: images uint8 [B, H, W, 3], labels uint8 [B, H, W], in the order given."""
+    def read(self, patient_ids: Sequence[str], slice_indices: Sequence[int], context: int = 0
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """Gather slices: images uint8 [B, H, W, 3], labels uint8 [B, H, W], in the order given. With ``context``
+        n > 0 each image also holds its n neighbours either side: [B, H, W, 3 * (2n + 1)]
+        (``pipeline.data.context``); the labels are the slice's own."""
         n = len(patient_ids)
         h, w, c = self.image_shape
-        images = np.empty((n, h, w, c), np.uint8)
+        images = np.empty((n, h, w, c * (2 * context + 1)), np.uint8)
         labels = np.empty((n, h, w), np.uint8)
         for i, (pid, idx) in enumerate(zip(patient_ids, slice_indices)):
-            images[i] = self.images(pid)[idx]
+            images[i] = with_context(self.images(pid), context, [idx])[0] if context else self.images(pid)[idx]
             labels[i] = self.labels(pid)[idx]
         return images, labels
 

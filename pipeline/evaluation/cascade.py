@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.data.context import context_of, with_context
 from pipeline.data.regions import nest
 from pipeline.errors import InputError
 from pipeline.evaluation.bundle import check_model_file
@@ -140,6 +141,15 @@ def check_role(model: Any, role: str, path: str | Path) -> None:
                            f"{role} gives {_describe(expected[role])}{swapped}")
 
 
+def check_segmenter_input(segmenter: Any, path: str | Path, channels: int) -> None:
+    """InputError naming ``path`` unless the segmenter takes slices of ``channels`` channels (the classifier's), or
+    a 2.5-D stack of 2n + 1 of them (``pipeline.data.context``)."""
+    try:
+        context_of(segmenter.input_shape[-1], channels)
+    except (ValueError, TypeError) as e:
+        raise InputError(path, f"{e} (the classifier's slices have {channels})") from None
+
+
 def _shape(shape: object) -> list | None:
     """A Keras shape tuple as a list with "N" for the batch axis; None for several inputs or outputs."""
     if not isinstance(shape, tuple) or any(isinstance(d, (tuple, list)) for d in shape):
@@ -200,16 +210,20 @@ class Cascade:
             return cascade_slice_score(probabilities, seg_probabilities)
         return np.asarray(probabilities, np.float32)
 
-    def score_and_segment(self, images: np.ndarray, regions: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def score_and_segment(self, images: np.ndarray, regions: int | None = None, index: np.ndarray | None = None
+                          ) -> tuple[np.ndarray, np.ndarray]:
         """Each slice's gate score float32 [D] (``slice_score``) and the segmenter's output on the slices that
         need it: float32 [D, H, W] (regions None: the whole tumour) or [D, H, W, R], zero where not gated.
-        The segmenter runs on every slice for the "cascade" score, else on the gated ones only."""
-        probabilities = self.classify(images)
-        run = np.ones(len(images), bool) if self.slice_score == "cascade" else gate(probabilities, self.threshold)
-        seg = np.zeros((*images.shape[:3], *(() if regions is None else (regions,))), np.float32)
+        The segmenter runs on every slice for the "cascade" score, else on the gated ones only.
+        images: one case's slices uint8 [D, H, W, 3]; index: int [N], only these slices are scored (D = N in
+        what is returned), the others still being their neighbours for a 2.5-D segmenter (``segmenter_input``)."""
+        images = np.asarray(images)
+        rows = np.arange(len(images)) if index is None else np.asarray(index, np.int64)
+        probabilities = self.classify(images if index is None else images[rows])
+        run = np.ones(len(rows), bool) if self.slice_score == "cascade" else gate(probabilities, self.threshold)
+        seg = np.zeros((len(rows), *images.shape[1:3], *(() if regions is None else (regions,))), np.float32)
         if run.any():
-            seg[run] = self.segment(np.asarray(images)[run]) if regions is None \
-                else self.segment_regions(np.asarray(images)[run])
+            seg[run] = self.segment(images, rows[run]) if regions is None else self.segment_regions(images, rows[run])
         if self.slice_score == "cascade":
             probabilities = self.gate_score(probabilities, seg if regions is None else seg[..., 0])
             seg[~gate(probabilities, self.threshold)] = 0.0
@@ -220,13 +234,21 @@ class Cascade:
              threshold: float, **kwargs) -> Cascade:
         """Load both models (safe_mode) with the gate ``threshold``; ``kwargs`` set the other fields.
         A list of paths for a kind (fold models) loads them all as one ``MeanOfModels``. InputError naming
-        the file for a missing, empty or truncated file, or a model of the wrong role (``check_role``)."""
+        the file for a missing, empty or truncated file, a model of the wrong role (``check_role``), or models
+        of a kind that take different inputs (a segmenter's: the slice's channels, or a 2.5-D stack of them,
+        ``check_segmenter_input``)."""
         models = []
         for role, paths in (("classifier", classifier_path), ("segmenter", segmenter_path)):
             loaded = []
             for path in [paths] if isinstance(paths, (str, Path)) else paths:
                 model = load_model_file(path)
                 check_role(model, role, path)
+                if role == "segmenter":
+                    check_segmenter_input(model, path, models[0].input_shape[-1])
+                if loaded and model.input_shape != loaded[0].input_shape:
+                    raise InputError(path, f"takes input {_describe(_shape(model.input_shape))}, the first {role} of "
+                                           f"the ensemble {_describe(_shape(loaded[0].input_shape))}: fold models "
+                                           "of one kind must be trained alike")
                 loaded.append(model)
             models.append(loaded[0] if len(loaded) == 1 else MeanOfModels(loaded))
         return cls(models[0], models[1], float(threshold), **kwargs)
@@ -235,36 +257,52 @@ class Cascade:
         """Tumour probability per slice: float32 [N] for uint8 [N, H, W, 3]."""
         return predict_in_batches(self.classifier, images, self.batch_size).reshape(len(images))
 
-    def segment(self, images: np.ndarray) -> np.ndarray:
-        """Tumour probability per pixel: float32 [N, H, W] (first output channel: the whole tumour)."""
-        return predict_in_batches(self.segmenter, images, self.batch_size)[..., 0]
+    def segment(self, images: np.ndarray, index: np.ndarray | None = None) -> np.ndarray:
+        """Tumour probability per pixel: float32 [N, H, W] (first output channel: the whole tumour) of the slices
+        ``index`` (int [N]; None: all) of one case's slices uint8 [D, H, W, 3] (``segmenter_input``)."""
+        return self.segment_regions(images, index)[..., 0]
 
-    def segment_regions(self, images: np.ndarray) -> np.ndarray:
-        """Every region's probability per pixel: float32 [N, H, W, R] (R: the segmenter's output channels)."""
-        return predict_in_batches(self.segmenter, images, self.batch_size)
+    def segment_regions(self, images: np.ndarray, index: np.ndarray | None = None) -> np.ndarray:
+        """Every region's probability per pixel: float32 [N, H, W, R] (R: the segmenter's output channels), of the
+        slices ``index`` as ``segment``."""
+        return predict_in_batches(self.segmenter, self.segmenter_input(images, index), self.batch_size)
+
+    def segmenter_input(self, images: np.ndarray, index: np.ndarray | None = None) -> np.ndarray:
+        """What the segmenter takes for the slices ``index`` (None: all) of one case's slices uint8 [D, H, W, C]:
+        those slices, or for a 2.5-D segmenter (input C x (2n + 1) channels) each with its n neighbours either
+        side in ``images`` as channels (``pipeline.data.context``). So the neighbours come from the whole case,
+        ``images`` must hold all of its slices, in slice order."""
+        images = np.asarray(images)
+        try:
+            context = context_of(self.segmenter.input_shape[-1], images.shape[-1])
+        except ValueError as e:
+            raise ValueError(f"{e}: not this case's slices, [D, H, W, {images.shape[-1]}]") from None
+        return with_context(images, context, index)
 
     @property
     def n_regions(self) -> int:
         """The segmenter's output channels: 1 (whole tumour) or one per region."""
         return int(self.segmenter.output_shape[-1])
 
-    def predict_regions(self, images: np.ndarray, regions: tuple[str, ...]) -> dict[str, np.ndarray]:
+    def predict_regions(self, images: np.ndarray, regions: tuple[str, ...], index: np.ndarray | None = None
+                        ) -> dict[str, np.ndarray]:
         """``predict_volume`` for a segmenter with one output per region of ``regions``: probabilities float32 [D],
         gated bool [D], seg_probabilities float32 [D, H, W, R] (zero where not gated), region_masks bool
         [D, H, W, R] (``combine_regions``) and mask bool [D, H, W], the whole tumour."""
-        probabilities, seg = self.score_and_segment(images, regions=len(regions))
+        probabilities, seg = self.score_and_segment(images, regions=len(regions), index=index)
         gated = gate(probabilities, self.threshold)
         masks = combine_regions(seg, gated, self.seg_threshold, regions, self.post)
         return {"probabilities": probabilities, "gated": gated, "seg_probabilities": seg, "region_masks": masks,
                 "mask": masks[..., 0]}
 
-    def predict_volume(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Run the cascade on one patient's slices uint8 [D, H, W, 3].
+    def predict_volume(self, images: np.ndarray, index: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Run the cascade on one patient's slices uint8 [D, H, W, 3] (index: int [N], these slices only, D = N
+        below; ``score_and_segment``).
 
         Returns probabilities float32 [D] (the gate score, ``slice_score``), gated bool [D], seg_probabilities
         float32 [D, H, W] (zero where not gated) and mask bool [D, H, W] after post-processing.
         """
-        probabilities, seg = self.score_and_segment(images)
+        probabilities, seg = self.score_and_segment(images, index=index)
         gated = gate(probabilities, self.threshold)
         mask = combine(seg, gated, self.seg_threshold, self.post)
         return {"probabilities": probabilities, "gated": gated, "seg_probabilities": seg, "mask": mask}

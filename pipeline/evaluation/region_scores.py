@@ -48,7 +48,7 @@ def patient_region_masks(cascade: Cascade, images: np.ndarray, probabilities: np
     gated = gate(probabilities, cascade.threshold)
     seg = np.zeros((*images.shape[:3], len(regions)), np.float32)
     if gated.any():
-        seg[gated] = cascade.segment_regions(np.asarray(images)[gated])
+        seg[gated] = cascade.segment_regions(images, np.flatnonzero(gated))
     return combine_regions(seg, gated, cascade.seg_threshold, regions, cascade.post)
 
 

@@ -82,36 +82,42 @@ def apply_intensity(images: np.ndarray, rng: np.random.Generator, aug: AugmentPa
     return images
 
 
-def fill_missing_sequences(images: np.ndarray, rng: np.random.Generator, probability: float, flair: int
-                           ) -> np.ndarray:
+def fill_missing_sequences(images: np.ndarray, rng: np.random.Generator, probability: float, flair: int,
+                           sequences: int | None = None) -> np.ndarray:
     """kaggle_3m's fill of missing sequences, drawn as an augmentation, on uint8 images [B, H, W, C].
 
     The dataset writes FLAIR into the channel of a sequence a patient lacks (of the 50 shared patients, two
     have FLAIR in all three channels, two in the post-contrast one). With ``probability`` a slice gets one
-    of those patterns, drawn uniformly from every non-empty set of the channels other than ``flair`` (its
-    index): those channels are replaced by its FLAIR. Returns a copy when a slice is filled, else ``images``.
+    of those patterns, drawn uniformly from every non-empty set of the sequences other than ``flair`` (its
+    index): those channels are replaced by its FLAIR. ``sequences``: the channels of one slice (default C); with
+    neighbouring slices as channels (C a multiple of it, ``pipeline.data.context``) every slice of the stack
+    gets the same pattern, as a patient lacks a sequence in all of its slices. Returns a copy when a slice is
+    filled, else ``images``.
     """
-    n, others = len(images), [c for c in range(images.shape[-1]) if c != flair]
+    sequences = sequences or images.shape[-1]
+    n, others = len(images), [c for c in range(sequences) if c != flair]
     patterns = [[c for bit, c in enumerate(others) if code >> bit & 1] for code in range(1, 2 ** len(others))]
     filled = rng.random(n) < probability
     chosen = rng.integers(0, len(patterns), n)
     if not filled.any():
         return images
     images = images.copy()
+    starts = range(0, images.shape[-1], sequences)  # each slice's first channel
     for i in np.flatnonzero(filled):
-        images[i][..., patterns[chosen[i]]] = images[i][..., flair, None]
+        for start in starts:
+            images[i][..., [start + c for c in patterns[chosen[i]]]] = images[i][..., start + flair, None]
     return images
 
 
 def augment_batch(images: np.ndarray, masks: np.ndarray | None, rng: np.random.Generator,
-                  aug: AugmentParams | None, threads: int | None = None, flair: int | None = None
-                  ) -> tuple[np.ndarray, np.ndarray | None]:
+                  aug: AugmentParams | None, threads: int | None = None, flair: int | None = None,
+                  sequences: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Augment one batch: uint8 images [B, H, W, C] and masks uint8 [B, H, W] (or None).
 
     Returns (float32 images [B, H, W, C] in 0..255, uint8 masks [B, H, W] or None). With
     ``aug`` None or disabled, the images are only converted to float32 and the masks returned as is.
-    Same result as ``apply_geometric`` then ``apply_intensity`` on the same generator, but fused:
-    the intensity change of a uint8 image is a 256-entry float32 lookup table.
+    Same result as ``apply_geometric`` then ``apply_intensity`` on the same generator (for one slice's channels:
+    ``sequences`` = C), but fused: the intensity change of a uint8 image is a 256-entry float32 lookup table.
 
     threads: slices of at least ``MIN_VALUES_FOR_THREADS`` values are augmented in this many
     contiguous chunks (default ``AUGMENT_THREADS``) on a shared pool of ``AUGMENT_THREADS`` threads
@@ -120,28 +126,35 @@ def augment_batch(images: np.ndarray, masks: np.ndarray | None, rng: np.random.G
 
     flair: the FLAIR channel's index, which ``aug.missing_sequences`` > 0 needs (``fill_missing_sequences``,
     applied first; at 0 it draws nothing, so the other draws are as without it).
+
+    sequences: the channels of one slice, when C holds a slice and its neighbours (``pipeline.data.context``):
+    the missing-sequence pattern and, with ``aug.per_channel``, each sequence's brightness and contrast are
+    drawn once and shared by all the slices of the stack. Default: C.
     """
     if aug is None or not aug.enabled:
         return images.astype(np.float32), masks
     if aug.missing_sequences > 0:
         if flair is None:
             raise ValueError("augment.missing_sequences needs the FLAIR channel's index")
-        images = fill_missing_sequences(images, rng, aug.missing_sequences, flair)
-    n = len(images)
+        images = fill_missing_sequences(images, rng, aug.missing_sequences, flair, sequences)
+    n, channels = len(images), images.shape[-1]
+    sequences = sequences or channels
     matrices = random_affine_params(rng, n, aug, images.shape[1:3])
-    k, b = _intensity_params(rng, n, aug, images.shape[-1])
+    k, b = _intensity_params(rng, n, aug, sequences)
+    if aug.per_channel and sequences != channels:  # one draw per sequence, the same for every slice of the stack
+        k, b = np.tile(k, channels // sequences), np.tile(b, channels // sequences)
     out = np.empty(images.shape, np.float32)
     out_masks = None if masks is None else np.empty_like(masks)
 
     def augment_range(start: int, stop: int) -> None:
         warped = np.empty(images.shape[1:], np.uint8)
-        channels = warped.shape[2]
         levels = np.arange(256, dtype=np.float32)[:, None, None]  # [256, 1, 1]: one table, or one per channel
         for i in range(start, stop):
             _warp_image(images[i], matrices[i], warped)
             if masks is not None:
                 _warp_mask(masks[i], matrices[i], out_masks[i])
-            means = np.float32(cv2.mean(warped)[:channels])
+            means = np.float32(cv2.mean(warped)[:channels] if channels <= 4  # OpenCV's mean takes 4 at most
+                               else warped.reshape(-1, channels).mean(axis=0))
             mean = means if aug.per_channel else np.float32(np.mean(means))
             lut = np.clip(levels * k[i] + (mean * (1 - k[i]) + b[i]), 0, 255)
             cv2.LUT(warped, np.ascontiguousarray(lut), dst=out[i])
@@ -222,9 +235,17 @@ def _warp_image(image: np.ndarray, matrix: np.ndarray, out: np.ndarray) -> None:
     """Bilinear warp of one uint8 [H, W, C] image into ``out``.
 
     OpenCV has vectorised paths for 1 and 4 channels only: a 3-channel image is padded to 4
-    (2.3x faster at 256 px, bit-identical result).
+    (2.3x faster at 256 px, bit-identical result). A stack of 3-channel slices (2.5-D input,
+    ``pipeline.data.context``) is warped slice by slice the same way: OpenCV's path for more than 4 channels
+    rounds differently (up to 6 grey levels off), and each slice of a stack must come out as it would alone.
     """
     h, w = image.shape[:2]
+    if image.ndim == 3 and image.shape[2] > 4 and image.shape[2] % 3 == 0:
+        slice_out = np.empty((h, w, 3), np.uint8)
+        for start in range(0, image.shape[2], 3):
+            _warp_image(np.ascontiguousarray(image[..., start:start + 3]), matrix, slice_out)
+            out[..., start:start + 3] = slice_out
+        return
     if image.ndim == 3 and image.shape[2] == 3:
         rgba = cv2.warpAffine(cv2.cvtColor(image, cv2.COLOR_RGB2RGBA), matrix, (w, h), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)

@@ -106,6 +106,8 @@ class SliceBatches(keras.utils.PyDataset):
     probability proportional to ``tumour_area_weights`` (foreground sampling: a slice with much tumour
     comes up more often, as the per-patient 3-D Dice weighs it).
     With ``augment.missing_sequences`` the FLAIR channel is found by name among the store's channels.
+    context: n > 0 gives each slice its n stored neighbours either side as channels (2.5-D input,
+    ``pipeline.data.context``): x is [B, H, W, 3 * (2n + 1)].
     """
 
     def __init__(self, store: SliceStore, rows: pd.DataFrame, batch_size: int, target: str = "label",
@@ -113,7 +115,7 @@ class SliceBatches(keras.utils.PyDataset):
                  class_weight: dict[int, float] | None = None, balanced: bool = False, undersample: bool = False,
                  workers: int = DEFAULT_WORKERS, use_multiprocessing: bool = DEFAULT_USE_MULTIPROCESSING,
                  max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE, regions: tuple[str, ...] = (WHOLE_TUMOUR,),
-                 by_tumour_area: bool = False):
+                 by_tumour_area: bool = False, context: int = 0):
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         _check_target(target)
         if batch_size < 1:
@@ -134,6 +136,7 @@ class SliceBatches(keras.utils.PyDataset):
         self.regions = tuple(regions)
         self.augment = augment if augment is not None and augment.enabled else None
         self.flair = _flair_channel(store) if self.augment is not None and self.augment.missing_sequences else None
+        self.context = context
         self.seed = seed
         self.class_weight = dict(class_weight) if class_weight is not None else None
         self.epoch = 0
@@ -183,10 +186,11 @@ class SliceBatches(keras.utils.PyDataset):
         """Batch ``index`` of the current epoch: (x, y) or (x, y, sample_weight)."""
         epoch = self.epoch
         chosen = self.batch_rows(index, epoch)
-        images, labels = self.store.read(self._patient_ids[chosen].tolist(), self._slice_indices[chosen].tolist())
+        images, labels = self.store.read(self._patient_ids[chosen].tolist(), self._slice_indices[chosen].tolist(),
+                                         self.context)
         rng = np.random.default_rng([self.seed, epoch, index])
         x, labels = augment_batch(images, labels if self.target != "label" else None, rng, self.augment,
-                                  flair=self.flair)
+                                  flair=self.flair, sequences=self.store.image_shape[-1])
         has_tumour = self._has_tumour[chosen]
         y = _targets(self.target, has_tumour, labels, self.regions)
         if self.target == "label+mask":

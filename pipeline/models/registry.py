@@ -69,9 +69,10 @@ LOSSES: dict[str, str] = {
 class Segmenter(NamedTuple):
     """One segmenter architecture.
 
-    build: "module:function", ``function(image_size, filters, out_channels) -> keras.Model`` taking
-    [B, S, S, 3] uint8 values 0..255 as float32 (standardising per image inside the model) and giving
-    [B, S, S, out_channels] sigmoid probabilities, float32; description: what the sidecar records.
+    build: "module:function", ``function(image_size, filters, out_channels[, in_channels]) -> keras.Model`` taking
+    [B, S, S, C] uint8 values 0..255 as float32 (standardising per image inside the model) and giving
+    [B, S, S, out_channels] sigmoid probabilities, float32; description: what the sidecar records. C is 3, or with
+    ``segmenter.context_slices`` n (2.5-D input, ``pipeline.data.context``) 3 x (2n + 1), passed as ``in_channels``.
     For ``segmenter.deep_supervision`` its decoder levels' layers are named "dec2_...", "dec3_..." (level l at
     1/2^(l-1) of the size; ``nets.deep_supervision``), as the built-in ones name them.
     """

@@ -147,11 +147,14 @@ class Predictor:
                                seg_threshold=bundle.seg_threshold, post=bundle.post, batch_size=batch_size,
                                slice_score=bundle.slice_score)
         size = task.image_size
-        loaded = [*zip(classifiers, members(cascade.classifier)), *zip(segmenters, members(cascade.segmenter))]
-        for path, model in loaded:
-            if tuple(model.input_shape[1:4]) != (size, size, 3):
+        # A segmenter may take neighbouring slices as channels (2.5-D: 3 x (2n + 1); Cascade.load checked the count)
+        seg_channels = members(cascade.segmenter)[0].input_shape[-1]
+        loaded = [*((path, model, 3) for path, model in zip(classifiers, members(cascade.classifier))),
+                  *((path, model, seg_channels) for path, model in zip(segmenters, members(cascade.segmenter)))]
+        for path, model, channels in loaded:
+            if tuple(model.input_shape[1:4]) != (size, size, channels):
                 raise InputError(path, f"model input {tuple(model.input_shape[1:])} does not match its bundle's "
-                                       f"image size {size} with 3 channels")
+                                       f"image size {size} with {channels} channels")
         log.info("loaded %s (%s): %d px, channels %s, %s intensities, threshold %.4f on the %s score%s", models_dir,
                  bundle.format, size, ",".join(task.channels), task.intensity_mode, cascade.threshold, bundle.slice_score,
                  f", an ensemble of {len(classifiers)} fold models" if len(classifiers) > 1 else "")
@@ -185,12 +188,14 @@ class Predictor:
         if images.ndim != 4 or images.shape[1:] != (size, size, 3) or images.dtype != np.uint8:
             raise ValueError(f"images must be uint8 [D, {size}, {size}, 3]; got {images.dtype} {images.shape}")
         blank = ~images.reshape(len(images), -1).any(axis=1)
-        # The cascade runs on the non-blank slices without post-processing; post-processing (3D) then
-        # sees the whole volume, blank slices included, exactly as Cascade.predict_volume would.
+        # The cascade scores the non-blank slices without post-processing (a 2.5-D segmenter's neighbours are
+        # drawn from the whole volume, as in evaluate); post-processing (3D) then sees the whole volume, blank
+        # slices included, exactly as Cascade.predict_volume would.
         plain = dataclasses.replace(self.cascade, post=PostProcessing())
         regions = self.task.regions
         several = len(regions) > 1  # one output per region: nested masks of every region (combine_regions)
-        found = plain.predict_regions(images[~blank], regions) if several else plain.predict_volume(images[~blank])
+        scored = np.flatnonzero(~blank)
+        found = plain.predict_regions(images, regions, scored) if several else plain.predict_volume(images, scored)
         probabilities = np.zeros(len(images), np.float32)
         gated = np.zeros(len(images), bool)
         seg = np.zeros(images.shape[:3] + ((len(regions),) if several else ()), np.float32)
@@ -214,6 +219,9 @@ class Predictor:
         if case.image.shape[1:3] != (self.image_size, self.image_size):
             raise InputError(where, f"slices are {case.image.shape[1]}x{case.image.shape[2]}; the models take "
                                     f"{self.image_size}x{self.image_size} (read it with image_size={self.image_size})")
+        if len(case.image) == 1 and self.cascade.segmenter.input_shape[-1] != case.image.shape[-1]:
+            log.warning("%s: a single slice, but the segmenter takes its neighbours as well (2.5-D input): it sees "
+                        "this slice in their place", where)
         out = self.predict_volume(case.image)
         return Prediction(case, out["probabilities"], out["gated"], out["mask"], out["blank"], self.threshold,
                           out.get("region_masks"), self.task.regions if "region_masks" in out else ())

@@ -183,7 +183,9 @@ def _run_summary(inputs: ReportInputs, params: Params) -> dict[str, Any]:
                        f"{pretrained_text} ({clf.get('weights_source') or 'weights source not recorded'})"),
         ("Classifier training", _training_summary(clf.get("training") or inputs.training["classifier"].summary)),
         ("Segmenter", f"{seg.get('architecture', 'ResUNet')}, filters {seg.get('filters', list(params.segmenter.filters))}, "
-                      f"loss {seg.get('loss', params.segmenter.loss)}"),
+                      f"loss {seg.get('loss', params.segmenter.loss)}"
+                      + (f", 2.5-D input: {seg['context_slices']} slice(s) either side" if seg.get("context_slices")
+                         else "")),
         ("Segmenter training", _training_summary(seg.get("training") or inputs.training["segmenter"].summary)),
     ]
     post = get(inputs.metrics, "postprocessing")

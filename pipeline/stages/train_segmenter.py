@@ -77,14 +77,19 @@ def train(t: TrainParams, augment: AugmentParams, p: SegmenterParams, target: st
     val_rows = segmenter_rows(rows["val"], p.negative_fraction, t.seed)
     size = store.image_shape[0]
     regions = target_regions(target)  # one sigmoid output per region, whole tumour first
-    model = build_segmenter(p.arch, size, p.filters, out_channels=len(regions))
+    model = build_segmenter(p.arch, size, p.filters, out_channels=len(regions),
+                            in_channels=len(channels) * (2 * p.context_slices + 1))
     set_batchnorm_momentum(model)  # trained from scratch
     log.info("%s %s at %d px (%d parameters) for %s; %d train slices, %d val slices", SEGMENTERS[p.arch].description,
              list(p.filters), size, model.count_params(), ", ".join(regions), len(train_rows), len(val_rows))
+    if p.context_slices:
+        log.info("2.5-D input: each slice with %d neighbouring slice(s) either side, %d channels", p.context_slices,
+                 model.input_shape[-1])
 
     train = SliceBatches(store, train_rows, t.batch_size, "mask", augment, shuffle=True, seed=t.seed,
-                         regions=regions, by_tumour_area=p.sampling == "tumour_area")
-    val = SliceBatches(store, val_rows, t.batch_size, "mask", None, shuffle=False, seed=t.seed, regions=regions)
+                         regions=regions, by_tumour_area=p.sampling == "tumour_area", context=p.context_slices)
+    val = SliceBatches(store, val_rows, t.batch_size, "mask", None, shuffle=False, seed=t.seed, regions=regions,
+                       context=p.context_slices)
     loss = get_loss(p.loss, p.tversky_alpha, p.tversky_beta, p.focal_gamma)
     trained = with_deep_supervision(model, p.deep_supervision)  # `model` itself without deep supervision
     if p.deep_supervision:
@@ -102,6 +107,7 @@ def train(t: TrainParams, augment: AugmentParams, p: SegmenterParams, target: st
         "kind": "segmenter",
         "input_size": size,
         "channels": channels,
+        "context_slices": p.context_slices,  # its input: each slice with this many either side (pipeline.data.context)
         "intensity": store_intensity(store),
         "input_range": "uint8 values 0..255 as float32, channels last; per-image standardisation is inside the model",
         "target": target,

@@ -62,8 +62,9 @@ def residual_unit(x: keras.KerasTensor, filters: int, strides: int, name: str, f
 
 
 def build_resunet(image_size: int, filters: Sequence[int] = (16, 32, 64, 128, 256), out_channels: int = 1,
-                  name: str = "resunet") -> keras.Model:
-    """ResUNet for [B, image_size, image_size, 3] uint8-range float32 input.
+                  name: str = "resunet", in_channels: int = 3) -> keras.Model:
+    """ResUNet for [B, image_size, image_size, in_channels] uint8-range float32 input
+    (3 sequences; 3 x (2n + 1) with n neighbouring slices either side, ``pipeline.data.context``).
 
     ``filters``: widths of the encoder levels then the bridge (len = levels + 1, at least 2);
     ``image_size`` must be divisible by 2 ** (len(filters) - 1). Returns a model whose output
@@ -72,7 +73,7 @@ def build_resunet(image_size: int, filters: Sequence[int] = (16, 32, 64, 128, 25
     """
     filters = check_encoder_decoder(image_size, filters, out_channels)
 
-    image = keras.Input((image_size, image_size, 3), dtype="float32", name=INPUT_NAME)
+    image = keras.Input((image_size, image_size, in_channels), dtype="float32", name=INPUT_NAME)
     x = PerImageStandardization(name="standardize")(image)
 
     skips = []

@@ -22,9 +22,12 @@ from pipeline.models.registry import PIXEL_THRESHOLD, SEGMENTERS, load
 __all__ = ["PIXEL_THRESHOLD", "build_segmenter"]
 
 
-def build_segmenter(arch: str, image_size: int, filters: Sequence[int], out_channels: int = 1) -> keras.Model:
-    """The registered architecture ``arch`` for [B, image_size, image_size, 3] input; ``filters``: the widths
-    of its levels, shallow to deep. ValueError for an unknown ``arch``."""
+def build_segmenter(arch: str, image_size: int, filters: Sequence[int], out_channels: int = 1,
+                    in_channels: int = 3) -> keras.Model:
+    """The registered architecture ``arch`` for [B, image_size, image_size, in_channels] input; ``filters``: the
+    widths of its levels, shallow to deep. ValueError for an unknown ``arch``. ``in_channels`` other than 3 (2.5-D
+    input, ``pipeline.data.context``) is passed on only then, so an architecture built for 3 channels still works."""
     if arch not in SEGMENTERS:
         raise ValueError(f"segmenter architecture {arch!r} is not one of {', '.join(SEGMENTERS)}")
-    return load(SEGMENTERS[arch].build)(image_size, tuple(filters), out_channels=out_channels)
+    extra = {} if in_channels == 3 else {"in_channels": in_channels}
+    return load(SEGMENTERS[arch].build)(image_size, tuple(filters), out_channels=out_channels, **extra)

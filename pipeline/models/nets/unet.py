@@ -33,8 +33,9 @@ def conv_block(x: keras.KerasTensor, filters: int, name: str) -> keras.KerasTens
 
 
 def build_unet(image_size: int, filters: Sequence[int] = (32, 64, 128, 256, 512), out_channels: int = 1,
-               name: str = "unet") -> keras.Model:
-    """U-Net for [B, image_size, image_size, 3] uint8-range float32 input.
+               name: str = "unet", in_channels: int = 3) -> keras.Model:
+    """U-Net for [B, image_size, image_size, in_channels] uint8-range float32 input
+    (3 sequences; 3 x (2n + 1) with n neighbouring slices either side, ``pipeline.data.context``).
 
     ``filters``: widths of the encoder levels then the bottleneck (len = levels + 1, at least 2), as for
     ``build_resunet``; ``image_size`` must be divisible by 2 ** (len(filters) - 1). Returns a model whose
@@ -43,7 +44,7 @@ def build_unet(image_size: int, filters: Sequence[int] = (32, 64, 128, 256, 512)
     """
     filters = check_encoder_decoder(image_size, filters, out_channels)
 
-    image = keras.Input((image_size, image_size, 3), dtype="float32", name=INPUT_NAME)
+    image = keras.Input((image_size, image_size, in_channels), dtype="float32", name=INPUT_NAME)
     x = PerImageStandardization(name="standardize")(image)
 
     skips = []
