@@ -24,8 +24,8 @@ of the gate's slice score, evaluate.slice_score), "val_auc_classifier_alone",
 "val_dice_patient_mean_per_fold", "val_dice_patient_mean_sd", then the test split's "dice_patient_mean",
 "dice_patient_median", "dice_patient_p5", "hd95_median", "auc", "auc_ci", "auc_classifier_alone", "sensitivity",
 "specificity",
-"segmenter_dice_slice", "pointing_game", "pointing_chance", "threshold", "stage_seconds": {stage: s},
-"total_seconds"}.
+"segmenter_dice_slice", "pointing_game", "pointing_chance", "threshold" (the gate's), "seg_threshold" (the
+segmenter's pixel threshold), "stage_seconds": {stage: s}, "total_seconds"}.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def headline(workdir: Path) -> dict[str, Any]:
         "sensitivity": clf["sensitivity"], "specificity": clf["specificity"],
         "segmenter_dice_slice": test["segmenter"]["dice_slice_mean"],
         "pointing_game": explain.get("pointing_game"), "pointing_chance": explain.get("pointing_game_chance"),
-        "threshold": full["threshold"]["value"],
+        "threshold": full["threshold"]["value"], "seg_threshold": full["postprocessing"].get("seg_threshold"),
     }
 
 

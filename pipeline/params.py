@@ -28,6 +28,9 @@ SOURCES = ("demo", "lgg", "brats2021", "brats2023", "decathlon")
 THRESHOLD_RULES = ("youden", "f1", "patient_dice")
 # evaluate.slice_score: what the gate thresholds (pipeline/evaluation/cascade.py, cascade_slice_score)
 SLICE_SCORES = ("classifier", "cascade")
+# evaluate.seg_threshold (besides a number): the segmenter's pixel threshold is the one it was trained with, or
+# chosen with the gate on the validation (out-of-fold) patients (pipeline/evaluation/scoring.py, choose_seg_threshold)
+SEG_THRESHOLD_RULES = ("trained", "auto")
 # train.schedule: "fixed" trains exactly train.epochs with a poly-decaying learning rate and keeps the last
 # weights; "early_stop" stops when the validation metric has not improved for `patience` epochs (halving the
 # learning rate on plateaus) and keeps the best epoch's weights.
@@ -218,7 +221,7 @@ class EvaluateParams:
     seed: int
     gradcam_layer: str = "last"  # "last": the backbone's last convolutional map; or a layer name
     slice_score: str = "classifier"  # a SLICE_SCORES value
-
+    seg_threshold: str | float = "trained"  # a SEG_THRESHOLD_RULES value or a pixel probability in (0, 1)
 
     def validate(self) -> None:
         t = self.threshold
@@ -234,6 +237,10 @@ class EvaluateParams:
                 raise ParamsError(f"evaluate.threshold: {t!r}: the target sensitivity is not a number") from None
         if self.slice_score not in SLICE_SCORES:
             raise ParamsError(f"evaluate.slice_score: {self.slice_score!r} must be {' or '.join(SLICE_SCORES)}")
+        t = self.seg_threshold
+        if isinstance(t, bool) or not (t in SEG_THRESHOLD_RULES or isinstance(t, (int, float)) and 0 < t < 1):
+            raise ParamsError(f"evaluate.seg_threshold: {t!r} must be {' or '.join(SEG_THRESHOLD_RULES)} or a number "
+                              "between 0 and 1 (exclusive)")
         _in_range("evaluate.min_component_px", self.min_component_px, 0, MAX_IMAGE_SIZE ** 2)
         if isinstance(self.keep_largest_component, str) and self.keep_largest_component != "auto":
             raise ParamsError(f"evaluate.keep_largest_component: {self.keep_largest_component!r} must be true, "
@@ -255,6 +262,9 @@ class Params:
     evaluate: EvaluateParams
 
     def validate(self) -> None:
+        if self.evaluate.seg_threshold == "auto" and self.data.target != "whole_tumour":
+            raise ParamsError("evaluate.seg_threshold: auto chooses the pixel threshold on the whole tumour's Dice, so "
+                              f"it is for data.target whole_tumour, not {self.data.target!r}: use trained or a number")
         # before ingest, so a run that cannot train fails in a second (training checks the store's channels too)
         if self.augment.missing_sequences > 0 and flair_channel(self.data.channels) is None:
             raise ParamsError(f"augment.missing_sequences: {self.augment.missing_sequences} needs flair among "

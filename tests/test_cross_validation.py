@@ -27,7 +27,14 @@ from pipeline.errors import InputError
 from pipeline.evaluation.bundle import Bundle, read_bundle
 from pipeline.evaluation.cascade import Cascade, MeanOfModels, members
 from pipeline.evaluation.postprocess import PostProcessing
-from pipeline.evaluation.scoring import choose_threshold, fold_spread, out_of_fold_split, score_patients
+from pipeline.evaluation.scoring import (
+    SEG_THRESHOLD_CANDIDATES,
+    at_seg_threshold,
+    choose_threshold,
+    fold_spread,
+    out_of_fold_split,
+    score_patients,
+)
 from pipeline.models.training import save_model
 from pipeline.params import SplitParams
 from pipeline.paths import CLASSIFIER, SEGMENTER, fold_model
@@ -172,6 +179,25 @@ def test_the_gate_is_chosen_on_out_of_fold_scores_only(store_and_split):
                             "patient_dice") != base
 
 
+def test_masks_redrawn_at_a_pixel_threshold_are_the_ones_scored_at_it(store_and_split):
+    """evaluate.seg_threshold auto: the masks and pixel counts ``at_seg_threshold`` redraws from the kept levels
+    are exactly what scoring at that threshold gives, out of fold and for the test patients' ensemble."""
+    store, split = store_and_split
+    folds = fold_cascades([0.9, 0.8, 0.7])
+    kept = score_patients(store, out_of_fold_split(split), ensemble_of(folds), folds,
+                          seg_thresholds=SEG_THRESHOLD_CANDIDATES)
+    for t in (0.2, 0.65):  # background pixels reach 0.2 (first channel up to 40/255, x up to 1.5), not 0.65
+        at_t = [dataclasses.replace(c, seg_threshold=t) for c in folds]
+        scored = score_patients(store, out_of_fold_split(split), dataclasses.replace(ensemble_of(folds), seg_threshold=t),
+                                at_t)
+        redrawn = at_seg_threshold(kept, t)
+        pd.testing.assert_frame_equal(redrawn.slices, scored.slices)
+        assert redrawn.seg_masks.keys() == scored.seg_masks.keys()
+        for pid, mask in scored.seg_masks.items():
+            np.testing.assert_array_equal(redrawn.seg_masks[pid], mask)
+    assert at_seg_threshold(kept, 0.2).slices.seg_pixels.sum() > at_seg_threshold(kept, 0.65).slices.seg_pixels.sum()
+
+
 def test_segmenter_ensemble_is_the_mean_of_the_folds(store_and_split):
     store, split = store_and_split
     folds = fold_cascades([0.2, 0.5, 0.8])
@@ -278,8 +304,9 @@ def test_a_listed_fold_model_that_is_missing_is_named(tmp_path):
 def test_three_folds_through_split_training_evaluate_and_predict(tmp_path, monkeypatch, test_fraction):
     """split.folds 3 on a tiny demo store (9 patients, 32 px, 1 epoch, a 1-conv classifier): the split stage
     writes folds, each training stage trains 3 models and never reads a test patient, evaluate scores every
-    non-test patient out of fold and writes the spread over folds, cascade.json lists the 3 models of each
-    kind, and the bundle loads as an ensemble. With split.test 0 every patient is in a fold: the test metrics
+    non-test patient out of fold (and chooses the pixel threshold there, evaluate.seg_threshold auto) and writes
+    the spread over folds, cascade.json lists the 3 models of each kind and that threshold, and the bundle loads
+    as an ensemble. With split.test 0 every patient is in a fold: the test metrics
     are null, the headline keeps the out-of-fold figures, and the report shows them under a banner."""
     from dataclasses import replace
 
@@ -298,7 +325,8 @@ def test_three_folds_through_split_training_evaluate_and_predict(tmp_path, monke
                      split=replace(params.split, folds=3, train=0.8 - test_fraction, val=0.2, test=test_fraction),
                      train=replace(params.train, epochs=1, batch_size=8),
                      segmenter=replace(params.segmenter, filters=(16, 32), epochs_factor=1),
-                     evaluate=replace(params.evaluate, bootstrap=5, gradcam_per_group=1, ig_steps=2))
+                     evaluate=replace(params.evaluate, bootstrap=5, gradcam_per_group=1, ig_steps=2,
+                                      seg_threshold="auto"))
     write_kaggle_3m(tmp_path / "kaggle_3m", patients=9, slices_per_patient=6, image_size=64, seed=3)
     write_store(read_cases(params.data), "data/slices")
     split_stage.run(params)
@@ -347,6 +375,9 @@ def test_three_folds_through_split_training_evaluate_and_predict(tmp_path, monke
     assert len(bundle["models"]["classifier"]) == 3 and len(bundle["models"]["segmenter"]) == 3
     predictor = Predictor.from_dir("models")
     assert len(members(predictor.cascade.classifier)) == 3
+    # the pixel threshold chosen out of fold (seg_threshold auto) is the one predict applies
+    assert metrics["postprocessing"]["seg_threshold_rule"] == "auto" and metrics["postprocessing"]["chosen_on"] == "oof"
+    assert predictor.cascade.seg_threshold == bundle["seg_threshold"] == metrics["postprocessing"]["seg_threshold"]
     headline = json.loads(Path("reports/metrics.json").read_text())
     assert headline["val_dice_mean"] == metrics["val"]["cascade"]["dice_patient_mean"] is not None
     if test_fraction == 0:

@@ -46,6 +46,10 @@ def test_repo_params_load():
     (("evaluate", "threshold"), True, "evaluate.threshold"),
     (("evaluate", "keep_largest_component"), "yes", "evaluate.keep_largest_component: 'yes' must be true, false or auto"),
     (("evaluate", "keep_largest_component"), 1, "evaluate.keep_largest_component"),
+    (("evaluate", "seg_threshold"), "sometimes", "evaluate.seg_threshold: 'sometimes' must be trained or auto"),
+    (("evaluate", "seg_threshold"), 0, "evaluate.seg_threshold"),
+    (("evaluate", "seg_threshold"), 1.0, "evaluate.seg_threshold"),
+    (("evaluate", "seg_threshold"), True, "evaluate.seg_threshold"),  # YAML true is no threshold
     (("classifier", "head"), "attention", "classifier.head"),
     (("train", "mixed_precision"), "float8", "train.mixed_precision: 'float8' must be true, false or bfloat16"),
     (("classifier", "class_balance"), "oversample", "classifier.class_balance"),
@@ -71,6 +75,17 @@ def test_missing_sequences_needs_flair_among_the_channels():
     raw["data"]["channels"] = ["t1", "t2", "t1gd"]
     with pytest.raises(ParamsError, match=r"augment.missing_sequences: 0.3 needs flair among data.channels"):
         params_from_dict(raw)
+
+
+def test_seg_threshold_auto_is_for_the_whole_tumour():
+    raw = copy.deepcopy(RAW)
+    raw["evaluate"]["seg_threshold"] = "auto"
+    assert params_from_dict(raw).evaluate.seg_threshold == "auto"
+    raw["data"]["target"] = "regions"
+    with pytest.raises(ParamsError, match=r"evaluate.seg_threshold: auto .* not 'regions'"):
+        params_from_dict(raw)
+    raw["evaluate"]["seg_threshold"] = 0.4  # a number is one threshold for every region, as the trained one is
+    assert params_from_dict(raw).evaluate.seg_threshold == 0.4
 
 
 def test_every_split_needs_patients():
@@ -136,6 +151,7 @@ def test_split_file_is_optional():
     (("evaluate", "ig_steps"), 2), (("evaluate", "bootstrap"), 0), (("evaluate", "gradcam_per_group"), 0),
     (("evaluate", "min_component_px"), 0), (("data", "image_size"), 1024),
     (("evaluate", "keep_largest_component"), "auto"), (("evaluate", "keep_largest_component"), True),
+    (("evaluate", "seg_threshold"), "auto"), (("evaluate", "seg_threshold"), 0.3),
     (("train", "mixed_precision"), "bfloat16"), (("classifier", "class_balance"), "undersample"),
 ])
 def test_edge_values_that_work_are_accepted(path, value):

@@ -48,3 +48,4 @@ def test_headline_reads_test_and_out_of_fold_figures(tmp_path):
     assert got["val_dice_patient_mean"] == metrics["val"]["cascade"]["dice_patient_mean"]
     assert got["val_dice_patient_mean_per_fold"] == metrics["cross_validation"]["dice_patient_mean_per_fold"]
     assert got["folds"] == metrics["cross_validation"]["folds"]
+    assert got["seg_threshold"] == metrics["postprocessing"]["seg_threshold"]

@@ -61,7 +61,7 @@ def combine(seg_probabilities: np.ndarray, gated: np.ndarray, seg_threshold: flo
     """The cascade's mask of one patient.
 
     seg_probabilities: float [D, H, W] segmenter output (only gated slices need be filled in);
-    seg_threshold: the segmenter's pixel threshold (its sidecar's, via the bundle).
+    seg_threshold: the segmenter's pixel threshold (the bundle's: evaluate.seg_threshold, by default its sidecar's).
     gated: bool [D]. Returns bool [D, H, W]: empty on slices the classifier rejected.
     """
     return gated_mask(seg_probabilities >= seg_threshold, gated, post)
@@ -194,7 +194,7 @@ class Cascade:
     classifier: keras.Model  # or an OnnxModel (pipeline.evaluation.onnx_model): whatever load_model_file gave
     segmenter: keras.Model
     threshold: float
-    seg_threshold: float = PIXEL_THRESHOLD  # evaluate and predict set the segmenter sidecar's (via the bundle)
+    seg_threshold: float = PIXEL_THRESHOLD  # evaluate sets evaluate.seg_threshold's, predict the bundle's
     post: PostProcessing = PostProcessing()
     batch_size: int = 16
     slice_score: str = "classifier"  # a SLICE_SCORES value: what the gate thresholds (evaluate chooses, the bundle says)

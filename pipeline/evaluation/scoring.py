@@ -2,8 +2,10 @@
 
 Order of work, which is what keeps it honest:
 1. score every val/test slice with the classifier and the segmenter (one patient at a time);
-2. choose the threshold on the **validation** rows only (`choose_threshold`);
-3. apply it unchanged to both splits and compute slice-, patient- and volume-level metrics.
+2. choose the threshold on the **validation** rows only (`choose_threshold`), and with it the post-processing
+   (`choose_postprocessing`) and, for ``evaluate.seg_threshold: auto``, the segmenter's pixel threshold
+   (`choose_seg_threshold`);
+3. apply them unchanged to both splits and compute slice-, patient- and volume-level metrics.
 Train patients are never read here.
 
 With cross-validation folds (split.folds > 1, ``out_of_fold_split``) every non-test patient is a
@@ -36,15 +38,23 @@ from pipeline.models.sidecar import load_sidecar
 log = logging.getLogger(__name__)
 
 EVAL_SPLITS = ("val", "test")
+# evaluate.seg_threshold "auto": the segmenter pixel thresholds (probability) tried on the validation patients,
+# 0.2 to 0.8 in steps of 0.05, the trained threshold (PIXEL_THRESHOLD, 0.5) among them.
+SEG_THRESHOLD_CANDIDATES = tuple(round(0.2 + 0.05 * i, 2) for i in range(13))
 
 
 @dataclass
 class Scored:
-    """Model outputs for the val/test slices, before any threshold is chosen."""
+    """Model outputs for the val/test slices, before the gate threshold is chosen."""
 
     slices: pd.DataFrame  # manifest rows + split + probability
-    seg_masks: dict[str, np.ndarray]  # patient -> bool [D, H, W], segmenter on every slice at its threshold
+    seg_masks: dict[str, np.ndarray]  # patient -> bool [D, H, W], segmenter on every slice at its pixel threshold
     truth: dict[str, np.ndarray]  # patient -> bool [D, H, W]
+    # For choosing the pixel threshold (score_patients(..., seg_thresholds=...), ``at_seg_threshold``): the
+    # thresholds, ascending, and per patient uint8 [D, H, W] how many of them each pixel's probability reaches
+    # (1 byte a pixel, as seg_masks: a pixel is tumour at seg_thresholds[k] exactly when its level is > k).
+    seg_thresholds: tuple[float, ...] = ()
+    seg_levels: dict[str, np.ndarray] | None = None
 
 
 def out_of_fold_split(split: pd.DataFrame) -> pd.DataFrame:
@@ -83,12 +93,13 @@ def scorer_of(patient_rows: pd.DataFrame, cascade: Cascade, fold_cascades: Seque
 
 
 def score_patients(store: SliceStore, split: pd.DataFrame, cascade: Cascade,
-                   fold_cascades: Sequence[Cascade] | None = None) -> Scored:
+                   fold_cascades: Sequence[Cascade] | None = None, seg_thresholds: Sequence[float] = ()) -> Scored:
     """Run the classifier and the segmenter on every slice of the val and test patients.
 
     fold_cascades: with folds, the cascade of each fold's models: a patient with a fold (``split.fold``)
     is scored by ``fold_cascades[fold]`` alone, never by a model that trained on it; the others (test)
-    by `cascade`, the ensemble.
+    by `cascade`, the ensemble. seg_thresholds: pixel thresholds the masks can be redrawn at afterwards
+    (``at_seg_threshold``); their levels are kept (``Scored``).
     """
     rows = split_manifest(store.manifest, split)
     rows = rows[rows.split.isin(EVAL_SPLITS)].sort_values(["patient_id", "slice_index"]).reset_index(drop=True)
@@ -100,6 +111,8 @@ def score_patients(store: SliceStore, split: pd.DataFrame, cascade: Cascade,
     overlap_pixels = np.zeros(len(rows), np.int64)
     seg_masks: dict[str, np.ndarray] = {}
     truth: dict[str, np.ndarray] = {}
+    seg_thresholds = tuple(sorted({float(t) for t in seg_thresholds}))
+    seg_levels: dict[str, np.ndarray] | None = {} if seg_thresholds else None
     for pid, index in tqdm(rows.groupby("patient_id", sort=False).groups.items(), desc="scoring patients",
                            unit="patient", leave=False):
         images = store.images(pid)
@@ -108,6 +121,8 @@ def score_patients(store: SliceStore, split: pd.DataFrame, cascade: Cascade,
         seg = scorer.segment(images)
         probabilities[index] = scorer.gate_score(classifier_probabilities[index], seg)
         seg_masks[pid] = seg >= scorer.seg_threshold
+        if seg_levels is not None:
+            seg_levels[pid] = np.sum([seg >= t for t in seg_thresholds], axis=0, dtype=np.uint8)
         truth[pid] = target_mask(store.labels(pid))
         seg_pixels[index] = seg_masks[pid].sum(axis=(1, 2))
         overlap_pixels[index] = (seg_masks[pid] & truth[pid]).sum(axis=(1, 2))
@@ -115,10 +130,49 @@ def score_patients(store: SliceStore, split: pd.DataFrame, cascade: Cascade,
     rows["classifier_probability"] = classifier_probabilities
     rows["seg_pixels"] = seg_pixels  # segmenter pixels per slice (before the gate)
     rows["seg_overlap_pixels"] = overlap_pixels  # of which on the reference tumour
-    return Scored(rows, seg_masks, truth)
+    return Scored(rows, seg_masks, truth, seg_thresholds, seg_levels)
 
 
-def choose_threshold(slices: pd.DataFrame, rule: str | float) -> float:
+def at_seg_threshold(scored: Scored, seg_threshold: float, splits: Sequence[str] = EVAL_SPLITS) -> Scored:
+    """``scored``'s patients of ``splits`` with the segmenter's masks at another pixel threshold, one of its
+    ``seg_thresholds``: ``seg_masks`` and the slice columns seg_pixels and seg_overlap_pixels redrawn from its
+    levels, exactly as scoring at that threshold draws them. ValueError for a threshold it has no levels for."""
+    if scored.seg_levels is None or float(seg_threshold) not in scored.seg_thresholds:
+        raise ValueError(f"pixel threshold {seg_threshold} was not among the seg_thresholds scored "
+                         f"{list(scored.seg_thresholds)} (score_patients(..., seg_thresholds=...))")
+    k = scored.seg_thresholds.index(float(seg_threshold))
+    slices = scored.slices[scored.slices.split.isin(splits)].copy()
+    masks = {}
+    for pid, index in slices.groupby("patient_id", sort=False).groups.items():
+        masks[pid] = scored.seg_levels[pid] > k
+        slices.loc[index, "seg_pixels"] = masks[pid].sum(axis=(1, 2))
+        slices.loc[index, "seg_overlap_pixels"] = (masks[pid] & scored.truth[pid]).sum(axis=(1, 2))
+    return Scored(slices, masks, {pid: scored.truth[pid] for pid in masks}, scored.seg_thresholds, scored.seg_levels)
+
+
+def choose_seg_threshold(scored: Scored, rule: str | float, post_options: Sequence[PostProcessing],
+                         trained: float) -> float:
+    """The segmenter pixel threshold among ``scored.seg_thresholds`` (``trained``, the one the segmenter was
+    trained with, among them) whose cascade scores the highest mean per-patient Dice over the validation patients
+    with tumour, each threshold with its own gate (``choose_threshold`` by ``rule``) and post-processing
+    (``choose_postprocessing``), all three chosen on the same validation patients; test patients are never read.
+    Ties go to the threshold nearest ``trained``; without a validation patient with tumour, ``trained`` stays."""
+    if float(trained) not in scored.seg_thresholds:
+        raise ValueError(f"the trained pixel threshold {trained} is not among {list(scored.seg_thresholds)}")
+    best, best_score, tried = float(trained), -1.0, []
+    for candidate in sorted(scored.seg_thresholds, key=lambda t: (abs(t - trained), t)):
+        at = at_seg_threshold(scored, candidate, splits=("val",))
+        gate_threshold = choose_threshold(at.slices, rule, log_level=logging.DEBUG)
+        score = max(choose_postprocessing(at, gate_threshold, post_options, log_level=logging.DEBUG)[1])
+        tried.append((candidate, score))
+        if score > best_score + 1e-12:  # NaN (no validation tumour) never wins
+            best, best_score = candidate, score
+    log.info("segmenter pixel threshold %.2f: validation mean per-patient Dice %s", best,
+             ", ".join(f"{t:.2f}: {s:.4f}" for t, s in sorted(tried)))
+    return best
+
+
+def choose_threshold(slices: pd.DataFrame, rule: str | float, log_level: int = logging.INFO) -> float:
     """The operating point, chosen from the validation rows of `slices` only.
 
     rule "patient_dice" (``patient_dice_threshold``) needs the columns tumour_pixels, seg_pixels and
@@ -128,11 +182,11 @@ def choose_threshold(slices: pd.DataFrame, rule: str | float) -> float:
     if val.empty:
         raise InputError("data/split.csv", "no validation patients: the threshold cannot be chosen")
     if rule == "patient_dice":
-        return patient_dice_threshold(val)
+        return patient_dice_threshold(val, log_level)
     return float(m.select_threshold(val.has_tumour.to_numpy(int), val.probability.to_numpy(), rule))
 
 
-def patient_dice_threshold(slices: pd.DataFrame) -> float:
+def patient_dice_threshold(slices: pd.DataFrame, log_level: int = logging.INFO) -> float:
     """The gate threshold that maximises the cascade's mean per-patient 3-D Dice over ``slices``' patients.
 
     slices: one row per slice with patient_id, probability, tumour_pixels (reference), seg_pixels and
@@ -161,13 +215,13 @@ def patient_dice_threshold(slices: pd.DataFrame) -> float:
         score = float(dice.mean())
         if score > best_score + 1e-12:
             best, best_score = float(threshold), score
-    log.info("patient_dice threshold %.4f: validation mean per-patient Dice %.4f (before post-processing)",
-             best, best_score)
+    log.log(log_level, "patient_dice threshold %.4f: validation mean per-patient Dice %.4f (before post-processing)",
+            best, best_score)
     return best
 
 
-def choose_postprocessing(scored: Scored, threshold: float,
-                          options: Sequence[PostProcessing]) -> tuple[PostProcessing, list[float]]:
+def choose_postprocessing(scored: Scored, threshold: float, options: Sequence[PostProcessing],
+                          log_level: int = logging.INFO) -> tuple[PostProcessing, list[float]]:
     """The post-processing among `options` with the highest mean per-patient cascade Dice over the
     validation patients with tumour, at the gate `threshold` (chosen before, on the same patients).
 
@@ -181,12 +235,12 @@ def choose_postprocessing(scored: Scored, threshold: float,
                                                      gate(group.probability.to_numpy(), threshold), post))
                 for pid, group in val.groupby("patient_id", sort=True) if scored.truth[pid].any()]
         scores.append(float(np.mean(dice)) if dice else math.nan)
-    if len(options) > 1 and not np.isfinite(scores).any():
+    if len(options) > 1 and not np.isfinite(scores).any() and log_level >= logging.INFO:
         log.warning("no validation patient has tumour: post-processing left at %s", options[0])
     best = int(np.argmax(np.nan_to_num(scores, nan=-1.0)))
     for post, score in zip(options, scores):
-        log.info("post-processing %s: validation mean per-patient Dice %.4f%s", post, score,
-                 " (chosen)" if post is options[best] else "")
+        log.log(log_level, "post-processing %s: validation mean per-patient Dice %.4f%s", post, score,
+                " (chosen)" if post is options[best] else "")
     return options[best], scores
 
 

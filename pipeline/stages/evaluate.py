@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import pandas as pd
 
@@ -23,8 +24,11 @@ from pipeline.evaluation.region_scores import write_region_outputs
 from pipeline.evaluation.schema import METRICS, blank, check, headline
 from pipeline.evaluation.scoring import (
     EVAL_SPLITS,
+    SEG_THRESHOLD_CANDIDATES,
+    at_seg_threshold,
     check_models_never_saw,
     choose_postprocessing,
+    choose_seg_threshold,
     choose_threshold,
     evaluate_split,
     fold_spread,
@@ -34,7 +38,7 @@ from pipeline.evaluation.scoring import (
     score_patients,
 )
 from pipeline.models.sidecar import load_sidecar
-from pipeline.params import Params
+from pipeline.params import SEG_THRESHOLD_RULES, Params
 from pipeline.paths import (
     CLASSIFIER,
     CLASSIFIER_FOLDS,
@@ -72,10 +76,12 @@ def run(params: Params) -> None:
               "segmenter": [str(p.relative_to(MODELS_DIR)) for p in segmenters]}
     check_models_never_saw(split, list(zip(classifiers, segmenters, strict=True)))  # not trained for another split
     chosen_for = file_hashes(MODELS_DIR, bundle_files(listed))  # the files the gate is chosen for, as loaded now
-    # The gate threshold is chosen below; the segmenter's pixel threshold is the one it was trained with.
-    # With folds: their ensemble (test patients).
-    cascade = Cascade.load(classifiers, segmenters, threshold=0.5,
-                           seg_threshold=float(load_sidecar(SEGMENTER)["threshold"]), slice_score=e.slice_score)
+    # The gate threshold is chosen below; the segmenter's pixel threshold is the one it was trained with, the
+    # one params give, or (auto) chosen below with the gate. With folds: their ensemble (test patients).
+    trained = float(load_sidecar(SEGMENTER)["threshold"])
+    choose_pixels = e.seg_threshold == "auto"
+    cascade = Cascade.load(classifiers, segmenters, threshold=0.5, slice_score=e.slice_score,
+                           seg_threshold=trained if e.seg_threshold in SEG_THRESHOLD_RULES else float(e.seg_threshold))
     # With folds each non-test patient is scored by its own fold's models only (out of fold).
     fold_cascades = [Cascade(c, s, 0.5, seg_threshold=cascade.seg_threshold, slice_score=cascade.slice_score)
                      for c, s in zip(members(cascade.classifier), members(cascade.segmenter), strict=True)] \
@@ -88,13 +94,20 @@ def run(params: Params) -> None:
         raise ParamsError(f"evaluate.gradcam_layer: the classifier has no layer {layer!r} (the backbone's "
                           f"last one is {sidecar['last_conv_layer']!r})")
 
-    scored = score_patients(store, out_of_fold_split(split), cascade, fold_cascades)
+    scored = score_patients(store, out_of_fold_split(split), cascade, fold_cascades,
+                            seg_thresholds=(*SEG_THRESHOLD_CANDIDATES, trained) if choose_pixels else ())
+    keep_largest = (False, True) if e.keep_largest_component == "auto" else (e.keep_largest_component,)
+    post_options = [PostProcessing(e.min_component_px, keep) for keep in keep_largest]
+    if choose_pixels:
+        seg_threshold = choose_seg_threshold(scored, e.threshold, post_options, trained)
+        scored = replace(at_seg_threshold(scored, seg_threshold), seg_levels=None)  # the levels' memory goes
+        for one in (cascade, *(fold_cascades or ())):
+            one.seg_threshold = seg_threshold
     cascade.threshold = threshold = choose_threshold(scored.slices, e.threshold)
     log.info("threshold %.4f chosen on %s by rule %r", threshold,
              f"the out-of-fold predictions of {folds} folds" if folds > 1 else "validation patients", e.threshold)
-    keep_largest = (False, True) if e.keep_largest_component == "auto" else (e.keep_largest_component,)
     cascade.post = post = choose_postprocessing(
-        scored, threshold, [PostProcessing(e.min_component_px, keep) for keep in keep_largest])[0]
+        scored, threshold, post_options)[0]
 
     metrics: dict = {
         "classifier": {"pretrained": bool(sidecar["pretrained"]), "backbone": sidecar["backbone"],
@@ -103,7 +116,8 @@ def run(params: Params) -> None:
                       "slice_score": e.slice_score},
         "postprocessing": {"min_component_px": post.min_component_px,
                            "keep_largest_component": post.keep_largest_component,
-                           "chosen_on": chosen_on if len(keep_largest) > 1 else "params"},
+                           "seg_threshold": cascade.seg_threshold, "seg_threshold_rule": str(e.seg_threshold),
+                           "chosen_on": chosen_on if len(keep_largest) > 1 or choose_pixels else "params"},
     }
     with atomic_dir(EVAL_DIR) as out:
         (out / "plots").mkdir()

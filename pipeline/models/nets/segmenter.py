@@ -7,8 +7,9 @@
 
 ``PIXEL_THRESHOLD``: a pixel is tumour when the segmenter's probability is at or above it. Written once
 (in ``pipeline.models.registry``, keras-free): training scores with it (``DiceAt``, ``IoUAt``) and records it in the segmenter's sidecar
-(``models/segmenter.json`` "threshold"); evaluate reads it from that sidecar into the model bundle
-(``models/cascade.json`` "seg_threshold"), which prediction reads.
+(``models/segmenter.json`` "threshold"); evaluate writes it, or with ``evaluate.seg_threshold`` the threshold
+given or chosen on validation, into the model bundle (``models/cascade.json`` "seg_threshold"), which prediction
+reads.
 """
 
 from __future__ import annotations
