@@ -40,7 +40,7 @@ from pipeline.evaluation import schema
 from pipeline.evaluation.scoring import plot_tables
 from pipeline.models.nets.segmenter import PIXEL_THRESHOLD
 from pipeline.models.registry import SEGMENTERS
-from pipeline.params import Params, params_from_dict
+from pipeline.params import SEG_THRESHOLD_RULES, Params, params_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 GROUPS = ("TP", "FP", "FN", "TN")
@@ -141,7 +141,7 @@ def write_fake_outputs(root: str | Path, *, n_patients: int = 30, slices_per_pat
                       "slice_score": params.evaluate.slice_score},
         "postprocessing": {"min_component_px": params.evaluate.min_component_px,
                            "keep_largest_component": params.evaluate.keep_largest_component is True,
-                           "seg_threshold": PIXEL_THRESHOLD if params.evaluate.seg_threshold in ("trained", "auto")
+                           "seg_threshold": PIXEL_THRESHOLD if params.evaluate.seg_threshold in SEG_THRESHOLD_RULES
                            else params.evaluate.seg_threshold, "seg_threshold_rule": str(params.evaluate.seg_threshold),
                            "chosen_on": "val" if "auto" in (params.evaluate.keep_largest_component,
                                                             params.evaluate.seg_threshold) else "params"},

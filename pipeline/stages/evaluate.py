@@ -106,8 +106,7 @@ def run(params: Params) -> None:
     cascade.threshold = threshold = choose_threshold(scored.slices, e.threshold)
     log.info("threshold %.4f chosen on %s by rule %r", threshold,
              f"the out-of-fold predictions of {folds} folds" if folds > 1 else "validation patients", e.threshold)
-    cascade.post = post = choose_postprocessing(
-        scored, threshold, post_options)[0]
+    cascade.post = post = choose_postprocessing(scored, threshold, post_options)[0]
 
     metrics: dict = {
         "classifier": {"pretrained": bool(sidecar["pretrained"]), "backbone": sidecar["backbone"],
