@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from pipeline.evaluation.scoring import (
     SEG_THRESHOLD_CANDIDATES,
     at_seg_threshold,
     choose_threshold,
+    evaluate_split,
     fold_spread,
     out_of_fold_split,
     score_patients,
@@ -39,6 +41,7 @@ from pipeline.models.training import save_model
 from pipeline.params import SplitParams
 from pipeline.paths import CLASSIFIER, SEGMENTER, fold_model
 
+ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32
 FOLDS = 3
 
@@ -272,6 +275,38 @@ def test_predict_averages_the_fold_models_the_bundle_lists(tmp_path):
     np.testing.assert_allclose(predictor.cascade.segment(images), np.mean([c.segment(images) for c in singles], 0),
                                rtol=1e-5, atol=1e-7)
     assert not np.allclose(singles[0].classify(images), singles[1].classify(images))  # the folds do differ
+
+
+def test_ensemble_members_benchmark_scores_the_ensemble_and_each_fold_alone(tmp_path, store_and_split):
+    """benchmarks/ensemble_members.py: the test patients, scored by the bundle's ensemble and by each fold's two
+    models alone at the bundle's operating point; "fold_f" is fold f's files (fold 0 at the single split's paths)."""
+    spec = importlib.util.spec_from_file_location("ensemble_members", ROOT / "benchmarks" / "ensemble_members.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    store, split = store_and_split
+    run = tmp_path / "run"
+    write_fold_bundle(run / "models", FOLDS)
+    (run / "data").mkdir()
+    (run / "data" / "slices").symlink_to(store.root, target_is_directory=True)
+    split.to_csv(run / "data" / "split.csv", index=False)
+
+    dice, auc = benchmark.score_models(run)
+    assert list(dice) == ["ensemble", *(f"fold_{f}" for f in range(FOLDS))]
+    test = split[split.split == "test"]
+    with_tumour = {p for p in test.patient_id if store.labels(p).any()}
+    assert with_tumour and all(set(d.index) == with_tumour for d in dice.values())
+    alone = Cascade.load(run / "models/folds/classifier/fold_2.keras", run / "models/folds/segmenter/fold_2.keras", 0.5)
+    _, _, patients = evaluate_split(score_patients(store, split, alone), store, "test", 0.5, PostProcessing(), 2, 0)
+    np.testing.assert_allclose(dice["fold_2"].sort_index(),
+                               patients[patients.has_tumour].set_index("patient_id").dice_cascade.sort_index())
+    assert not all(dice["ensemble"].equals(dice[f"fold_{f}"]) for f in range(FOLDS))  # the mean is not a member
+
+    a = pd.Series([0.2, 0.5, 0.9], index=["P1", "P2", "P3"])
+    shifted = benchmark.paired_difference(a + 0.1, a)
+    assert shifted["mean"] == pytest.approx(0.1) and shifted["ci95"] == pytest.approx([0.1, 0.1]) and shifted["n"] == 3
+    split.assign(split="train", fold=split.fold.fillna(0)).to_csv(run / "data" / "split.csv", index=False)  # no test
+    with pytest.raises(InputError, match="split.csv: needs folds .* and test patients"):
+        benchmark.score_models(run)
 
 
 def test_single_split_bundle_is_one_model_of_each_kind(tmp_path):
