@@ -11,8 +11,9 @@ The run needs split.folds > 1 and test patients (split.test > 0). Every model sc
 the bundle's operating point (``models/cascade.json``: the gate, pixel threshold and post-processing chosen
 out of fold), the ensemble first, then each fold's classifier + segmenter alone. Prints JSON:
 {"benchmark": "ensemble_members", "run", "patients" (test patients with tumour), "models": {name: {"dice_mean",
-"dice_median", "dice_p5", "auc"}}, "paired": {fold name: the ensemble's mean per-patient Dice minus the fold
-model's, "ci95": patient bootstrap}, "paired_members_mean": the same against the members' mean per patient}.
+"dice_median", "dice_p5", "auc" (the slice AUC of the gate's score, evaluate.slice_score)}}, "paired": {fold name:
+the ensemble's mean per-patient Dice minus the fold model's, "ci95": patient bootstrap}, "paired_members_mean": the
+same against the members' mean per patient}.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +33,11 @@ import pipeline.quiet  # noqa: E402,F401  (no library noise on the console)
 from pipeline.data.slices import SliceStore  # noqa: E402
 from pipeline.data.split import fold_count, read_split  # noqa: E402
 from pipeline.errors import InputError, PipelineError, one_line  # noqa: E402
-from pipeline.evaluation.bundle import read_bundle  # noqa: E402
-from pipeline.evaluation.cascade import Cascade, members  # noqa: E402
-from pipeline.evaluation.scoring import evaluate_split, score_patients  # noqa: E402
+from pipeline.evaluation.bundle import CASCADE_FILE, read_bundle  # noqa: E402
+from pipeline.evaluation.cascade import members  # noqa: E402
+from pipeline.evaluation.scoring import check_models_never_saw, evaluate_split, score_patients  # noqa: E402
 from pipeline.paths import MODELS_DIR, SLICES_DIR, SPLIT_CSV  # noqa: E402
+from pipeline.predict.predictor import Predictor  # noqa: E402
 
 log = logging.getLogger("ensemble_members")
 N_BOOTSTRAP = 10_000
@@ -55,23 +58,30 @@ def summary(dice: pd.Series, auc: float) -> dict[str, float]:
 
 
 def score_models(run: Path) -> tuple[dict[str, pd.Series], dict[str, float]]:
-    """Per-patient cascade Dice of the test patients with tumour (index: patient id) and the slice AUC, for the
-    ensemble ("ensemble") and each fold's models alone ("fold_0", ...), at the bundle's operating point."""
+    """Per-patient cascade Dice of the test patients with tumour (index: patient id) and the slice AUC of the gate's
+    score (the bundle's slice_score, as evaluate reports it), for the ensemble ("ensemble") and each fold's models
+    alone ("fold_0", ...), at the bundle's operating point. InputError naming the file for a run without folds or
+    test patients with tumour, a bundle of another fold count, or models trained on a patient they would score."""
     split = read_split(str(run / SPLIT_CSV))  # train (in folds) and test: only the test patients are scored
-    if fold_count(split) < 2 or not (split.split == "test").any():
+    test = split.patient_id[split.split == "test"]
+    if fold_count(split) < 2 or test.empty:
         raise InputError(run / SPLIT_CSV, "needs folds (split.folds > 1) and test patients (split.test > 0)")
     models = run / MODELS_DIR
     bundle, store = read_bundle(models), SliceStore(run / SLICES_DIR)
-    operating_point = {"seg_threshold": bundle.seg_threshold, "post": bundle.post, "slice_score": bundle.slice_score}
-    ensemble = Cascade.load([models / n for n in bundle.classifiers], [models / n for n in bundle.segmenters],
-                            threshold=bundle.threshold, **operating_point)
+    if len(bundle.classifiers) != fold_count(split):
+        raise InputError(models / CASCADE_FILE, f"lists {len(bundle.classifiers)} fold models of each kind, "
+                                                f"{run / SPLIT_CSV} has {fold_count(split)} folds: re-run evaluate")
+    check_models_never_saw(split, [(models / c, models / s) for c, s in zip(bundle.classifiers, bundle.segmenters)])
+    if not any(store.labels(p).any() for p in test):
+        raise InputError(run / SPLIT_CSV, "no test patient has tumour: no Dice to compare")
+    ensemble = Predictor.from_dir(models).cascade  # the bundle as predict loads it: gate, pixel threshold, post
     cascades = {"ensemble": ensemble} | {
-        f"fold_{f}": Cascade(c, s, bundle.threshold, **operating_point)
+        f"fold_{f}": replace(ensemble, classifier=c, segmenter=s)
         for f, (c, s) in enumerate(zip(members(ensemble.classifier), members(ensemble.segmenter), strict=True))}
     dice, auc = {}, {}
     for name, cascade in cascades.items():
         metrics, _, patients = evaluate_split(score_patients(store, split, cascade), store, "test", bundle.threshold,
-                                              bundle.post, n_bootstrap=2, seed=0)
+                                              bundle.post, n_bootstrap=2, seed=0)  # its AUC interval is not used
         dice[name] = patients[patients.has_tumour].set_index("patient_id").dice_cascade
         auc[name] = metrics["classifier"]["auc"]
         log.info("%s: Dice mean %.3f, AUC %.3f", name, dice[name].mean(), auc[name])
@@ -85,6 +95,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     run = args.run.resolve()
+    if not run.is_dir():
+        log.error("%s: not a folder (a workspace or a run kept by quality_lgg.py --keep)", one_line(str(run)))
+        sys.exit(2)
     try:
         dice, auc = score_models(run)
     except PipelineError as e:  # one line naming the file, exit 2, as the pipeline's commands
