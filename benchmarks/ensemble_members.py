@@ -63,15 +63,16 @@ def score_models(run: Path) -> tuple[dict[str, pd.Series], dict[str, float]]:
     alone ("fold_0", ...), at the bundle's operating point. InputError naming the file for a run without folds or
     test patients with tumour, a bundle of another fold count, or models trained on a patient they would score."""
     split = read_split(str(run / SPLIT_CSV))  # train (in folds) and test: only the test patients are scored
-    test = split.patient_id[split.split == "test"]
-    if fold_count(split) < 2 or test.empty:
+    test, folds = split.patient_id[split.split == "test"], fold_count(split)
+    if folds < 2 or test.empty:
         raise InputError(run / SPLIT_CSV, "needs folds (split.folds > 1) and test patients (split.test > 0)")
     models = run / MODELS_DIR
     bundle, store = read_bundle(models), SliceStore(run / SLICES_DIR)
-    if len(bundle.classifiers) != fold_count(split):
+    if len(bundle.classifiers) != folds:
         raise InputError(models / CASCADE_FILE, f"lists {len(bundle.classifiers)} fold models of each kind, "
-                                                f"{run / SPLIT_CSV} has {fold_count(split)} folds: re-run evaluate")
-    check_models_never_saw(split, [(models / c, models / s) for c, s in zip(bundle.classifiers, bundle.segmenters)])
+                                                f"{run / SPLIT_CSV} has {folds} folds: re-run evaluate")
+    check_models_never_saw(split, [(models / c, models / s)
+                                   for c, s in zip(bundle.classifiers, bundle.segmenters, strict=True)])
     if not any(store.labels(p).any() for p in test):
         raise InputError(run / SPLIT_CSV, "no test patient has tumour: no Dice to compare")
     ensemble = Predictor.from_dir(models).cascade  # the bundle as predict loads it: gate, pixel threshold, post
