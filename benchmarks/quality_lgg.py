@@ -134,6 +134,8 @@ def headline(workdir: Path) -> dict[str, Any]:
         "segmenter_dice_slice": test["segmenter"]["dice_slice_mean"],
         "pointing_game": explain.get("pointing_game"), "pointing_chance": explain.get("pointing_game_chance"),
         "threshold": full["threshold"]["value"], "seg_threshold": full["postprocessing"].get("seg_threshold"),
+        "keep_largest_component": full["postprocessing"]["keep_largest_component"],
+        "fill_holes": full["postprocessing"].get("fill_holes", False),
     }
 
 

@@ -222,6 +222,7 @@ class EvaluateParams:
     gradcam_layer: str = "last"  # "last": the backbone's last convolutional map; or a layer name
     slice_score: str = "classifier"  # a SLICE_SCORES value
     seg_threshold: str | float = "trained"  # a SEG_THRESHOLD_RULES value or a pixel probability in (0, 1)
+    fill_holes: bool | str = False  # true | false | "auto" (as keep_largest_component); absent: false, as before the step
 
     def validate(self) -> None:
         t = self.threshold
@@ -242,9 +243,10 @@ class EvaluateParams:
             raise ParamsError(f"evaluate.seg_threshold: {t!r} must be {' or '.join(SEG_THRESHOLD_RULES)} or a number "
                               "between 0 and 1 (exclusive)")
         _in_range("evaluate.min_component_px", self.min_component_px, 0, MAX_IMAGE_SIZE ** 2)
-        if isinstance(self.keep_largest_component, str) and self.keep_largest_component != "auto":
-            raise ParamsError(f"evaluate.keep_largest_component: {self.keep_largest_component!r} must be true, "
-                              "false or auto")
+        for key in ("keep_largest_component", "fill_holes"):
+            value = getattr(self, key)
+            if isinstance(value, str) and value != "auto":
+                raise ParamsError(f"evaluate.{key}: {value!r} must be true, false or auto")
         _in_range("evaluate.bootstrap", self.bootstrap, 0, 1_000_000)
         _in_range("evaluate.gradcam_per_group", self.gradcam_per_group, 0, 1000)
         _in_range("evaluate.ig_steps", self.ig_steps, 2, 10_000)  # the trapezoid rule needs both path ends

@@ -141,9 +141,11 @@ def write_fake_outputs(root: str | Path, *, n_patients: int = 30, slices_per_pat
                       "slice_score": params.evaluate.slice_score},
         "postprocessing": {"min_component_px": params.evaluate.min_component_px,
                            "keep_largest_component": params.evaluate.keep_largest_component is True,
+                           "fill_holes": params.evaluate.fill_holes is True,
                            "seg_threshold": PIXEL_THRESHOLD if params.evaluate.seg_threshold in SEG_THRESHOLD_RULES
                            else params.evaluate.seg_threshold, "seg_threshold_rule": str(params.evaluate.seg_threshold),
                            "chosen_on": "val" if "auto" in (params.evaluate.keep_largest_component,
+                                                            params.evaluate.fill_holes,
                                                             params.evaluate.seg_threshold) else "params"},
     }
     for name in ("val", "test"):

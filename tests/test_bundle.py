@@ -40,6 +40,16 @@ def test_bundle_round_trip(tmp_path: Path) -> None:
     assert bundle.slice_score == "classifier"
 
 
+def test_hole_filling_round_trips_and_an_old_bundle_reads_without_it(tmp_path: Path) -> None:
+    folder = _bundle_dir(tmp_path)
+    Bundle(TASK, 0.42, "youden", 0.5, PostProcessing(0, True, fill_holes=True)).write(folder)
+    assert read_bundle(folder).post.fill_holes
+    raw = json.loads((folder / "cascade.json").read_text())
+    del raw["postprocessing"]["fill_holes"]  # written before the step existed
+    (folder / "cascade.json").write_text(json.dumps(raw))
+    assert read_bundle(folder).post == PostProcessing(0, True, fill_holes=False)
+
+
 def test_the_gate_score_round_trips_and_an_old_bundle_reads_as_classifier(tmp_path: Path) -> None:
     folder = _bundle_dir(tmp_path)
     Bundle(TASK, 0.42, "patient_dice", 0.5, PostProcessing(), slice_score="cascade").write(folder)
@@ -66,6 +76,8 @@ def test_the_gate_score_round_trips_and_an_old_bundle_reads_as_classifier(tmp_pa
     (lambda b: b["task"]["intensity"].update(clip_percentiles=[1, 2, 3]), "clip_percentiles"),
     (lambda b: b.update(seg_threshold=2), "seg_threshold 2.0 is outside"),
     (lambda b: b["postprocessing"].update(min_component_px="5"), "postprocessing"),
+    (lambda b: b["postprocessing"].update(fill_holes="yes"), "true/false keep_largest_component and fill_holes"),
+    (lambda b: b["postprocessing"].update(holes=True), "not a valid model bundle file"),
     (lambda b: b["gate"].update(threshold=True), "gate threshold true is not a number in"),
     (lambda b: b["gate"].update(threshold="0.5"), r'gate threshold "0.5" is not a number in'),
     (lambda b: b["gate"].update(threshold=None), "gate threshold null is not a number in"),

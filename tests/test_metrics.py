@@ -379,6 +379,36 @@ def test_keep_largest_component_connectivity() -> None:
     assert postprocess.keep_largest_component(mask, connectivity=1).sum() == 2
 
 
+def test_fill_holes_per_slice_fills_what_a_slice_encloses_and_nothing_else() -> None:
+    mask = np.zeros((3, 9, 9), bool)
+    mask[0, 1:6, 1:6] = True
+    mask[0, 2:5, 2:5] = False  # a ring: its 3x3 interior is a hole
+    mask[1, 0:4, 0:4] = True
+    mask[1, 0:3, 0] = False  # a notch open to the border: not a hole
+    mask[1, 1:3, 1:3] = False
+    mask[2, 4:9, 4:9] = True
+    mask[2, 5:8, 5:8] = False  # a ring touching the border still encloses its interior
+    filled = postprocess.fill_holes_per_slice(mask)
+    assert filled[0, 1:6, 1:6].all() and filled[0].sum() == 25
+    assert (filled[1] == mask[1]).all()
+    assert filled[2, 4:9, 4:9].all() and filled[2].sum() == 25
+    assert mask[0].sum() == 16  # input untouched
+    # holes are per slice: a tube open at both ends in 3-D is still a ring in each slice
+    assert (postprocess.fill_holes_per_slice(mask[0]) == filled[0]).all()
+    assert not postprocess.fill_holes_per_slice(np.zeros((2, 4, 4), bool)).any()
+    with pytest.raises(ValueError, match=r"\[\.\.\., H, W\]"):
+        postprocess.fill_holes_per_slice(np.ones(5, bool))
+
+
+def test_post_processing_options_try_each_auto_step_off_and_on() -> None:
+    options = postprocess.post_processing_options(0, "auto", "auto")
+    assert [(o.keep_largest_component, o.fill_holes) for o in options] == \
+        [(False, False), (True, False), (False, True), (True, True)]
+    assert postprocess.post_processing_options(5, True, False) == [postprocess.PostProcessing(5, True, False)]
+    assert [o.fill_holes for o in postprocess.post_processing_options(0, False, "auto")] == [False, True]
+    assert str(options[3]) == "largest 3-D component kept, holes filled per slice"
+
+
 def test_remove_small_components() -> None:
     mask = np.zeros((3, 8, 8), bool)
     mask[0, 0:3, 0:3] = True  # 9
@@ -488,3 +518,19 @@ def test_choose_postprocessing_keeps_the_largest_component_only_when_validation_
     # A tie keeps the earlier, simpler option.
     scored = _scored({"v": ("val", truth, truth.copy())})
     assert choose_postprocessing(scored, 0.5, options)[0] == options[0]
+
+
+def test_choose_postprocessing_fills_holes_only_when_validation_gains() -> None:
+    from pipeline.evaluation.postprocess import post_processing_options
+    from pipeline.evaluation.scoring import choose_postprocessing
+
+    options = post_processing_options(0, False, "auto")
+    truth = np.zeros((3, 16, 16), bool)
+    truth[1, 2:10, 2:10] = True
+    rim = truth.copy()
+    rim[1, 4:8, 4:8] = False  # the segmenter marked the rim of a solid tumour
+    chosen, scores = choose_postprocessing(_scored({"v": ("val", truth, rim)}), 0.5, options)
+    assert chosen.fill_holes and scores[1] == pytest.approx(1.0) and scores[0] < 1.0
+    ring = rim.copy()  # a tumour that really is a ring (a reference with a hole): filling costs
+    chosen, scores = choose_postprocessing(_scored({"v": ("val", ring, rim)}), 0.5, options)
+    assert not chosen.fill_holes and scores[0] == pytest.approx(1.0) and scores[1] < 1.0

@@ -46,6 +46,8 @@ def test_repo_params_load():
     (("evaluate", "threshold"), True, "evaluate.threshold"),
     (("evaluate", "keep_largest_component"), "yes", "evaluate.keep_largest_component: 'yes' must be true, false or auto"),
     (("evaluate", "keep_largest_component"), 1, "evaluate.keep_largest_component"),
+    (("evaluate", "fill_holes"), "always", "evaluate.fill_holes: 'always' must be true, false or auto"),
+    (("evaluate", "fill_holes"), 0, "evaluate.fill_holes"),
     (("evaluate", "seg_threshold"), "sometimes", "evaluate.seg_threshold: 'sometimes' must be trained or auto"),
     (("evaluate", "seg_threshold"), 0, "evaluate.seg_threshold"),
     (("evaluate", "seg_threshold"), 1.0, "evaluate.seg_threshold"),
@@ -151,6 +153,7 @@ def test_split_file_is_optional():
     (("evaluate", "ig_steps"), 2), (("evaluate", "bootstrap"), 0), (("evaluate", "gradcam_per_group"), 0),
     (("evaluate", "min_component_px"), 0), (("data", "image_size"), 1024),
     (("evaluate", "keep_largest_component"), "auto"), (("evaluate", "keep_largest_component"), True),
+    (("evaluate", "fill_holes"), "auto"), (("evaluate", "fill_holes"), False),
     (("evaluate", "seg_threshold"), "auto"), (("evaluate", "seg_threshold"), 0.3),
     (("train", "mixed_precision"), "bfloat16"), (("classifier", "class_balance"), "undersample"),
 ])

@@ -49,3 +49,5 @@ def test_headline_reads_test_and_out_of_fold_figures(tmp_path):
     assert got["val_dice_patient_mean_per_fold"] == metrics["cross_validation"]["dice_patient_mean_per_fold"]
     assert got["folds"] == metrics["cross_validation"]["folds"]
     assert got["seg_threshold"] == metrics["postprocessing"]["seg_threshold"]
+    assert got["keep_largest_component"] == metrics["postprocessing"]["keep_largest_component"]
+    assert got["fill_holes"] == metrics["postprocessing"]["fill_holes"]

@@ -201,6 +201,20 @@ def test_combine_regions_gates_cleans_and_nests() -> None:
     assert masks[0, ..., 0].sum() == 16 and masks[0, ..., 1].sum() == 4 and not masks[:, 0, 0, 1].any()
 
 
+def test_combine_regions_fills_the_holes_of_the_whole_tumour_only() -> None:
+    from pipeline.evaluation.cascade import combine_regions
+    from pipeline.evaluation.postprocess import PostProcessing
+
+    probabilities = np.zeros((1, 9, 9, 3), np.float32)
+    probabilities[0, 1:8, 1:8, 0] = 0.9
+    probabilities[0, 3:6, 3:6, 0] = 0.1  # the whole tumour marked as a rim: its 3x3 inside a hole
+    probabilities[0, 2:7, 2:7, 1:] = 0.9
+    probabilities[0, 3:6, 3:6, 1:] = 0.1  # core and enhancing rings: a necrotic centre, a real hole
+    masks = combine_regions(probabilities, np.array([True]), 0.5, REGIONS, PostProcessing(fill_holes=True))
+    assert masks[0, 1:8, 1:8, 0].all()  # filled
+    assert masks[0, ..., 1].sum() == masks[0, ..., 2].sum() == 16 and not masks[0, 3:6, 3:6, 1:].any()
+
+
 def test_ingest_declares_every_data_key_but_the_target() -> None:
     """Switching data.target retrains the segmenter but does not re-ingest; any other data key re-ingests."""
     import dataclasses

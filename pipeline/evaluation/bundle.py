@@ -201,9 +201,10 @@ def read_bundle(folder: str | Path) -> Bundle:
         raise InputError(path, f"not a valid model bundle file ({type(e).__name__}: {e})") from None
     post = bundle.post
     if isinstance(post.min_component_px, bool) or not isinstance(post.min_component_px, int) \
-            or post.min_component_px < 0 or not isinstance(post.keep_largest_component, bool):
-        raise InputError(path, f"postprocessing {asdict(post)} needs a whole min_component_px >= 0 and a "
-                               "true/false keep_largest_component")
+            or post.min_component_px < 0 or not isinstance(post.keep_largest_component, bool) \
+            or not isinstance(post.fill_holes, bool):
+        raise InputError(path, f"postprocessing {asdict(post)} needs a whole min_component_px >= 0 and "
+                               "true/false keep_largest_component and fill_holes")
     for name in (*bundle.classifiers, *bundle.segmenters):
         if not (folder / name).is_file():
             raise InputError(folder / name, f"model file listed in {CASCADE_FILE} not found")

@@ -17,10 +17,11 @@ from pipeline.evaluation.metrics import _binary
 
 @dataclass(frozen=True)
 class PostProcessing:
-    """Per-patient mask clean-up; both off by default."""
+    """Per-patient mask clean-up, its steps in this order; all off by default."""
 
     min_component_px: int = 0  # drop 3D connected components smaller than this (pixels); 0 = off
     keep_largest_component: bool = False
+    fill_holes: bool = False  # fill the holes each slice's mask encloses (2-D, per slice)
 
     def apply(self, mask: np.ndarray) -> np.ndarray:
         """mask: bool [D, H, W] of one patient -> cleaned bool [D, H, W]."""
@@ -28,16 +29,31 @@ class PostProcessing:
             mask = remove_small_components(mask, self.min_component_px)
         if self.keep_largest_component:
             mask = keep_largest_component(mask)
+        if self.fill_holes:
+            mask = fill_holes_per_slice(mask)
         return mask
 
     @property
     def enabled(self) -> bool:
-        return self.min_component_px > 0 or self.keep_largest_component
+        return self.min_component_px > 0 or self.keep_largest_component or self.fill_holes
 
     def __str__(self) -> str:
         steps = ([f"components under {self.min_component_px} px dropped"] if self.min_component_px > 0 else []) + \
-            (["largest 3-D component kept"] if self.keep_largest_component else [])
+            (["largest 3-D component kept"] if self.keep_largest_component else []) + \
+            (["holes filled per slice"] if self.fill_holes else [])
         return ", ".join(steps) or "none"
+
+
+def post_processing_options(min_component_px: int, keep_largest_component: bool | str,
+                            fill_holes: bool | str) -> list[PostProcessing]:
+    """The post-processings to choose among (``scoring.choose_postprocessing``, where a tie keeps the earlier): each
+    step given as true or false fixed, each "auto" tried off and on; fewer steps first, and of one step each the
+    largest component (the older step) before hole filling, so a tie never turns a step on."""
+    def settings(value: bool | str) -> tuple[bool, ...]:
+        return (False, True) if value == "auto" else (bool(value),)
+    options = [PostProcessing(min_component_px, keep, fill) for fill in settings(fill_holes)
+               for keep in settings(keep_largest_component)]
+    return sorted(options, key=lambda o: o.keep_largest_component + o.fill_holes)
 
 
 def _components(mask: np.ndarray, connectivity: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -74,3 +90,17 @@ def remove_small_components(mask: ArrayLike, min_px: int, connectivity: int | No
     keep = sizes >= min_px
     keep[0] = False
     return keep[labels]
+
+
+def fill_holes_per_slice(mask: ArrayLike) -> np.ndarray:
+    """Fill the holes of a binary mask [..., H, W] slice by slice: background pixels that the slice's mask
+    encloses (not 4-connected to the slice's border) become foreground. A tumour marked as a rim around a cyst or
+    a cavity becomes solid, as the kaggle_3m and BraTS whole-tumour references are drawn. Returns a new bool
+    array of the same shape."""
+    m = _binary(mask, "mask")
+    if m.ndim < 2:
+        raise ValueError(f"mask must be [..., H, W]; got shape {m.shape}")
+    if not m.any():
+        return m.copy()
+    flat = m.reshape(-1, *m.shape[-2:])
+    return np.stack([ndimage.binary_fill_holes(s) if s.any() else s for s in flat]).reshape(m.shape)

@@ -111,12 +111,15 @@ METRICS = Group("every metric of `evaluate`; a value is null where it is undefin
         "min_component_px": "evaluate.min_component_px",
         "keep_largest_component": "whether only the largest 3-D connected component of each patient's mask "
                                   "is kept (evaluate.keep_largest_component; auto: chosen on validation)",
+        "fill_holes": "whether the holes each slice's mask encloses are filled, after the components "
+                      "(evaluate.fill_holes; auto: chosen on validation)",
         "seg_threshold": "the segmenter's pixel threshold: a pixel is tumour at or above this probability",
         "seg_threshold_rule": 'evaluate.seg_threshold: "trained" (the one the segmenter was trained with), "auto" '
                               "(chosen with the gate on validation: the highest validation mean per-patient Dice) "
                               "or the number given",
-        "chosen_on": '"val" (or "oof" with folds) when evaluate.keep_largest_component or evaluate.seg_threshold is '
-                     'auto (the higher validation mean per-patient Dice at the chosen gate), else "params"',
+        "chosen_on": '"val" (or "oof" with folds) when evaluate.keep_largest_component, evaluate.fill_holes or '
+                     "evaluate.seg_threshold is auto (the highest validation mean per-patient Dice at the chosen "
+                     'gate), else "params"',
     }),
     "cross_validation": Group("the spread of the validation (out-of-fold) figures over the folds: each fold's "
                               "patients scored by that fold's models, at the one gate and post-processing", {

@@ -19,7 +19,7 @@ from pipeline.errors import InputError, ParamsError
 from pipeline.evaluation.bundle import CASCADE_FILE, Bundle, bundle_files, file_hashes, task_from_sidecars
 from pipeline.evaluation.cascade import Cascade, members
 from pipeline.evaluation.gallery import explain_test_slices, patient_triptychs
-from pipeline.evaluation.postprocess import PostProcessing
+from pipeline.evaluation.postprocess import post_processing_options
 from pipeline.evaluation.region_scores import write_region_outputs
 from pipeline.evaluation.schema import METRICS, blank, check, headline
 from pipeline.evaluation.scoring import (
@@ -96,8 +96,7 @@ def run(params: Params) -> None:
 
     scored = score_patients(store, out_of_fold_split(split), cascade, fold_cascades,
                             seg_thresholds=(*SEG_THRESHOLD_CANDIDATES, trained) if choose_pixels else ())
-    keep_largest = (False, True) if e.keep_largest_component == "auto" else (e.keep_largest_component,)
-    post_options = [PostProcessing(e.min_component_px, keep) for keep in keep_largest]
+    post_options = post_processing_options(e.min_component_px, e.keep_largest_component, e.fill_holes)
     if choose_pixels:
         seg_threshold = choose_seg_threshold(scored, e.threshold, post_options, trained)
         scored = replace(at_seg_threshold(scored, seg_threshold), seg_levels=None)  # the levels' memory goes
@@ -115,8 +114,9 @@ def run(params: Params) -> None:
                       "slice_score": e.slice_score},
         "postprocessing": {"min_component_px": post.min_component_px,
                            "keep_largest_component": post.keep_largest_component,
+                           "fill_holes": post.fill_holes,
                            "seg_threshold": cascade.seg_threshold, "seg_threshold_rule": str(e.seg_threshold),
-                           "chosen_on": chosen_on if len(keep_largest) > 1 or choose_pixels else "params"},
+                           "chosen_on": chosen_on if len(post_options) > 1 or choose_pixels else "params"},
     }
     with atomic_dir(EVAL_DIR) as out:
         (out / "plots").mkdir()
