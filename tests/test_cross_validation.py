@@ -413,6 +413,9 @@ def test_three_folds_through_split_training_evaluate_and_predict(tmp_path, monke
     # the pixel threshold chosen out of fold (seg_threshold auto) is the one predict applies
     assert metrics["postprocessing"]["seg_threshold_rule"] == "auto" and metrics["postprocessing"]["chosen_on"] == "oof"
     assert predictor.cascade.seg_threshold == bundle["seg_threshold"] == metrics["postprocessing"]["seg_threshold"]
+    # so are the post-processing steps (evaluate.fill_holes and keep_largest_component auto)
+    chosen = {k: metrics["postprocessing"][k] for k in ("min_component_px", "keep_largest_component", "fill_holes")}
+    assert bundle["postprocessing"] == chosen == dataclasses.asdict(predictor.cascade.post)
     headline = json.loads(Path("reports/metrics.json").read_text())
     assert headline["val_dice_mean"] == metrics["val"]["cascade"]["dice_patient_mean"] is not None
     if test_fraction == 0:
