@@ -51,9 +51,8 @@ def post_processing_options(min_component_px: int, keep_largest_component: bool 
     largest component (the older step) before hole filling, so a tie never turns a step on."""
     def settings(value: bool | str) -> tuple[bool, ...]:
         return (False, True) if value == "auto" else (bool(value),)
-    options = [PostProcessing(min_component_px, keep, fill) for fill in settings(fill_holes)
-               for keep in settings(keep_largest_component)]
-    return sorted(options, key=lambda o: o.keep_largest_component + o.fill_holes)
+    return [PostProcessing(min_component_px, keep, fill) for fill in settings(fill_holes)
+            for keep in settings(keep_largest_component)]
 
 
 def _components(mask: np.ndarray, connectivity: int | None) -> tuple[np.ndarray, np.ndarray]:
