@@ -97,16 +97,29 @@ def reuse_classifier(run: Path, workdir: Path) -> None:
             raise FileNotFoundError(f"{source}: not found (--classifier-from needs a finished run kept with --keep)")
 
 
+class StageFailed(RuntimeError):
+    """A stage's process exited non-zero: its exit status and the last line it logged (a pipeline stage's one-line
+    error, ``error: FILE: problem``, or a crash's last traceback line)."""
+
+    def __init__(self, stage: str, status: int, last_line: str):
+        super().__init__(f"stage {stage} failed (exit {status}): {last_line.removeprefix('error: ')}")
+        self.status = status
+
+
 def run_stages(workdir: Path, log_path: Path, stages: tuple[str, ...] = STAGES,
                runner: tuple[str, ...] = ("-m", "pipeline")) -> dict[str, float]:
-    """Run ``stages`` in order, each in a fresh ``python RUNNER STAGE`` process; seconds per stage."""
+    """Run ``stages`` in order, each in a fresh ``python RUNNER STAGE`` process, its output to ``log_path``;
+    seconds per stage. StageFailed for the first that fails (the later ones do not run)."""
     seconds = {}
-    with log_path.open("w") as log:
-        for stage in stages:
-            start = time.perf_counter()
-            subprocess.run([sys.executable, *runner, stage], cwd=workdir, check=True,
-                           stdout=log, stderr=subprocess.STDOUT)
-            seconds[stage] = round(time.perf_counter() - start, 1)
+    for stage in stages:
+        start = time.perf_counter()
+        with log_path.open("a") as log:
+            status = subprocess.run([sys.executable, *runner, stage], cwd=workdir,
+                                    stdout=log, stderr=subprocess.STDOUT).returncode
+        if status:
+            lines = log_path.read_text(errors="replace").strip().splitlines()
+            raise StageFailed(stage, status, lines[-1] if lines else "(nothing logged)")
+        seconds[stage] = round(time.perf_counter() - start, 1)
     return seconds
 
 
@@ -194,7 +207,12 @@ def main() -> None:
         if args.classifier_from is not None:
             reuse_classifier(args.classifier_from, workdir)
         start = time.perf_counter()
-        seconds = run_stages(workdir, workdir / "stages.log", stages, runner)
+        (workdir / "stages.log").unlink(missing_ok=True)
+        try:
+            seconds = run_stages(workdir, workdir / "stages.log", stages, runner)
+        except StageFailed as e:  # one line, not a traceback; the stage's whole log stays with --keep
+            print(f"error: {e}" + (f" (log: {workdir / 'stages.log'})" if args.keep else ""), file=sys.stderr)
+            raise SystemExit(e.status) from None
         result = {"benchmark": "quality_lgg", "settings": settings, **headline(workdir), "stage_seconds": seconds,
                   "total_seconds": round(time.perf_counter() - start, 1)}
     print(json.dumps(result))

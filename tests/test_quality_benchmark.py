@@ -51,3 +51,17 @@ def test_headline_reads_test_and_out_of_fold_figures(tmp_path):
     assert got["seg_threshold"] == metrics["postprocessing"]["seg_threshold"]
     assert got["keep_largest_component"] == metrics["postprocessing"]["keep_largest_component"]
     assert got["fill_holes"] == metrics["postprocessing"]["fill_holes"]
+
+
+def test_a_failing_stage_stops_the_run_with_its_last_logged_line(tmp_path):
+    script = tmp_path / "stage.py"
+    script.write_text("import sys\nprint('working on', sys.argv[1])\n"
+                      "if sys.argv[1] == 'split':\n    print('error: params.yaml: split: bad')\n    sys.exit(2)\n")
+    benchmark = load_benchmark()
+    log = tmp_path / "stages.log"
+    with pytest.raises(benchmark.StageFailed, match=r"stage split failed \(exit 2\): params.yaml: split: bad$") \
+            as failed:
+        benchmark.run_stages(tmp_path, log, ("ingest", "split", "train_classifier"), (str(script),))
+    assert failed.value.status == 2
+    assert log.read_text().splitlines() == ["working on ingest", "working on split", "error: params.yaml: split: bad"]
+    assert benchmark.run_stages(tmp_path, log, ("ingest",), (str(script),)).keys() == {"ingest"}
