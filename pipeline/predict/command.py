@@ -27,7 +27,8 @@ def main(argv: list[str], setup_logging: Callable[[bool], None]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline predict",
         description="Run the trained classifier-gated segmenter on new scans: a kaggle_3m TIFF slice or case "
-                    "folder, a BraTS 2021 case folder, a Decathlon 4D NIfTI, or a folder holding several.",
+                    "folder, a BraTS case folder (2017-2021 or 2023 names), a Decathlon 4D NIfTI, or a folder holding "
+                    "several.",
         epilog="Writes OUTDIR/<case id>/ (mask NIfTI in the input's space, or kaggle_3m mask TIFFs; overlay "
                "PNGs; summary.json) and OUTDIR/predictions.json listing every case (without per-slice detail) and "
                "every failure.")

@@ -5,7 +5,7 @@ same classifier-gated cascade as ``evaluate`` (``pipeline.evaluation.cascade``) 
 
 - ``predict_volume(images)``: uint8 [D, S, S, 3] slices -> probabilities, gate and mask arrays;
 - ``predict_case(case)``: a ``Case`` from any reader -> ``Prediction``;
-- ``predict_path(path, out_dir)``: a kaggle_3m TIFF slice or case folder, a BraTS 2021 case folder,
+- ``predict_path(path, out_dir)``: a kaggle_3m TIFF slice or case folder, a BraTS case folder (2017-2021 or 2023),
   a Decathlon 4D NIfTI, or a folder holding several of these (searched up to 3 levels down) -> files
   under ``out_dir/<case id>/`` and a list of per-case summaries (a case that fails is listed, the
   others still finish).
