@@ -16,7 +16,7 @@ store is linked read-only into the scratch copy and ``ingest`` is skipped. ``--s
 stage as ``python SCRIPT STAGE`` instead of ``python -m pipeline STAGE`` (the GPU kit's ``stage.py``).
 ``--classifier-from RUN`` (with ``--store``) reuses a kept run's split and trained classifiers (every fold's) and
 trains only the segmenter, then evaluates: a segmenter setting compared in a third of the whole run's time
-(the classifier is RUN's, whatever the classifier params say; the README's segmenter-variant table).
+(the classifier is RUN's, whatever the classifier params say; the segmenter-variant tables of docs/lgg-experiments.md).
 
 Prints {"benchmark": "quality_lgg", "settings", "patients": {split: n}, "folds", "val_dice_patient_mean" /
 "_median" / "_p5", "val_auc" (validation patients; with split.folds > 1 every non-test patient, out of fold; the AUC
@@ -47,15 +47,16 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("ingest", "split", "train_classifier", "train_segmenter", "evaluate", "report")  # __main__.STAGES less demo
 
-# The real-data recipe: what differs from params.yaml for kaggle_3m scans (measured: README).
+# The real-data recipe: what differs from params.yaml for kaggle_3m scans (the README's "The LGG recipe"; every run
+# behind it: docs/lgg-experiments.md).
 RECIPE: dict[str, Any] = {
     "data.source": "lgg",
     "data.image_size": 256,
     "evaluate.threshold": "patient_dice",
-    "classifier.head": "max_cell",  # 5-fold validation AUC 0.947 against 0.889-0.925 (README, Cross-validation)
-    "segmenter.negative_fraction": 0.5,  # out-of-fold cascade AUC 0.959 against 0.944, every fold higher (README)
-    "augment.missing_sequences": 0.3,  # the FLAIR-only patients Dice 0 -> 0.51-0.85, OOF p5 >= 0.48, two seeds (README)
-    "segmenter.deep_supervision": 2,  # with 16 segmenter epochs: a choice, not a result (README)
+    "classifier.head": "max_cell",  # 5-fold validation AUC 0.947 against 0.889-0.925
+    "segmenter.negative_fraction": 0.5,  # out-of-fold cascade AUC 0.959 against 0.944, every fold higher
+    "augment.missing_sequences": 0.3,  # the FLAIR-only patients Dice 0 -> 0.51-0.85, OOF p5 >= 0.48, two seeds
+    "segmenter.deep_supervision": 2,  # with 16 segmenter epochs: a choice, not a result
 }
 
 
