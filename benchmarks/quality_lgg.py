@@ -112,6 +112,7 @@ def run_stages(workdir: Path, log_path: Path, stages: tuple[str, ...] = STAGES,
     """Run ``stages`` in order, each in a fresh ``python RUNNER STAGE`` process, its output to ``log_path``;
     seconds per stage. StageFailed for the first that fails (the later ones do not run)."""
     seconds = {}
+    log_path.write_text("")  # each stage appends, so a failure's last line can be read back
     for stage in stages:
         start = time.perf_counter()
         with log_path.open("a") as log:
@@ -208,7 +209,6 @@ def main() -> None:
         if args.classifier_from is not None:
             reuse_classifier(args.classifier_from, workdir)
         start = time.perf_counter()
-        (workdir / "stages.log").unlink(missing_ok=True)
         try:
             seconds = run_stages(workdir, workdir / "stages.log", stages, runner)
         except StageFailed as e:  # one line, not a traceback; the stage's whole log stays with --keep
