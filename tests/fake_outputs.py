@@ -319,6 +319,7 @@ def _split_metrics(rng: np.random.Generator, s: pd.DataFrame, p: pd.DataFrame, t
     return {
         "classifier": clf,
         "classifier_patient": patient,
+        "cascade_slices": m.call_summary(y, s.pred_pixels_cascade.to_numpy() > 0),
         "segmenter": {"dice_slice_mean": float(positive.dice_segmenter.mean()),
                       "dice_slice_median": float(positive.dice_segmenter.median()),
                       "iou_slice_mean": float((positive.dice_segmenter / (2 - positive.dice_segmenter)).mean()),

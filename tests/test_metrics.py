@@ -53,6 +53,15 @@ def test_sensitivity_specificity_guide_eye(label: np.ndarray, sens: float, spec:
     assert rates["specificity"] == pytest.approx(spec, abs=1e-4)
 
 
+def test_call_summary_is_classification_summary_of_binary_calls() -> None:
+    calls = m.call_summary(Y_LONG, PRED_LONG >= 0.5)
+    summary = m.classification_summary(Y_LONG, PRED_LONG, threshold=0.5)
+    assert calls == {k: v for k, v in summary.items() if k not in ("brier", "threshold")}
+    assert (calls["n"], calls["n_positive"]) == (len(Y_LONG), int(np.sum(Y_LONG)))
+    with pytest.raises(ValueError, match="binary"):
+        m.call_summary(Y_LONG, PRED_LONG * 0.7)
+
+
 def test_sensitivity_specificity_guide_long() -> None:
     summary = m.classification_summary(Y_LONG, PRED_LONG, threshold=0.5)
     assert summary["sensitivity"] == pytest.approx(0.2857, abs=1e-4)

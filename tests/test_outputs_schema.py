@@ -98,6 +98,22 @@ def test_evaluate_split_writes_the_split_keys_of_the_schema():
     schema.check(metrics, schema.METRICS.keys["val"], name="evaluate_split")
 
 
+def test_cascade_slices_count_the_final_masks_not_the_gate():
+    """A gate at 0 passes every slice; the segmenter draws nothing on the tumour-free ones, so the final masks
+    call them tumour-free: the gate's specificity is 0, the cascade's slice calls' 1."""
+    scored, store = tiny_scored("val")
+    metrics, slices, _ = evaluate_split(scored, store, "val", 0.0, PostProcessing(0, False), 10, 0)
+    gate, calls = metrics["classifier"], metrics["cascade_slices"]
+    assert (gate["tp"], gate["fp"], gate["fn"], gate["tn"]) == (4, 8, 0, 0)
+    assert (calls["tp"], calls["fp"], calls["fn"], calls["tn"]) == (4, 0, 0, 8)
+    assert calls["specificity"] == 1.0 and gate["specificity"] == 0.0
+    assert calls["n"] == len(slices) and calls["n_positive"] == int(slices.has_tumour.sum())
+    # at 0.5 the gate passes just the tumour slices, and the two agree
+    metrics, _, _ = evaluate_split(scored, store, "val", 0.5, PostProcessing(0, False), 10, 0)
+    assert {k: metrics["cascade_slices"][k] for k in ("tp", "fp", "fn", "tn")} == {
+        k: metrics["classifier"][k] for k in ("tp", "fp", "fn", "tn")}
+
+
 def test_explain_without_tumour_slices_writes_the_explain_keys(tmp_path):
     scored, store = tiny_scored("test")
     slices = scored.slices[~scored.slices.has_tumour].assign(predicted_positive=False).iloc[:0]

@@ -39,6 +39,8 @@ def test_full_pipeline_and_experiment(demo_repo, tmp_path):
     assert headline["auc"] == metrics["test"]["classifier"]["auc"]
     for key in ("auc", "sensitivity", "specificity"):
         assert key in metrics["test"]["classifier"]
+    calls = metrics["test"]["cascade_slices"]  # the headline's sensitivity: slices with a non-empty final mask
+    assert headline["sensitivity"] == calls["sensitivity"] and calls["n"] == metrics["test"]["classifier"]["n"]
     for key in ("dice_patient_mean", "dice_patient_median"):
         assert key in metrics["test"]["cascade"]
     assert "dice_slice_mean" in metrics["test"]["segmenter"]

@@ -27,7 +27,7 @@ from pipeline.data.demo import _patient_plan, write_brats2021, write_kaggle_3m
 from pipeline.data.sources import read_lgg_case
 from pipeline.errors import InputError
 from pipeline.evaluation.bundle import MODELS, bundle_files, file_hashes
-from pipeline.evaluation.metrics import dice
+from pipeline.evaluation.metrics import call_summary, dice
 from pipeline.predict import OUTPUT_MARKER, Predictor, find_inputs, write_run_index
 
 SIZE = 64  # model input size (px)
@@ -434,7 +434,7 @@ def test_labelled_input_is_scored_per_case_and_for_the_cohort(
     with caplog.at_level("INFO"):
         code = main(["predict", str(folder), "-o", str(out), "--models", str(models), "--threshold", "0"])
     assert code == 0
-    dices = []
+    dices, reference, called = [], [], []
     for key in ("brats", "lgg"):
         case = predictor.read(find_inputs(folder / inputs[key].name)[0])
         prediction = predictor.predict_case(case)
@@ -445,12 +445,21 @@ def test_labelled_input_is_scored_per_case_and_for_the_cohort(
         assert scores["truth_volume"] == pytest.approx(case.mask.sum() * (1e-3 if key == "brats" else 1))
         assert scores["volume_error"] == pytest.approx(scores["pred_volume"] - scores["truth_volume"])
         dices.append(scores["dice"])
+        slices = _summary(out / case.patient_id)["slices"]
+        assert [s["reference_tumour"] for s in slices] == case.mask.any(axis=(1, 2)).tolist()
+        assert [s["tumour"] for s in slices] == prediction.mask.any(axis=(1, 2)).tolist()
+        reference.append(case.mask.any(axis=(1, 2))[~prediction.blank])
+        called.append(prediction.mask.any(axis=(1, 2))[~prediction.blank])
     cohort = json.loads((out / "predictions.json").read_text())["validation"]
+    # slice level, over both cases' non-blank slices: the final masks' calls against the reference
+    expected = call_summary(np.concatenate(reference), np.concatenate(called))
+    assert {k: cohort["slices"][k] for k in expected} == pytest.approx(expected, nan_ok=True)
     assert cohort["n_labelled"] == cohort["n_with_tumour"] == 2
     assert cohort["dice"]["mean"] == pytest.approx(np.mean(dices))
     assert cohort["dice"]["median"] == pytest.approx(np.median(dices))
     assert cohort["missed_tumours"] == 0
-    assert any("external validation: 2 labelled" in r.getMessage() for r in caplog.records)
+    assert any("external validation: 2 labelled" in r.getMessage() and "slices: AUC" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_unlabelled_input_is_not_scored(predictor: Predictor, inputs: dict[str, Path], tmp_path: Path) -> None:

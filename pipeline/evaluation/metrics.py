@@ -236,18 +236,23 @@ def predicted_positive(y_score: ArrayLike, threshold: float) -> np.ndarray:
     return np.asarray(y_score, dtype=np.float64) >= np.float64(threshold)
 
 
+def call_summary(y_true: ArrayLike, y_called: ArrayLike) -> dict[str, Any]:
+    """Metrics of binary calls: y_true, y_called binary [N]. Returns accuracy, sensitivity (recall),
+    specificity, ppv (precision), npv, f1, prevalence (``rates_from_counts``), n, n_positive, tp, fp, fn, tn.
+    Undefined ratios are NaN, e.g. sensitivity when there are no positives (an all-negative set)."""
+    y = _binary(y_true, "y_true").ravel()
+    counts = confusion_counts(y, y_called)
+    return {**rates_from_counts(**counts), "n": int(y.size), "n_positive": int(y.sum()), **counts}
+
+
 def classification_summary(y_true: ArrayLike, y_score: ArrayLike, threshold: float) -> dict[str, Any]:
     """Binary classification metrics at ``score >= threshold``.
 
-    y_true: binary [N]; y_score: probabilities [N]. Returns accuracy, sensitivity (recall), specificity,
-    ppv (precision), npv, f1, prevalence, brier, threshold, n, n_positive, tp, fp, fn, tn.
-    Undefined ratios are NaN, e.g. sensitivity when there are no positives (an all-negative set).
+    y_true: binary [N]; y_score: probabilities [N]. Returns ``call_summary``'s keys and brier, threshold.
     """
     y, s = _labels_scores(y_true, y_score)
-    counts = confusion_counts(y, predicted_positive(s, threshold))
-    out: dict[str, Any] = rates_from_counts(**counts)
-    out["brier"] = brier_score(y, s)
-    out.update(threshold=float(threshold), n=int(y.size), n_positive=int(y.sum()), **counts)
+    out = call_summary(y, predicted_positive(s, threshold))
+    out.update(brier=brier_score(y, s), threshold=float(threshold))
     return out
 
 
@@ -537,7 +542,7 @@ def pointing_game(heatmaps: ArrayLike, masks: ArrayLike) -> tuple[int, int, floa
 
 
 __all__ = [
-    "bootstrap_auc_ci", "bootstrap_auc_distribution", "brier_score", "calibration_curve_points",
+    "bootstrap_auc_ci", "bootstrap_auc_distribution", "brier_score", "calibration_curve_points", "call_summary",
     "classification_summary", "confusion_counts", "dice", "dice_per_class", "empty_flags", "hausdorff_distance",
     "hd95", "iou", "mean_dice", "pointing_game", "pr_curve_points", "predicted_positive", "rates_from_counts",
     "roc_auc", "roc_curve_points", "select_threshold", "summarise", "surface_distances",

@@ -54,6 +54,13 @@ CLASSIFIER_SLICES = Group("slice-level tumour-presence metrics of the gate score
     "auc_ci_high": "95% patient-bootstrap CI of the AUC, upper end",
     "average_precision": "area under the precision-recall curve",
 })
+_CALL_KEYS = ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "prevalence", "n", "n_positive",
+              "tp", "fp", "fn", "tn")
+CASCADE_SLICES = Group("slice-level tumour calls of the cascade's output, what `predict` reports per slice: a slice "
+                       "is called tumour when its final mask (gated and post-processed) is not empty. With a low "
+                       "gate threshold (evaluate.threshold patient_dice) these differ from the gate's "
+                       "(classifier): the segmenter finds nothing on many slices the gate passes",
+                       {k: _RATES[k] for k in _CALL_KEYS})
 CLASSIFIER_PATIENTS = Group("patient-level tumour-presence metrics: a patient is positive when any slice is, its score "
                             "is its maximum slice score", dict(_RATES))
 SEGMENTER = Group("the segmenter alone, on the tumour slices", {
@@ -88,6 +95,7 @@ SPLIT = Group("metrics of the validation patients (split.folds > 1: every non-te
               "the fold models that did not train on it)", {
     "classifier": CLASSIFIER_SLICES,
     "classifier_patient": CLASSIFIER_PATIENTS,
+    "cascade_slices": CASCADE_SLICES,
     "segmenter": SEGMENTER,
     "cascade": Group(f"the classifier-gated segmenter: {VOLUME.doc}", VOLUME.keys),
     "segmenter_all_slices": Group(f"the segmenter on every slice, no gate: {VOLUME.doc}", VOLUME.keys),
@@ -164,8 +172,8 @@ HEADLINE = {
     "val_dice_mean": "val.cascade.dice_patient_mean",
     "auc": "test.classifier.auc",
     "auc_classifier_alone": "test.classifier.auc_classifier_alone",
-    "sensitivity": "test.classifier.sensitivity",
-    "specificity": "test.classifier.specificity",
+    "sensitivity": "test.cascade_slices.sensitivity",
+    "specificity": "test.cascade_slices.specificity",
     "dice_mean": "test.cascade.dice_patient_mean",
     "dice_median": "test.cascade.dice_patient_median",
     "hd95_median": "test.cascade.hd95_median",

@@ -340,6 +340,7 @@ def evaluate_split(scored: Scored, store: SliceStore, split_name: str, threshold
     clf["auc_ci_low"], clf["auc_ci_high"] = m.bootstrap_auc_ci(y, p, groups, n_resamples=n_bootstrap, seed=seed)
     clf["average_precision"] = m.pr_curve_points(y, p)["average_precision"] if y.any() else math.nan
     clf["auc_classifier_alone"] = m.roc_auc(y, slices.classifier_probability.to_numpy())  # = auc for slice_score classifier
+    cascade_slices = m.call_summary(y, slices.pred_pixels_cascade.to_numpy() > 0)
     py = patients.has_tumour.to_numpy(int)
     pp = patients.max_probability.to_numpy()
     clf_patient = m.classification_summary(py, pp, threshold)
@@ -355,6 +356,7 @@ def evaluate_split(scored: Scored, store: SliceStore, split_name: str, threshold
     results = {
         "classifier": clf,
         "classifier_patient": clf_patient,
+        "cascade_slices": cascade_slices,
         "segmenter": seg_summary,
         "cascade": _volume_summary(tumour_patients, free_patients, "cascade"),
         "segmenter_all_slices": _volume_summary(tumour_patients, free_patients, "segmenter_all"),

@@ -94,6 +94,31 @@ def cohort_summary(scores: Sequence[dict[str, Any] | None]) -> dict[str, Any] | 
     }
 
 
+def cohort_slices(cases: Sequence[dict[str, Any]], n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any] | None:
+    """Slice-level figures over the labelled cases, as `evaluate` reports them: the AUC of the gate's slice score
+    (each slice's ``probability``) against the reference's tumour slices, with its 95% case-bootstrap interval, and
+    the final masks' slice calls (a slice is called tumour when its predicted mask is not empty; sensitivity,
+    specificity, ppv, npv and the counts: ``metrics.call_summary``'s keys).
+
+    cases: case summaries (``Predictor.write_case``), each with ``case_id`` and ``slices``
+    [{probability, blank, reference_tumour (null without labels), tumour (predicted mask not empty)}]. Unlabelled
+    cases and blank slices (no signal, never run through the models) are left out. None without a labelled slice.
+    """
+    ids, truth, score, called = [], [], [], []
+    for case in cases:
+        for s in case["slices"]:
+            if s.get("reference_tumour") is not None and not s["blank"]:
+                ids.append(case["case_id"])
+                truth.append(bool(s["reference_tumour"]))
+                score.append(float(s["probability"]))
+                called.append(bool(s["tumour"]))
+    if not ids:
+        return None
+    y = np.array(truth)
+    low, high = m.bootstrap_auc_ci(y, score, np.array(ids), n_resamples=n_bootstrap, seed=seed)
+    return {"auc": m.roc_auc(y, score), "auc_ci_low": low, "auc_ci_high": high, **m.call_summary(y, np.array(called))}
+
+
 def _array_spacing(spacing_mm: Sequence[float] | None) -> tuple[float, float, float] | None:
     """A Case's (row, col, slice) voxel size -> the (slice, row, col) order of its [D, H, W] arrays."""
     if not spacing_mm:
@@ -104,9 +129,12 @@ def _array_spacing(spacing_mm: Sequence[float] | None) -> tuple[float, float, fl
 
 def describe_cohort(summary: dict[str, Any]) -> str:
     """One line for the console: a ``cohort_summary`` in words."""
-    dice, hd = summary["dice"], summary["hd95"]
+    dice, hd, slices = summary["dice"], summary["hd95"], summary.get("slices")
+    per_slice = (f"; slices: AUC {slices['auc']:.3f} [{slices['auc_ci_low']:.3f}, {slices['auc_ci_high']:.3f}], "
+                 f"final masks' calls sensitivity {slices['sensitivity']:.3f}, specificity {slices['specificity']:.3f} "
+                 f"({slices['n']} slices, {slices['n_positive']} with tumour)") if slices else ""
     return (f"{summary['n_labelled']} labelled case(s), {summary['n_with_tumour']} with tumour: Dice mean "
             f"{dice['mean']:.3f}, median {dice['median']:.3f}, p5 {dice['p5']:.3f}; HD95 median {hd['median']:.1f} "
             f"{hd['unit'] or ''}; relative volume error median {summary['volume_error_relative']['median']:+.1%}; "
             f"{summary['missed_tumours']} missed tumour(s), {summary['false_alarms_tumour_free']} false alarm(s) "
-            f"in {summary['n_tumour_free']} tumour-free case(s)")
+            f"in {summary['n_tumour_free']} tumour-free case(s){per_slice}")

@@ -13,7 +13,7 @@ from typing import Any
 
 from pipeline.data.case import Case
 from pipeline.errors import InputError
-from pipeline.evaluation.validation import cohort_summary
+from pipeline.evaluation.validation import cohort_slices, cohort_summary
 from pipeline.predict.discovery import InputItem
 from pipeline.writing import atomic_path, check_no_overlap, json_text
 
@@ -75,15 +75,18 @@ def check_replaceable(folder: Path) -> None:
 def write_run_index(results: list[dict[str, Any]], path: Path) -> dict[str, Any]:
     """The run's index, written atomically and returned: {"n_cases", "n_failed", "cases": each case's
     summary without its per-slice list, or its failure {"status": "failed", "input", "error"},
-    "validation": the cohort's scores over the labelled cases (``validation.cohort_summary``; null
-    when no input carried ground truth)}."""
+    "validation": the cohort's scores over the labelled cases (``validation.cohort_summary``, and its slice-level
+    figures under "slices", ``validation.cohort_slices``; null when no input carried ground truth)}."""
+    ok = [r for r in results if r["status"] == "ok"]
     index = {
         "n_cases": len(results),
-        "n_failed": sum(1 for r in results if r["status"] != "ok"),
+        "n_failed": len(results) - len(ok),
         "cases": [{k: v for k, v in r.items() if k not in ("slices", "outputs")} for r in results],
-        "validation": cohort_summary([r.get("validation") for r in results if r["status"] == "ok"]),
+        "validation": cohort_summary([r.get("validation") for r in ok]),
     }
-    regions = [r["validation_regions"] for r in results if r["status"] == "ok" and r.get("validation_regions")]
+    if index["validation"] is not None:
+        index["validation"]["slices"] = cohort_slices(ok)
+    regions = [r["validation_regions"] for r in ok if r.get("validation_regions")]
     if regions:  # a segmenter with one output per region: the cohort per region
         index["validation_regions"] = {region: cohort_summary([scores[region] for scores in regions])
                                        for region in regions[0]}

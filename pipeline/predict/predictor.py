@@ -288,7 +288,9 @@ class Predictor:
         slice_score (what the gate and each slice's probability are), seg_threshold, postprocessing, n_slices, slices_with_tumour (slice numbers), tumour_area_unit
         ("px" of the input slices), voxel_mm (input voxel size, null for TIFFs), tumour_volume_ml (null
         without spacing), channels, image_size, model_files, outputs (file names in ``folder``), and
-        slices: [{slice, probability, segmented, blank, tumour_px, tumour_mm2}] per slice. A segmenter with one
+        slices: [{slice, probability, segmented, blank, tumour (the predicted mask at the models' resolution is not
+        empty), tumour_px, tumour_mm2, reference_tumour (the ground truth has tumour; null without labels)}] per
+        slice. A segmenter with one
         output per region adds region_volumes_ml {region: ml} and validation_regions {region: scores} (null
         without labels), and outputs "labels" (the label map, ``write_regions``).
         """
@@ -304,6 +306,8 @@ class Predictor:
             overlays = _write_overlays(p, tmp / "overlays")
             regions = write_regions(p, tmp) if p.region_masks is not None else {}
             tumour_slices = p.slices_with_tumour
+            called = p.mask.any(axis=(1, 2))
+            reference = case.mask.any(axis=(1, 2)) if case.meta.get("has_labels") else [None] * len(called)
             summary = {
                 "case_id": p.case_id,
                 "input": str(item.path) if item is not None else case.meta.get("path"),
@@ -333,9 +337,11 @@ class Predictor:
                             "overlays": [f"overlays/{name}" for name in overlays]},
                 "slices": [
                     {"slice": int(n), "probability": float(prob), "segmented": bool(g), "blank": bool(b),
-                     "tumour_px": int(px), "tumour_mm2": float(px * pixel_mm2) if pixel_mm2 is not None else None}
-                    for n, prob, g, b, px in zip(case.slice_numbers, p.probabilities, p.gated, p.blank, area_px,
-                                                 strict=True)
+                     "tumour": bool(c), "tumour_px": int(px),
+                     "tumour_mm2": float(px * pixel_mm2) if pixel_mm2 is not None else None,
+                     "reference_tumour": None if r is None else bool(r)}
+                    for n, prob, g, b, c, px, r in zip(case.slice_numbers, p.probabilities, p.gated, p.blank, called,
+                                                       area_px, reference, strict=True)
                 ],
             }
             (tmp / "summary.json").write_text(json_text(summary))

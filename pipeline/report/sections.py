@@ -80,7 +80,7 @@ def report_context(inputs: ReportInputs, params: Params, git: str) -> dict[str, 
         "banners": _banners(inputs, params, pretrained),
         "shown": {"split": shown, "tag": "test split" if shown == "test" else "out of fold, no test split",
                   "patients": "test patients" if shown == "test" else "out-of-fold patients"},
-        "cards": _cards(m, threshold, shown),
+        "cards": _cards(m, shown),
         "run": _run_summary(inputs, params),
         "classifier": _classifier_section(inputs, threshold, shown),
         "dice": _dice_section(inputs, images, shown),
@@ -142,21 +142,24 @@ def _banners(inputs: ReportInputs, params: Params, pretrained: Any) -> list[dict
     return banners
 
 
-def _cards(m: dict[str, Any], threshold: float | None, shown: str = "test") -> list[dict[str, str]]:
+def _cards(m: dict[str, Any], shown: str = "test") -> list[dict[str, str]]:
+    """The headline: the gate's slice AUC, the final masks' slice calls (what predict reports), patient Dice, HD95."""
     clf = get(m, shown, "classifier", default={})
+    calls = get(m, shown, "cascade_slices", default={})
     cas = get(m, shown, "cascade", default={})
     name = "Test" if shown == "test" else "Out-of-fold"
-    tp, fn, tn, fp = (as_float(clf.get(k)) for k in ("tp", "fn", "tn", "fp"))
-    at = f"at threshold {num(threshold)}" if threshold is not None else "at the chosen threshold"
+    tp, fn, tn, fp = (as_float(calls.get(k)) for k in ("tp", "fn", "tn", "fp"))
     unit = cas.get("hd95_unit") or "px"
     auc_ci = ci(clf.get("auc_ci_low"), clf.get("auc_ci_high"))
     return [
         {"label": f"{name} AUC", "value": num(clf.get("auc")),
          "detail": f"95% CI {auc_ci}" if auc_ci else "95% CI not available"},
-        {"label": "Sensitivity", "value": pct(clf.get("sensitivity")),
-         "detail": f"{count(tp)} of {count(tp + fn)} tumour slices, {at}" if tp is not None and fn is not None else at},
-        {"label": "Specificity", "value": pct(clf.get("specificity")),
-         "detail": f"{count(tn)} of {count(tn + fp)} tumour-free slices" if tn is not None and fp is not None else at},
+        {"label": "Sensitivity", "value": pct(calls.get("sensitivity")),
+         "detail": f"{count(tp)} of {count(tp + fn)} tumour slices with a non-empty final mask"
+         if tp is not None and fn is not None else "slices with a non-empty final mask"},
+        {"label": "Specificity", "value": pct(calls.get("specificity")),
+         "detail": f"{count(tn)} of {count(tn + fp)} tumour-free slices without one"
+         if tn is not None and fp is not None else "slices with an empty final mask"},
         {"label": "Patient Dice, mean", "value": num(cas.get("dice_patient_mean")),
          "detail": f"cascade, {count(cas.get('n_patients'))} {name.lower()} patients with tumour"},
         {"label": "Patient Dice, median", "value": num(cas.get("dice_patient_median")),
@@ -280,8 +283,9 @@ CLASSIFIER_ROWS: list[tuple[str, str, Callable[[Any], str]]] = [
 def _classifier_section(inputs: ReportInputs, threshold: float | None, shown: str = "test") -> dict[str, Any]:
     """shown: "test", or "val" when the run has no test split (its columns, curves and confusion matrix left out)."""
     m = inputs.metrics
-    columns = [("test", "classifier", "Test", "slices"), ("test", "classifier_patient", "Test", "patients"),
-               ("val", "classifier", "Validation", "slices"), ("val", "classifier_patient", "Validation", "patients")]
+    columns = [(split, level, name, what) for split, name in (("test", "Test"), ("val", "Validation"))
+               for level, what in (("classifier", "gate, slices"), ("classifier_patient", "gate, patients"),
+                                   ("cascade_slices", "final masks, slices"))]
     columns = [c for c in columns if isinstance(get(m, c[0], c[1]), Mapping) and c[0] in reported_splits(m)]
     rows = []
     for key, label, fmt in CLASSIFIER_ROWS:
@@ -323,11 +327,13 @@ def _classifier_section(inputs: ReportInputs, threshold: float | None, shown: st
                  for s in pr}
     cal_labels = {s: f"{'test' if s == 'test' else 'validation'} (Brier {num(get(m, s, 'classifier', 'brier'))})"
                   for s in cal}
-    confusion = [(f"{name} slices (n = {count(test.get('n'))})",
+    confusion = [(f"{name} slices, gate (n = {count(test.get('n'))})",
                   _confusion_counts(test, inputs.plots.get(f"confusion_{shown}")))]
-    patient = get(m, shown, "classifier_patient", default={})
-    if all(as_float(patient.get(k)) is not None for k in ("tp", "fp", "fn", "tn")):
-        confusion.append((f"{name} patients (n = {count(patient.get('n'))})", patient))
+    for level, what in (("classifier_patient", "patients, gate"), ("cascade_slices", "slices, final masks")):
+        d = get(m, shown, level, default={})
+        if all(as_float(d.get(k)) is not None for k in ("tp", "fp", "fn", "tn")):
+            confusion.append((f"{name} {what} (n = {count(d.get('n'))})", d))
+    calls = get(m, shown, "cascade_slices", default={})
     have_confusion = confusion[0][1] is not None
     return {
         "columns": [{"split": c[2], "level": c[3], "is_val": c[0] == "val"} for c in columns],
@@ -343,6 +349,7 @@ def _classifier_section(inputs: ReportInputs, threshold: float | None, shown: st
         "val_sensitivity": pct(inputs.threshold.get("val_sensitivity", get(m, "val", "classifier", "sensitivity"))),
         "val_specificity": pct(inputs.threshold.get("val_specificity", get(m, "val", "classifier", "specificity"))),
         "test": {k: pct(test.get(k)) for k in ("sensitivity", "specificity", "ppv", "npv")},
+        "calls": {k: pct(calls.get(k)) for k in ("sensitivity", "specificity", "ppv", "npv")},
     }
 
 

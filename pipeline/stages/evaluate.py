@@ -165,10 +165,12 @@ def run(params: Params) -> None:
     with atomic_path(METRICS_JSON) as tmp:
         tmp.write_text(json_text(headline(metrics)))
     t = metrics[shown]
-    log.info("%s: AUC %.3f [%.3f, %.3f], sensitivity %.3f, specificity %.3f; segmenter slice Dice %.3f; "
+    log.info("%s: AUC %.3f [%.3f, %.3f]; gate sensitivity %.3f, specificity %.3f; final masks' slice calls "
+             "sensitivity %.3f, specificity %.3f; segmenter slice Dice %.3f; "
              "cascade patient Dice mean %.3f median %.3f; pointing game %.2f (%.0f s)",
              "test" if shown == "test" else "out of fold (no test split)",
              t["classifier"]["auc"], t["classifier"]["auc_ci_low"], t["classifier"]["auc_ci_high"],
-             t["classifier"]["sensitivity"], t["classifier"]["specificity"], t["segmenter"]["dice_slice_mean"],
+             t["classifier"]["sensitivity"], t["classifier"]["specificity"],
+             t["cascade_slices"]["sensitivity"], t["cascade_slices"]["specificity"], t["segmenter"]["dice_slice_mean"],
              t["cascade"]["dice_patient_mean"], t["cascade"]["dice_patient_median"],
              pointing["pointing_game"], time.perf_counter() - start)
