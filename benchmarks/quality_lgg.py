@@ -23,8 +23,8 @@ Prints {"benchmark": "quality_lgg", "settings", "patients": {split: n}, "folds",
 of the gate's slice score, evaluate.slice_score), "val_auc_classifier_alone",
 "val_dice_patient_mean_per_fold", "val_dice_patient_mean_sd", then the test split's "dice_patient_mean",
 "dice_patient_median", "dice_patient_p5", "hd95_median", "auc", "auc_ci", "auc_classifier_alone", "sensitivity",
-"specificity" (the gate's), "mask_sensitivity", "mask_specificity" (a slice called tumour when its final mask is not
-empty; "val_mask_sensitivity", "val_mask_specificity" out of fold),
+"specificity" (a slice called tumour when its final mask is not empty, as the headline's; "val_sensitivity",
+"val_specificity" out of fold), "gate_sensitivity", "gate_specificity" (the gate's, at its threshold),
 "segmenter_dice_slice", "pointing_game", "pointing_chance", "threshold" (the gate's), "seg_threshold" (the
 segmenter's pixel threshold), "stage_seconds": {stage: s}, "total_seconds"}.
 """
@@ -146,11 +146,10 @@ def headline(workdir: Path) -> dict[str, Any]:
         "dice_patient_p5": cascade["dice_patient_p5"], "hd95_median": cascade["hd95_median"],
         "auc": clf["auc"], "auc_ci": [clf["auc_ci_low"], clf["auc_ci_high"]],
         "auc_classifier_alone": clf["auc_classifier_alone"],
-        "sensitivity": clf["sensitivity"], "specificity": clf["specificity"],
-        "mask_sensitivity": test["cascade_slices"]["sensitivity"],
-        "mask_specificity": test["cascade_slices"]["specificity"],
-        "val_mask_sensitivity": full["val"]["cascade_slices"]["sensitivity"],
-        "val_mask_specificity": full["val"]["cascade_slices"]["specificity"],
+        "sensitivity": test["cascade_slices"]["sensitivity"], "specificity": test["cascade_slices"]["specificity"],
+        "val_sensitivity": full["val"]["cascade_slices"]["sensitivity"],
+        "val_specificity": full["val"]["cascade_slices"]["specificity"],
+        "gate_sensitivity": clf["sensitivity"], "gate_specificity": clf["specificity"],
         "segmenter_dice_slice": test["segmenter"]["dice_slice_mean"],
         "pointing_game": explain.get("pointing_game"), "pointing_chance": explain.get("pointing_game_chance"),
         "threshold": full["threshold"]["value"], "seg_threshold": full["postprocessing"].get("seg_threshold"),

@@ -245,6 +245,14 @@ def test_bootstrap_ci_contains_point_auc_and_is_deterministic() -> None:
     assert m.bootstrap_auc_ci(y, p, groups, n_resamples=300, seed=8) != (low, high)
 
 
+def test_bootstrap_of_one_patient_has_no_interval() -> None:
+    """Resampling one patient gives the data itself every time: a zero-width interval would claim certainty."""
+    y, p = np.array([1, 0, 1, 0]), np.array([0.9, 0.2, 0.6, 0.4])
+    assert all(math.isnan(v) for v in m.bootstrap_auc_ci(y, p, np.array(["a"] * 4), n_resamples=50))
+    low, high = m.bootstrap_auc_ci(y, p, np.array(["a", "a", "b", "b"]), n_resamples=50)
+    assert low <= m.roc_auc(y, p) <= high
+
+
 def test_bootstrap_is_fast() -> None:
     y, p, groups = _grouped_data()
     assert 2500 < len(y) < 3500

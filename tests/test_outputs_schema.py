@@ -112,6 +112,10 @@ def test_cascade_slices_count_the_final_masks_not_the_gate():
     metrics, _, _ = evaluate_split(scored, store, "val", 0.5, PostProcessing(0, False), 10, 0)
     assert {k: metrics["cascade_slices"][k] for k in ("tp", "fp", "fn", "tn")} == {
         k: metrics["classifier"][k] for k in ("tp", "fp", "fn", "tn")}
+    # the calls are counted after post-processing: components under 20 px (each tumour is 3x3 on a slice) removed
+    metrics, _, _ = evaluate_split(scored, store, "val", 0.5, PostProcessing(20, False), 10, 0)
+    assert metrics["classifier"]["tp"] == 4 and metrics["cascade_slices"]["tp"] == 0
+    assert metrics["cascade_slices"]["sensitivity"] == 0.0
 
 
 def test_explain_without_tumour_slices_writes_the_explain_keys(tmp_path):

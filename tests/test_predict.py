@@ -27,7 +27,7 @@ from pipeline.data.demo import _patient_plan, write_brats2021, write_kaggle_3m
 from pipeline.data.sources import read_lgg_case
 from pipeline.errors import InputError
 from pipeline.evaluation.bundle import MODELS, bundle_files, file_hashes
-from pipeline.evaluation.metrics import call_summary, dice
+from pipeline.evaluation.metrics import call_summary, dice, roc_auc
 from pipeline.predict import OUTPUT_MARKER, Predictor, find_inputs, write_run_index
 
 SIZE = 64  # model input size (px)
@@ -434,7 +434,7 @@ def test_labelled_input_is_scored_per_case_and_for_the_cohort(
     with caplog.at_level("INFO"):
         code = main(["predict", str(folder), "-o", str(out), "--models", str(models), "--threshold", "0"])
     assert code == 0
-    dices, reference, called = [], [], []
+    dices, reference, called, scores_of_slices = [], [], [], []
     for key in ("brats", "lgg"):
         case = predictor.read(find_inputs(folder / inputs[key].name)[0])
         prediction = predictor.predict_case(case)
@@ -450,10 +450,12 @@ def test_labelled_input_is_scored_per_case_and_for_the_cohort(
         assert [s["tumour"] for s in slices] == prediction.mask.any(axis=(1, 2)).tolist()
         reference.append(case.mask.any(axis=(1, 2))[~prediction.blank])
         called.append(prediction.mask.any(axis=(1, 2))[~prediction.blank])
+        scores_of_slices.append(prediction.probabilities[~prediction.blank])
     cohort = json.loads((out / "predictions.json").read_text())["validation"]
     # slice level, over both cases' non-blank slices: the final masks' calls against the reference
     expected = call_summary(np.concatenate(reference), np.concatenate(called))
     assert {k: cohort["slices"][k] for k in expected} == pytest.approx(expected, nan_ok=True)
+    assert cohort["slices"]["auc"] == pytest.approx(roc_auc(np.concatenate(reference), np.concatenate(scores_of_slices)))
     assert cohort["n_labelled"] == cohort["n_with_tumour"] == 2
     assert cohort["dice"]["mean"] == pytest.approx(np.mean(dices))
     assert cohort["dice"]["median"] == pytest.approx(np.median(dices))
@@ -467,6 +469,7 @@ def test_unlabelled_input_is_not_scored(predictor: Predictor, inputs: dict[str, 
     (case / f"{case.name}_seg.nii.gz").unlink()
     results = predictor.predict_path(case, tmp_path / "out")
     assert results[0]["status"] == "ok" and results[0]["validation"] is None
+    assert all(s["reference_tumour"] is None for s in results[0]["slices"])
     assert write_run_index(results, tmp_path / "out" / "predictions.json")["validation"] is None
 
 

@@ -55,9 +55,11 @@ def test_headline_numbers_come_from_metrics(default_run):
     assert f"{test['classifier']['auc']:.3f}" in html
     assert f"{100 * test['classifier']['sensitivity']:.1f}%" in html
     cards = html.split('class="card"', 1)[1].split("</section>", 1)[0]  # the cards: the final masks' slice calls
-    calls = test["cascade_slices"]
+    calls, gate = test["cascade_slices"], test["classifier"]
+    assert calls["tp"] < gate["tp"], "the fake segmenter misses tumour slices the gate passes"
     assert f"{100 * calls['sensitivity']:.1f}%" in cards and f"{100 * calls['specificity']:.1f}%" in cards
     assert f"{calls['tp']} of {calls['tp'] + calls['fn']} tumour slices" in cards
+    assert f"{gate['tp']} of {gate['tp'] + gate['fn']} tumour slices" not in cards
     assert f"{test['cascade']['dice_patient_median']:.3f}" in html
     assert f"{run.metrics['threshold']['value']:.3f}" in html
     assert "HD95" in html and "(px)" in html

@@ -407,11 +407,15 @@ def bootstrap_auc_ci(y_true: ArrayLike, y_score: ArrayLike, groups: ArrayLike | 
     """Percentile bootstrap confidence interval ``(low, high)`` of the AUC, resampling GROUPS (patients).
 
     y_true: binary [N]; y_score: [N]; groups: [N] patient ids (None: resample samples). Resamples with a single
-    class are skipped (logged when any are); fewer than 2 usable resamples -> (NaN, NaN).
-    See :func:`bootstrap_auc_distribution` for the resampling scheme.
+    class are skipped (logged when any are); fewer than 2 usable resamples, or fewer than 2 groups (every resample
+    would be the data itself) -> (NaN, NaN). See :func:`bootstrap_auc_distribution` for the resampling scheme.
     """
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1); got {level}")
+    n_groups = np.unique(np.asarray(groups)).size if groups is not None else np.asarray(y_true).size
+    if n_groups < 2:
+        log.info("bootstrap AUC: %d group(s) to resample; the interval is undefined", n_groups)
+        return NAN, NAN
     aucs = bootstrap_auc_distribution(y_true, y_score, groups, n_resamples, seed)
     valid = aucs[np.isfinite(aucs)]
     skipped = aucs.size - valid.size

@@ -113,9 +113,14 @@ class Prediction:
         return float(self.probabilities.max()) if len(self.probabilities) else 0.0
 
     @property
+    def called(self) -> np.ndarray:
+        """bool [D]: the slices whose predicted mask is not empty (called tumour)."""
+        return self.mask.any(axis=(1, 2))
+
+    @property
     def slices_with_tumour(self) -> list[int]:
         """Slice numbers (``case.slice_numbers``) whose predicted mask is not empty."""
-        return [int(n) for n in np.asarray(self.case.slice_numbers)[self.mask.any(axis=(1, 2))]]
+        return [int(n) for n in np.asarray(self.case.slice_numbers)[self.called]]
 
 
 # ------------------------------------------------------------------------------------------- predictor
@@ -306,8 +311,7 @@ class Predictor:
             overlays = _write_overlays(p, tmp / "overlays")
             regions = write_regions(p, tmp) if p.region_masks is not None else {}
             tumour_slices = p.slices_with_tumour
-            called = p.mask.any(axis=(1, 2))
-            reference = case.mask.any(axis=(1, 2)) if case.meta.get("has_labels") else [None] * len(called)
+            reference = case.mask.any(axis=(1, 2)) if case.meta.get("has_labels") else [None] * len(p.called)
             summary = {
                 "case_id": p.case_id,
                 "input": str(item.path) if item is not None else case.meta.get("path"),
@@ -340,8 +344,8 @@ class Predictor:
                      "tumour": bool(c), "tumour_px": int(px),
                      "tumour_mm2": float(px * pixel_mm2) if pixel_mm2 is not None else None,
                      "reference_tumour": None if r is None else bool(r)}
-                    for n, prob, g, b, c, px, r in zip(case.slice_numbers, p.probabilities, p.gated, p.blank, called,
-                                                       area_px, reference, strict=True)
+                    for n, prob, g, b, c, px, r in zip(case.slice_numbers, p.probabilities, p.gated, p.blank,
+                                                       p.called, area_px, reference, strict=True)
                 ],
             }
             (tmp / "summary.json").write_text(json_text(summary))
