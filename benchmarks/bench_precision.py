@@ -4,12 +4,13 @@ bfloat16 policy would buy on a CPU with AVX512_BF16 / AMX, before planning a cro
 
 Each (model, policy) builds the network as the stages do, compiles it with their loss, runs one
 untimed warm-up epoch, then --steps timed train steps and --steps inference batches on in-memory
-uint8-range tensors. One JSON line per (model, policy):
+uint8-range tensors (--jit true: compiled with XLA, Keras' jit_compile=True, which the stages do not use
+on a CPU). One JSON line per (model, policy):
 
     {"benchmark": "precision", "model": "resnet50", "size": 128, "policy": "mixed_bfloat16", "batch": 16,
      "train_img_s": ..., "predict_img_s": ..., "cpu_s_per_train_img": ..., "load_avg_1min": [...]}
 
-    python benchmarks/bench_precision.py [--models resnet50 resunet unet] [--size 128] [--steps 6]
+    python benchmarks/bench_precision.py [--models resnet50 resunet unet] [--size 128] [--steps 6] [--jit true]
 """
 
 from __future__ import annotations
@@ -35,21 +36,22 @@ POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 SEGMENTER_FILTERS = {"resunet": (16, 32, 64, 128, 256), "unet": (32, 64, 128, 256, 512)}
 
 
-def build(name: str, size: int) -> tuple[keras.Model, str]:
-    """The network ``name`` at ``size`` px compiled as its stage compiles it; returns it and its target kind."""
+def build(name: str, size: int, jit: str | bool = "auto") -> tuple[keras.Model, str]:
+    """The network ``name`` at ``size`` px compiled as its stage compiles it (``jit``: Keras' ``jit_compile``;
+    "auto" is what the stages use, no XLA on a CPU-only TensorFlow); returns it and its target kind."""
     if name == "resnet50":
         model = build_classifier(size, "resnet50", weights="none")[0]
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", jit_compile=jit)
         return model, "label"
     model = build_segmenter(name, size, SEGMENTER_FILTERS[name])
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=get_loss("bce_dice"))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=get_loss("bce_dice"), jit_compile=jit)
     return model, "mask"
 
 
-def measure(name: str, size: int, policy: str, batch: int, steps: int) -> dict:
+def measure(name: str, size: int, policy: str, batch: int, steps: int, jit: str | bool = "auto") -> dict:
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(0)
-    model, target = build(name, size)
+    model, target = build(name, size, jit)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (batch * steps, size, size, 3)).astype("float32")
     y = (rng.random((batch * steps, 1)) < 0.4).astype("float32") if target == "label" else \
@@ -66,7 +68,7 @@ def measure(name: str, size: int, policy: str, batch: int, steps: int) -> dict:
     return {"benchmark": "precision", "model": name, "size": size, "policy": policy, "batch": batch,
             "parameters": model.count_params(), "train_img_s": round(n / train_wall, 2),
             "predict_img_s": round(n / predict_wall, 2), "cpu_s_per_train_img": round(train_cpu / n, 3),
-            "backend": keras.backend.backend()}
+            "jit_compile": jit, "backend": keras.backend.backend()}
 
 
 def main() -> None:
@@ -76,11 +78,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--jit", choices=("auto", "true", "false"), default="auto",
+                        help="Keras jit_compile (XLA); auto: what the stages use")
     args = parser.parse_args()
     for name in args.models:
         for policy in args.policies:
             before = os.getloadavg()[0]
-            result = measure(name, args.size, policy, args.batch, args.steps)
+            jit = {"auto": "auto", "true": True, "false": False}[args.jit]
+            result = measure(name, args.size, policy, args.batch, args.steps, jit)
             result["load_avg_1min"] = [round(before, 2), round(os.getloadavg()[0], 2)]
             print(json.dumps(result), flush=True)
 
