@@ -25,7 +25,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,21 +34,12 @@ from pipeline.data.split import fold_count, read_split  # noqa: E402
 from pipeline.errors import InputError, PipelineError, one_line  # noqa: E402
 from pipeline.evaluation.bundle import CASCADE_FILE, read_bundle  # noqa: E402
 from pipeline.evaluation.cascade import members  # noqa: E402
+from pipeline.evaluation.paired import paired_difference  # noqa: E402
 from pipeline.evaluation.scoring import check_models_never_saw, evaluate_split, score_patients  # noqa: E402
 from pipeline.paths import MODELS_DIR, SLICES_DIR, SPLIT_CSV  # noqa: E402
 from pipeline.predict.predictor import Predictor  # noqa: E402
 
 log = logging.getLogger("ensemble_members")
-N_BOOTSTRAP = 10_000
-
-
-def paired_difference(a: pd.Series, b: pd.Series, seed: int = 0) -> dict[str, float]:
-    """Mean of a - b over the patients both have (index: patient id), with a patient-bootstrap 95% interval."""
-    d = (a - b).dropna().to_numpy(float)
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), (N_BOOTSTRAP, len(d)))].mean(axis=1)
-    return {"mean": float(d.mean()), "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
-            "n": len(d)}
 
 
 def summary(dice: pd.Series, auc: float) -> dict[str, float]:

@@ -1,0 +1,116 @@
+"""The paired comparison of two runs (pipeline/evaluation/paired.py) and benchmarks/compare_runs.py."""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.errors import InputError
+from pipeline.evaluation.paired import paired_comparison, paired_difference, sign_test_p
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("compare_runs", ROOT / "benchmarks" / "compare_runs.py")
+compare_runs = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(compare_runs)
+
+
+def test_paired_difference_of_a_constant_shift_has_a_zero_width_interval():
+    a = pd.Series([0.2, 0.5, 0.9], index=["P1", "P2", "P3"])
+    shifted = paired_difference(a + 0.1, a)
+    assert shifted["mean"] == pytest.approx(0.1) and shifted["ci95"] == pytest.approx([0.1, 0.1]) and shifted["n"] == 3
+
+
+def test_paired_difference_pairs_by_patient_and_drops_the_unpaired():
+    new = pd.Series([0.9, 0.1, 0.5, np.nan], index=["P3", "P1", "P9", "P2"])
+    base = pd.Series([0.0, 0.3, 0.8], index=["P1", "P2", "P3"])  # P9 only in new, P2 NaN in new
+    result = paired_difference(new, base)
+    assert result["n"] == 2 and result["mean"] == pytest.approx((0.1 + 0.1) / 2)
+    low, high = paired_difference(pd.Series([0.0, 1.0, 0.5, 0.2]), pd.Series([0.1, 0.2, 0.5, 0.6]))["ci95"]
+    assert low < high  # a spread of differences gives an interval of width
+    with pytest.raises(ValueError, match="no patient"):
+        paired_difference(pd.Series([0.5], index=["A"]), pd.Series([0.5], index=["B"]))
+
+
+@pytest.mark.parametrize("up, down", [(9, 1), (28, 11), (18, 14), (3, 0), (0, 7), (20, 20)])
+def test_sign_test_p_is_the_two_sided_binomial_tail(up, down):
+    n, k = up + down, min(up, down)
+    expected = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+    assert sign_test_p(up, down) == pytest.approx(expected)
+    assert sign_test_p(up, down) == sign_test_p(down, up)
+    stats = pytest.importorskip("scipy.stats")
+    assert sign_test_p(up, down) == pytest.approx(stats.binomtest(k, n, 0.5).pvalue)
+
+
+def test_sign_test_p_known_values():
+    assert sign_test_p(9, 1) == pytest.approx(22 / 1024)
+    assert sign_test_p(0, 0) == 1.0 and sign_test_p(5, 5) == 1.0
+    assert sign_test_p(28, 11) < 0.05 < sign_test_p(18, 14)  # the README's 20-epoch and deep-supervision rows
+
+
+def test_paired_comparison_counts_the_patients_that_move_beyond_the_margin():
+    base = pd.Series([0.5, 0.5, 0.5, 0.5, 0.5], index=list("ABCDE"))
+    new = base + pd.Series([0.1, -0.01, 0.003, 0.2, -0.004], index=list("ABCDE"))
+    result = paired_comparison(new, base, margin=0.005)
+    assert (result["up"], result["down"]) == (2, 1)  # 0.003 and -0.004 stay within the margin
+    assert result["median"] == pytest.approx(0.003) and result["mean"] == pytest.approx(0.0578)
+    assert result["sign_test_p"] == pytest.approx(sign_test_p(2, 1))
+    wide = paired_comparison(new, base, margin=0.05)
+    assert (wide["up"], wide["down"]) == (2, 0)
+
+
+def patients_csv(path: Path, dice: dict[str, float], split: str = "val", extra: bool = True) -> Path:
+    """An eval/patients.csv with ``dice``'s patients (with tumour) in ``split``, a tumour-free one and a test one."""
+    rows = [{"patient_id": p, "split": split, "has_tumour": True, "dice_cascade": d} for p, d in dice.items()]
+    if extra:
+        rows += [{"patient_id": "FREE", "split": split, "has_tumour": False, "dice_cascade": np.nan},
+                 {"patient_id": "TEST", "split": "test" if split == "val" else "val", "has_tumour": True,
+                  "dice_cascade": 0.0}]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).assign(n_slices=20).to_csv(path, index=False)
+    return path
+
+
+def test_compare_runs_pairs_two_runs_out_of_fold(tmp_path):
+    base_run = tmp_path / "base"  # a kept run: its reports/eval/patients.csv
+    patients_csv(base_run / "reports" / "eval" / "patients.csv", {"A": 0.8, "B": 0.6, "C": 0.0, "D": 0.9})
+    new_csv = patients_csv(tmp_path / "new.csv", {"A": 0.85, "B": 0.6, "C": 0.7, "E": 0.5})  # a saved table
+    result = compare_runs.compare(new_csv, base_run, "val", movers=2)
+    assert result["paired"]["n"] == 3 and result["paired"]["mean"] == pytest.approx((0.05 + 0 + 0.7) / 3)
+    assert (result["paired"]["up"], result["paired"]["down"]) == (2, 0)
+    assert result["only_new"] == ["E"] and result["only_base"] == ["D"]
+    assert [m["patient_id"] for m in result["movers"]] == ["C", "A"]  # the largest change first
+    assert result["summary"]["base"]["dice_mean"] == pytest.approx(1.4 / 3)  # over the compared patients only
+    assert json.loads(json.dumps(result)) == result  # what the command prints
+
+
+def test_compare_runs_names_the_file_of_a_bad_table(tmp_path):
+    with pytest.raises(InputError, match="patients.csv: not found"):
+        compare_runs.compare(tmp_path / "nothing", tmp_path / "nothing")
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"patient_id": ["A"], "split": ["val"]}).to_csv(bad, index=False)
+    with pytest.raises(InputError, match=r"bad.csv: lacks the column\(s\) has_tumour, dice_cascade"):
+        compare_runs.compare(bad, bad)
+    only_test = patients_csv(tmp_path / "t.csv", {"A": 0.5}, split="test", extra=False)
+    with pytest.raises(InputError, match="t.csv: no 'val' patient with tumour"):
+        compare_runs.compare(only_test, only_test)
+    with pytest.raises(InputError, match="o.csv: no 'val' patient in common"):
+        compare_runs.compare(patients_csv(tmp_path / "o.csv", {"Z": 0.5}), patients_csv(tmp_path / "p.csv", {"Y": 0.1}))
+
+
+def test_compare_runs_command_prints_one_json_line_or_one_error_line(tmp_path):
+    a = patients_csv(tmp_path / "a.csv", {"A": 0.5, "B": 0.7})
+    b = patients_csv(tmp_path / "b.csv", {"A": 0.4, "B": 0.7})
+    ok = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare_runs.py"), str(a), str(b), "--split", "val"],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["paired"]["up"] == 1
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare_runs.py"), str(a), str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and not bad.stdout
+    assert len(bad.stderr.strip().splitlines()) == 1 and "patients.csv: not found" in bad.stderr
