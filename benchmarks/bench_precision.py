@@ -4,8 +4,8 @@ bfloat16 policy would buy on a CPU with AVX512_BF16 / AMX, before planning a cro
 
 Each (model, policy) builds the network as the stages do, compiles it with their loss, runs one
 untimed warm-up epoch, then --steps timed train steps and --steps inference batches on in-memory
-uint8-range tensors (--jit true: compiled with XLA, Keras' jit_compile=True, which the stages do not use
-on a CPU). One JSON line per (model, policy):
+uint8-range tensors (--jit true: compiled with XLA, Keras' jit_compile=True; the stages leave it at "auto",
+which is no XLA on a CPU-only TensorFlow). One JSON line per (model, policy):
 
     {"benchmark": "precision", "model": "resnet50", "size": 128, "policy": "mixed_bfloat16", "batch": 16,
      "train_img_s": ..., "predict_img_s": ..., "cpu_s_per_train_img": ..., "load_avg_1min": [...]}
@@ -68,7 +68,7 @@ def measure(name: str, size: int, policy: str, batch: int, steps: int, jit: str 
     return {"benchmark": "precision", "model": name, "size": size, "policy": policy, "batch": batch,
             "parameters": model.count_params(), "train_img_s": round(n / train_wall, 2),
             "predict_img_s": round(n / predict_wall, 2), "cpu_s_per_train_img": round(train_cpu / n, 3),
-            "jit_compile": jit, "backend": keras.backend.backend()}
+            "jit_compile": bool(model.jit_compile), "backend": keras.backend.backend()}  # what Keras resolved
 
 
 def main() -> None:
@@ -81,10 +81,10 @@ def main() -> None:
     parser.add_argument("--jit", choices=("auto", "true", "false"), default="auto",
                         help="Keras jit_compile (XLA); auto: what the stages use")
     args = parser.parse_args()
+    jit = {"auto": "auto", "true": True, "false": False}[args.jit]
     for name in args.models:
         for policy in args.policies:
             before = os.getloadavg()[0]
-            jit = {"auto": "auto", "true": True, "false": False}[args.jit]
             result = measure(name, args.size, policy, args.batch, args.steps, jit)
             result["load_avg_1min"] = [round(before, 2), round(os.getloadavg()[0], 2)]
             print(json.dumps(result), flush=True)

@@ -2,7 +2,6 @@
 
 import importlib.util
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import binomtest
 
 from pipeline.errors import InputError
 from pipeline.evaluation.paired import paired_comparison, paired_difference, sign_test_p
@@ -37,14 +37,10 @@ def test_paired_difference_pairs_by_patient_and_drops_the_unpaired():
         paired_difference(pd.Series([0.5], index=["A"]), pd.Series([0.5], index=["B"]))
 
 
-@pytest.mark.parametrize("up, down", [(9, 1), (28, 11), (18, 14), (3, 0), (0, 7), (20, 20)])
-def test_sign_test_p_is_the_two_sided_binomial_tail(up, down):
-    n, k = up + down, min(up, down)
-    expected = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
-    assert sign_test_p(up, down) == pytest.approx(expected)
+@pytest.mark.parametrize("up, down", [(9, 1), (28, 11), (18, 14), (3, 0), (0, 7), (20, 20), (33, 6)])
+def test_sign_test_p_is_scipys_two_sided_binomial_test(up, down):
+    assert sign_test_p(up, down) == pytest.approx(binomtest(min(up, down), up + down, 0.5).pvalue)
     assert sign_test_p(up, down) == sign_test_p(down, up)
-    stats = pytest.importorskip("scipy.stats")
-    assert sign_test_p(up, down) == pytest.approx(stats.binomtest(k, n, 0.5).pvalue)
 
 
 def test_sign_test_p_known_values():
@@ -68,7 +64,7 @@ def patients_csv(path: Path, dice: dict[str, float], split: str = "val", extra: 
     """An eval/patients.csv with ``dice``'s patients (with tumour) in ``split``, a tumour-free one and a test one."""
     rows = [{"patient_id": p, "split": split, "has_tumour": True, "dice_cascade": d} for p, d in dice.items()]
     if extra:
-        rows += [{"patient_id": "FREE", "split": split, "has_tumour": False, "dice_cascade": np.nan},
+        rows += [{"patient_id": "FREE", "split": split, "has_tumour": False, "dice_cascade": 0.0},  # marked: 0
                  {"patient_id": "TEST", "split": "test" if split == "val" else "val", "has_tumour": True,
                   "dice_cascade": 0.0}]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,6 +99,32 @@ def test_compare_runs_names_the_file_of_a_bad_table(tmp_path):
         compare_runs.compare(patients_csv(tmp_path / "o.csv", {"Z": 0.5}), patients_csv(tmp_path / "p.csv", {"Y": 0.1}))
 
 
+@pytest.mark.parametrize("column, value, problem", [
+    ("dice_cascade", "abc", "dice_cascade of patient B is 'abc', not a number in \\[0, 1\\]"),
+    ("dice_cascade", "", "dice_cascade of patient B is empty"),
+    ("dice_cascade", "inf", "dice_cascade of patient B is 'inf'"),
+    ("dice_cascade", "1.5", "dice_cascade of patient B is '1.5'"),
+    ("has_tumour", "yes", "has_tumour: 'yes' is not True or False"),
+    ("has_tumour", "", "has_tumour: empty is not True or False"),
+    ("patient_id", "A", "patient A appears twice"),
+])
+def test_compare_runs_refuses_a_table_it_would_misread(tmp_path, column, value, problem):
+    path = patients_csv(tmp_path / "run.csv", {"A": 0.5, "B": 0.7, "C": 0.9})
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table.loc[table.patient_id == "B", column] = value
+    table.to_csv(path, index=False)
+    with pytest.raises(InputError, match=f"run.csv: {problem}"):
+        compare_runs.compare(path, path)
+
+
+def test_compare_runs_reads_has_tumour_written_as_1_0_and_ids_as_text(tmp_path):
+    path = tmp_path / "run.csv"
+    path.write_text("patient_id,split,has_tumour,dice_cascade\n001,val,1,0.5\n002,val,0,1.0\n010,val,true,0.8\n")
+    result = compare_runs.compare(path, path)
+    assert result["paired"]["n"] == 2 and result["paired"]["mean"] == 0.0
+    assert sorted(m["patient_id"] for m in result["movers"]) == ["001", "010"]
+
+
 def test_compare_runs_command_prints_one_json_line_or_one_error_line(tmp_path):
     a = patients_csv(tmp_path / "a.csv", {"A": 0.5, "B": 0.7})
     b = patients_csv(tmp_path / "b.csv", {"A": 0.4, "B": 0.7})
@@ -114,3 +136,6 @@ def test_compare_runs_command_prints_one_json_line_or_one_error_line(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and not bad.stdout
     assert len(bad.stderr.strip().splitlines()) == 1 and "patients.csv: not found" in bad.stderr
+    negative = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare_runs.py"), str(a), str(b),
+                               "--movers", "-1"], capture_output=True, text=True, timeout=120)
+    assert negative.returncode == 2 and "'-1' is not a finite number >= 0" in negative.stderr
