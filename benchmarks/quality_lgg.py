@@ -163,15 +163,20 @@ def main() -> None:
     parser.add_argument("--root", type=Path, help="kaggle_3m root (folder of TCGA_* case folders)")
     parser.add_argument("--store", type=Path, help="an ingested slice store (data/slices) to use instead of --root")
     parser.add_argument("--stage-script", type=Path, help="run stages as `python SCRIPT STAGE` (default -m pipeline)")
-    parser.add_argument("--size", type=int, default=None, help="image size in px (default: the recipe's 256)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="image size in px (default: the recipe's 256; with --defaults, params.yaml's)")
     parser.add_argument("--defaults", action="store_true", help="params.yaml's defaults instead of the recipe")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra params, as -S")
-    parser.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a deleted temp folder)")
+    parser.add_argument("--keep", type=Path, help="run in this folder, new or empty, and keep it (default: a deleted "
+                                                  "temp folder)")
     parser.add_argument("--print-dvc", action="store_true", help="print the recipe as a dvc exp run command")
     parser.add_argument("--classifier-from", type=Path, metavar="RUN",
                         help="a run kept with --keep: reuse its split and classifiers, train only the segmenter "
                              "(needs --store)")
     args = parser.parse_args()
+    if args.keep is not None and args.keep.exists() and (not args.keep.is_dir() or any(args.keep.iterdir())):
+        parser.error(f"--keep {args.keep}: exists and is not an empty folder; give a new one (a run's outputs would "
+                     "mix with what is there)")
 
     settings = {"data.source": "lgg"} if args.defaults else dict(RECIPE)
     if args.size is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -65,3 +67,14 @@ def test_a_failing_stage_stops_the_run_with_its_last_logged_line(tmp_path):
     assert failed.value.status == 2
     assert log.read_text().splitlines() == ["working on ingest", "working on split", "error: params.yaml: split: bad"]
     assert benchmark.run_stages(tmp_path, log, ("ingest",), (str(script),)).keys() == {"ingest"}
+
+
+def test_keep_refuses_a_folder_that_holds_something(tmp_path):
+    """A kept run's stale outputs (another fold count's models, say) must not mix with a new run's."""
+    kept = tmp_path / "kept"
+    (kept / "models").mkdir(parents=True)
+    (kept / "models" / "cascade.json").write_text("{}")
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality_lgg.py"), "--root", str(tmp_path),
+                          "--keep", str(kept)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and f"--keep {kept}: exists and is not an empty folder" in run.stderr
+    assert (kept / "models" / "cascade.json").read_text() == "{}"  # left as it was
