@@ -139,3 +139,11 @@ def test_compare_runs_command_prints_one_json_line_or_one_error_line(tmp_path):
     negative = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare_runs.py"), str(a), str(b),
                                "--movers", "-1"], capture_output=True, text=True, timeout=120)
     assert negative.returncode == 2 and "'-1' is not a finite number >= 0" in negative.stderr
+
+
+def test_the_reference_run_reads_as_a_base():
+    """benchmarks/reference: the final command's seed-0 run out of fold (README, "How the recipe was chosen")."""
+    reference = ROOT / "benchmarks" / "reference" / "lgg_recipe_seed0_oof_patients.csv"
+    dice = compare_runs.patient_dice(reference, "val")
+    assert len(dice) == 50 and dice.index.str.startswith("TCGA_").all()
+    assert round(dice.mean(), 3) == 0.810 and round(dice.median(), 3) == 0.861  # the README's row
