@@ -9,11 +9,11 @@ runs' ``eval/patients.csv``.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binomtest
 
 N_BOOTSTRAP = 10_000
 MOVE_MARGIN = 0.005  # a patient "moves" when its Dice changes by more than this
@@ -32,13 +32,9 @@ def paired_difference(a: pd.Series, b: pd.Series, n_bootstrap: int = N_BOOTSTRAP
 
 
 def sign_test_p(up: int, down: int) -> float:
-    """Two-sided exact sign test: the probability, under a fair coin, of a split of up + down at least as uneven as
-    this one (1.0 when nothing moved)."""
-    n, k = up + down, min(up, down)
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
+    """Two-sided exact sign test (SciPy's binomial test at 1/2): the probability, under a fair coin, of a split of
+    up + down at least as uneven as this one (1.0 when nothing moved)."""
+    return float(binomtest(min(up, down), up + down, 0.5).pvalue) if up + down else 1.0
 
 
 def paired_comparison(new: pd.Series, base: pd.Series, margin: float = MOVE_MARGIN,
