@@ -4,7 +4,8 @@
   validation metric never stops training nor picks the weights (the last ones are kept);
 - early_stop: today's behaviour (stops after `patience` epochs without improvement, restores the best);
 - two runs with one seed give bit-identical weights (fresh processes, TensorFlow backend on the CPU; float32
-  and bfloat16 layers), a second seed different ones.
+  and bfloat16 layers), a second seed different ones;
+- deterministic ops leave no arrival-order sum in a training graph (Grappler's memory optimizer off).
 """
 
 from __future__ import annotations
@@ -144,3 +145,53 @@ def test_weights_hash_helper_is_sensitive():
     digest = hashlib.sha256(b"".join(w.tobytes() for w in weights)).hexdigest()
     weights[1][0] = 2
     assert hashlib.sha256(b"".join(w.tobytes() for w in weights)).hexdigest() != digest
+
+
+# Runs the gradient of conv -> ReLU -> batch norm at the ResUNet's first-level size (16 x 128 x 128 x 32) in a
+# fresh process, with or without the training stages' deterministic ops, and prints the op types of the graphs
+# TensorFlow actually ran. The input of the batch norm gets three gradient contributions (AddN); Grappler's
+# memory optimizer rewrites that AddN to a temporary variable that AssignAdds them in arrival order, which
+# made the ResUNet's weights depend on CPU load.
+GRAPH_WORKER = textwrap.dedent('''
+    import sys
+    import numpy as np
+    sys.path.insert(0, sys.argv[1])
+    import tensorflow as tf
+    from tensorflow.python.eager import context
+    if sys.argv[2] == "deterministic":
+        from pipeline.models.training import enable_deterministic_ops
+        enable_deterministic_ops()
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.random((16, 128, 128, 3), np.float32))
+    kernel = tf.Variable(rng.standard_normal((3, 3, 3, 32), np.float32))
+
+    @tf.function
+    def gradient():
+        with tf.GradientTape() as tape:
+            h = tf.nn.relu(tf.nn.conv2d(x, kernel, 1, "SAME"))
+            mean, variance = tf.nn.moments(h, [0, 1, 2], keepdims=True)
+            loss = tf.reduce_sum(tf.nn.batch_normalization(h, mean, variance, None, None, 1e-3))
+        return tape.gradient(loss, kernel)
+
+    context.enable_run_metadata()
+    gradient()
+    ops = set()
+    for graphs in context.export_run_metadata().function_graphs:
+        for graph in [*graphs.partition_graphs, graphs.post_optimization_graph]:
+            ops |= {node.op for node in graph.node}
+    print("OPS", " ".join(sorted(ops)))
+''')
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="tensorflow is not installed")
+def test_deterministic_ops_sum_gradients_in_graph_order_tensorflow():
+    def ops_run(mode: str) -> set[str]:
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        done = subprocess.run([sys.executable, "-c", GRAPH_WORKER, str(ROOT), mode], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return set(next(line for line in done.stdout.splitlines() if line.startswith("OPS")).split()[1:])
+
+    default, deterministic = ops_run("default"), ops_run("deterministic")
+    assert {"TemporaryVariable", "AssignAdd"} <= default  # TensorFlow's default: the test can fail
+    assert "AddN" in deterministic and not {"TemporaryVariable", "AssignAdd", "AccumulateNV2"} & deterministic

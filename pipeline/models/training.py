@@ -50,22 +50,48 @@ def enable_deterministic_ops() -> str:
     was done. The only backend-specific code of training.
 
     TensorFlow: ``tf.config.experimental.enable_op_determinism()`` (an op with no deterministic kernel,
-    on a GPU, then raises rather than varies: set ``train.deterministic: false`` there). JAX on the CPU
-    is deterministic as it is; on a GPU, XLA_FLAGS=--xla_gpu_deterministic_ops=true must be set before
-    JAX starts. PyTorch: ``torch.use_deterministic_algorithms(True, warn_only=True)``.
+    on a GPU, then raises rather than varies: set ``train.deterministic: false`` there), and Grappler's
+    memory optimizer off (``no_memory_optimizer``). JAX on the CPU is deterministic as it is; on a GPU,
+    XLA_FLAGS=--xla_gpu_deterministic_ops=true must be set before JAX starts. PyTorch:
+    ``torch.use_deterministic_algorithms(True, warn_only=True)``.
     """
     backend = keras.config.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-        return "tensorflow: enable_op_determinism"
+        no_memory_optimizer()
+        return "tensorflow: enable_op_determinism, no memory optimizer"
     if backend == "torch":
         import torch
 
         torch.use_deterministic_algorithms(True, warn_only=True)
         return "torch: use_deterministic_algorithms"
     return f"{backend}: deterministic as it is on the CPU"
+
+
+def no_memory_optimizer() -> None:
+    """Turn off TensorFlow's Grappler memory optimizer for the functions this process runs from now on.
+
+    Its scheduling pass rewrites an ``AddN`` of large tensors (the gradient contributions a tensor gets from
+    its consumers: BatchNormalization's input after a conv and an activation has three) into
+    ``AccumulateNV2``, which adds the inputs into a temporary variable in the order they arrive. Which
+    arrives first depends on thread timing, so on a loaded CPU the same seed gave different ResUNet
+    weights (a last-bit difference in the first step, grown by training). ``enable_op_determinism`` does
+    not cover graph rewrites. TensorFlow has no public switch for this pass, so it is set in the eager
+    context's base ``ConfigProto``, which every later ``tf.function`` call reads; the cost is the peak
+    memory the pass saves. Must run before the process's first ``tf.function`` call on this thread.
+    """
+    from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+    from tensorflow.python.eager import context
+
+    eager = context.context()
+    base = config_pb2.ConfigProto()
+    if eager._config is not None:
+        base.CopyFrom(eager._config)
+    base.graph_options.rewrite_options.memory_optimization = rewriter_config_pb2.RewriterConfig.NO_MEM_OPT
+    eager._config = base
+    eager._thread_local_data.function_call_options = None  # as set_optimizer_experimental_options does
 
 
 def seed_everything(seed: int) -> None:
