@@ -51,7 +51,7 @@ def enable_deterministic_ops() -> str:
 
     TensorFlow: ``tf.config.experimental.enable_op_determinism()`` (an op with no deterministic kernel,
     on a GPU, then raises rather than varies: set ``train.deterministic: false`` there), and Grappler's
-    memory optimizer off (``no_memory_optimizer``). JAX on the CPU is deterministic as it is; on a GPU,
+    memory optimizer off (``disable_memory_optimizer``). JAX on the CPU is deterministic as it is; on a GPU,
     XLA_FLAGS=--xla_gpu_deterministic_ops=true must be set before JAX starts. PyTorch:
     ``torch.use_deterministic_algorithms(True, warn_only=True)``.
     """
@@ -60,7 +60,7 @@ def enable_deterministic_ops() -> str:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-        no_memory_optimizer()
+        disable_memory_optimizer()
         return "tensorflow: enable_op_determinism, no memory optimizer"
     if backend == "torch":
         import torch
@@ -70,17 +70,19 @@ def enable_deterministic_ops() -> str:
     return f"{backend}: deterministic as it is on the CPU"
 
 
-def no_memory_optimizer() -> None:
-    """Turn off TensorFlow's Grappler memory optimizer for the functions this process runs from now on.
+def disable_memory_optimizer() -> None:
+    """Turn off TensorFlow's Grappler memory optimizer for the ``tf.function`` calls made after this one.
 
-    Its scheduling pass rewrites an ``AddN`` of large tensors (the gradient contributions a tensor gets from
-    its consumers: BatchNormalization's input after a conv and an activation has three) into
-    ``AccumulateNV2``, which adds the inputs into a temporary variable in the order they arrive. Which
-    arrives first depends on thread timing, so on a loaded CPU the same seed gave different ResUNet
-    weights (a last-bit difference in the first step, grown by training). ``enable_op_determinism`` does
-    not cover graph rewrites. TensorFlow has no public switch for this pass, so it is set in the eager
-    context's base ``ConfigProto``, which every later ``tf.function`` call reads; the cost is the peak
-    memory the pass saves. Must run before the process's first ``tf.function`` call on this thread.
+    Its scheduling pass rewrites an ``AddN`` of three or more tensors (the gradient contributions a tensor gets
+    from its consumers: BatchNormalization's input after a conv and an activation has three) into a temporary
+    variable that ``AssignAdd``s them in the order they arrive, whenever the graph's estimated peak memory
+    exceeds 80% of Grappler's figure for the device's memory (ResNet50 and the ResUNet at 128 px, batch 16,
+    on the CPU). Which arrives first depends on thread timing, so on a loaded CPU one seed gave different
+    ResUNet weights (a last-bit difference in the first step, grown by training). ``enable_op_determinism``
+    covers kernels, not graph rewrites, and TensorFlow has no public switch for this pass, so it is set in
+    the eager context's base ``ConfigProto``: later calls on this thread, and on threads that have not yet
+    called a ``tf.function``, use it (call it before starting other threads). The cost is the peak memory
+    the pass would save.
     """
     from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
     from tensorflow.python.eager import context
