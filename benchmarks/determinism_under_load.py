@@ -68,6 +68,8 @@ def main() -> None:
                         help="keep Grappler's memory optimizer on (the behaviour before the fix: the control)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.runs < 1 or args.busy < 0 or args.steps < 1:
+        parser.error("--runs and --steps must be at least 1, --busy at least 0")
     if args.worker:
         print(json.dumps(train_and_hash(args.steps, args.memory_optimizer)))
         return
