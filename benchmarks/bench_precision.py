@@ -48,14 +48,21 @@ def build(name: str, size: int, jit: str | bool = "auto") -> tuple[keras.Model, 
     return model, "mask"
 
 
+def random_data(target: str, count: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stand-in data: ``count`` uint8-range images (count, size, size, 3) and their targets, labels
+    (count, 1) with 40% positive or masks (count, size, size, 1) with 10% tumour pixels, float32."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (count, size, size, 3)).astype("float32")
+    y = (rng.random((count, 1)) < 0.4).astype("float32") if target == "label" else \
+        (rng.random((count, size, size, 1)) < 0.1).astype("float32")
+    return x, y
+
+
 def measure(name: str, size: int, policy: str, batch: int, steps: int, jit: str | bool = "auto") -> dict:
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(0)
     model, target = build(name, size, jit)
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (batch * steps, size, size, 3)).astype("float32")
-    y = (rng.random((batch * steps, 1)) < 0.4).astype("float32") if target == "label" else \
-        (rng.random((batch * steps, size, size, 1)) < 0.1).astype("float32")
+    x, y = random_data(target, batch * steps, size)
     model.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0)  # warm-up: tracing, allocations
     model.predict(x[:batch], batch_size=batch, verbose=0)
     cpu, wall = time.process_time(), time.perf_counter()

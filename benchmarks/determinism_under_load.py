@@ -38,7 +38,7 @@ def train_and_hash(steps: int, memory_optimizer: bool) -> dict[str, str]:
     from pipeline.params import TrainParams
 
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from bench_precision import build
+    from bench_precision import build, random_data
 
     setup(TrainParams(lr=1e-3, epochs=1, batch_size=16, seed=0, mixed_precision="bfloat16",
                       deterministic=not memory_optimizer))
@@ -50,10 +50,7 @@ def train_and_hash(steps: int, memory_optimizer: bool) -> dict[str, str]:
     for name in ("resnet50", "resunet"):
         keras.utils.set_random_seed(0)
         model, target = build(name, 128)
-        rng = np.random.default_rng(0)
-        x = rng.integers(0, 256, (16 * steps, 128, 128, 3)).astype("float32")
-        y = (rng.random((16 * steps, 1)) < 0.4).astype("float32") if target == "label" else \
-            (rng.random((16 * steps, 128, 128, 1)) < 0.1).astype("float32")
+        x, y = random_data(target, 16 * steps, 128)
         model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
         hashes[name] = hashlib.sha256(b"".join(np.asarray(w).tobytes() for w in model.get_weights())).hexdigest()[:16]
     return hashes
