@@ -120,6 +120,7 @@ class TrainParams:
     schedule: str = "fixed"  # fixed | early_stop (see SCHEDULES)
     deterministic: bool = True  # the backend's deterministic ops (pipeline.models.training.enable_deterministic_ops)
     devices: int | str = "auto"  # data-parallel devices (JAX backend): auto = every local one; see models/devices.py
+    average_last: float = 0.0  # fixed schedule: keep the mean of the weights after the last fraction of the epochs (0: the last)
 
     @property
     def precision_policy(self) -> str:
@@ -133,6 +134,10 @@ class TrainParams:
         _in_range("train.lr", self.lr, 1e-8, 1)
         _in_range("train.epochs", self.epochs, 1, 10_000)
         _in_range("train.batch_size", self.batch_size, 1, 4096)
+        _in_range("train.average_last", self.average_last, 0, 1)
+        if self.average_last and self.schedule != "fixed":
+            raise ParamsError("train.average_last averages the fixed schedule's last epochs; "
+                              f"train.schedule is {self.schedule!r}")
         if self.devices != "auto" and not (isinstance(self.devices, int) and self.devices >= 1):
             raise ParamsError(f"train.devices: {self.devices!r} must be a number of devices (>= 1) or 'auto'")
 

@@ -1,7 +1,8 @@
 """The training schedule (train.schedule) and determinism (train.deterministic), on tiny models in seconds.
 
 - fixed: exactly the planned epochs, the learning rate follows nnU-Net's poly decay over all phases, the
-  validation metric never stops training nor picks the weights (the last ones are kept);
+  validation metric never stops training nor picks the weights (the last ones are kept, or with
+  train.average_last the mean of the last epochs' weights);
 - early_stop: today's behaviour (stops after `patience` epochs without improvement, restores the best);
 - two runs with one seed give bit-identical weights (fresh processes, TensorFlow backend on the CPU; float32
   and bfloat16 layers), a second seed different ones;
@@ -84,6 +85,40 @@ def test_fixed_schedule_follows_poly_decay_over_phases_and_keeps_last_weights(tm
         np.testing.assert_array_equal(kept, want)
     logged = json.loads((tmp_path / "live" / "metrics.json").read_text())
     assert logged["learning_rate"] == pytest.approx(expected[-1], rel=1e-6)
+
+
+def test_average_last_keeps_the_mean_of_the_last_epochs_weights(tmp_path):
+    """average_last 0.5 of 4 epochs: finish() leaves the mean of the weights after epochs 3 and 4 (BatchNorm
+    statistics included), not the last ones; the summary says so."""
+    seed_everything(0)
+    model = tiny_model()
+    x, y = tiny_data()
+    run = TrainingRun.start(tmp_path / "live", "val_auc", patience=1, images_per_epoch=len(x), schedule="fixed",
+                            epochs=4, average_last=0.5)
+    compile_at(model, 1e-2)
+    after = []
+    for _ in range(4):  # one epoch a phase: the weights after each
+        run.fit(model, x, (x, y), 1, y=y, batch_size=8)
+        after.append([w.copy() for w in model.get_weights()])
+    summary = run.finish({})
+
+    assert summary["kept"] == "average" and summary["averaged_epochs"] == 2
+    for kept, third, fourth in zip(model.get_weights(), after[2], after[3], strict=True):
+        np.testing.assert_allclose(kept, (third.astype(np.float64) + fourth) / 2, rtol=1e-6, atol=1e-7)
+    assert any(not np.allclose(k, f) for k, f in zip(model.get_weights(), after[3], strict=True))
+
+
+def test_average_last_needs_the_fixed_schedule(tmp_path):
+    from pipeline.errors import ParamsError
+    from pipeline.params import TrainParams
+
+    with pytest.raises(ValueError, match="only the fixed schedule"):
+        TrainingRun.start(tmp_path / "live", "val_auc", 2, 32, schedule="early_stop", epochs=4, average_last=0.5)
+    for schedule, fraction, message in (("early_stop", 0.25, "averages the fixed schedule"),
+                                        ("fixed", 1.5, "outside")):
+        with pytest.raises(ParamsError, match=message):
+            TrainParams(lr=1e-3, epochs=4, batch_size=8, seed=0, mixed_precision=False, schedule=schedule,
+                        average_last=fraction).validate()
 
 
 def test_early_stop_schedule_stops_and_restores_the_best(tmp_path):

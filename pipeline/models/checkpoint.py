@@ -7,6 +7,7 @@ the previous epoch's checkpoint or this one, never a mix):
 - ``variables.npz``: every model variable (weights, BatchNormalization statistics, seed-generator states);
 - ``optimizer.npz``: the optimizer's variables (iterations, moments, learning rate);
 - ``best.npz``: the best epoch's weights when early stopping keeps them;
+- ``average.npz``: the running mean of the last epochs' weights when the run averages them (``WeightAverage``);
 - ``live/``: the run's dvclive folder so far (DVC deletes a stage's outputs before rerunning it; the
   resumed run puts it back, ``restore_live``, and appends to its curves);
 - ``state.json``: the epochs done and the phase (``fit`` call) they belong to, the schedule's state (poly
@@ -101,13 +102,16 @@ class EpochCheckpoint(keras.callbacks.Callback):
         state = {"binding": _binding.get("digest"), "epoch": epoch + 1, "phase": self.phase,
                  "epochs": run.epochs, "best": _best_state(run.best), "schedule": _schedule_state(run.lr_schedule),
                  "history": _history_so_far(run, self.model, logs),
-                 "rates": list(run.timer.rates), "live_step": run.live.step}
+                 "rates": list(run.timer.rates), "live_step": run.live.step,
+                 "averaged": run.average.count if run.average is not None else 0}
         with atomic_dir(self.folder) as tmp:
             np.savez(tmp / "variables.npz", *[keras.ops.convert_to_numpy(v.value) for v in self.model.variables])
             np.savez(tmp / "optimizer.npz",
                      *[keras.ops.convert_to_numpy(v.value) for v in self.model.optimizer.variables])
             if run.best.best_weights is not None:
                 np.savez(tmp / "best.npz", *run.best.best_weights)
+            if run.average is not None and run.average.mean is not None:
+                np.savez(tmp / "average.npz", *run.average.mean)
             shutil.copytree(run.live.dir, tmp / "live", ignore=shutil.ignore_patterns("folds"))  # its curves so far
             (tmp / "state.json").write_text(json.dumps(state))
 
@@ -179,6 +183,12 @@ def restore(run: Any, model: keras.Model, folder: Path, state: dict[str, Any]) -
         with np.load(folder / "best.npz") as saved:
             run.best.best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
     run.best.set_model(model)
+    if run.average is not None and (folder / "average.npz").is_file():
+        with np.load(folder / "average.npz") as saved:
+            run.average.mean = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        run.average.count = state["averaged"]
+    if run.average is not None:
+        run.average.set_model(model)  # as ``best``: a rerun after the last epoch calls no fit that would
     run.history = {k: list(v) for k, v in state["history"].items()}
     run.timer.rates = list(state["rates"])
     run.epochs_done = state["epoch"]

@@ -277,6 +277,41 @@ class BestWeights(keras.callbacks.Callback):
             log.info("restored the best weights: epoch %d, %s = %.4f", self.best_epoch + 1, self.monitor, self.best)
 
 
+class WeightAverage(keras.callbacks.Callback):
+    """The mean of the model's weights at the ends of the last `epochs` of `total` epochs (counted over all
+    phases): stochastic weight averaging's uniform mean (Izmailov et al. 2018), here along the poly decay's
+    last, small steps. BatchNormalization's statistics are averaged with the weights (as timm's model EMA
+    does), not recomputed; integer variables keep their last value. ``apply()`` puts the mean into the model.
+    """
+
+    def __init__(self, epochs: int, total: int):
+        super().__init__()
+        if not 1 <= epochs <= total:
+            raise ValueError(f"cannot average the last {epochs} of {total} epochs")
+        self.epochs, self.total = epochs, total
+        self.mean: list[np.ndarray] | None = None  # float64, one per model.weights
+        self.count = 0  # epochs in the mean so far
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if epoch + 1 <= self.total - self.epochs:
+            return
+        weights = self.model.get_weights()
+        if self.mean is None:
+            self.mean = [np.zeros(w.shape, np.float64) for w in weights]
+        self.count += 1
+        for mean, w in zip(self.mean, weights, strict=True):
+            mean += (w - mean) / self.count  # the running mean, exact in float64
+
+    def apply(self) -> None:
+        if self.mean is None:
+            return
+        last = self.model.get_weights()
+        self.model.set_weights([m.astype(w.dtype) if np.issubdtype(w.dtype, np.floating) else w
+                                for m, w in zip(self.mean, last, strict=True)])
+        log.info("kept the mean of the weights after the last %d epochs (%d to %d)", self.count,
+                 self.total - self.count + 1, self.total)
+
+
 class EpochTimer(keras.callbacks.Callback):
     """Measure training images/s per epoch (for the logs and the sidecar)."""
 
@@ -299,8 +334,8 @@ class EpochTimer(keras.callbacks.Callback):
 class TrainingRun:
     """Callbacks and bookkeeping for one model's training, shared by its phases.
 
-    schedule "fixed": exactly `epochs` epochs with ``PolyDecay``; the last weights are kept and the
-    validation metric is only logged. "early_stop": ``BestWeights`` stops after `patience` epochs
+    schedule "fixed": exactly `epochs` epochs with ``PolyDecay``; the last weights are kept (or, with
+    `average`, the mean of the last epochs' weights) and the validation metric is only logged. "early_stop": ``BestWeights`` stops after `patience` epochs
     without improvement, ReduceLROnPlateau halves the rate, and the best epoch's weights are kept.
     """
 
@@ -314,11 +349,14 @@ class TrainingRun:
     history: dict[str, list[float]] = field(default_factory=dict)
     checkpoint_dir: Path | None = None  # .checkpoints/<live dir> (pipeline.models.checkpoint); None: none kept
     resume_state: dict[str, Any] | None = None  # the checkpoint to resume from, until restored
+    average: WeightAverage | None = None  # fixed schedule: the last epochs' weights averaged (train.average_last)
     phases: int = 0  # fit calls so far
 
     @classmethod
     def start(cls, live_dir: str | Path, monitor: str, patience: int, images_per_epoch: int,
-              schedule: str = "early_stop", epochs: int | None = None) -> TrainingRun:
+              schedule: str = "early_stop", epochs: int | None = None, average_last: float = 0.0) -> TrainingRun:
+        """`average_last` (fixed schedule): keep the mean of the weights after the last fraction of `epochs`
+        (at least one epoch) instead of the last weights."""
         folder = checkpoint.folder_for(live_dir)
         state = checkpoint.read(folder)
         if state is not None:
@@ -328,15 +366,19 @@ class TrainingRun:
             if not epochs:
                 raise ValueError("the fixed schedule needs its number of epochs")
             best, lr_schedule = BestWeights(monitor, None), PolyDecay(epochs)
+        elif average_last:
+            raise ValueError("only the fixed schedule averages its last epochs")
         else:
             best = BestWeights(monitor, patience)
             lr_schedule = keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode="max", factor=0.5,
                                                             patience=max(1, patience // 2), min_lr=1e-6)
-        log.info("schedule %s: %s", schedule, f"{epochs} epochs, poly learning-rate decay, the last weights kept"
+        average = WeightAverage(max(1, round(average_last * epochs)), epochs) if average_last else None
+        kept = f"the mean of the last {average.epochs} epochs' weights kept" if average else "the last weights kept"
+        log.info("schedule %s: %s", schedule, f"{epochs} epochs, poly learning-rate decay, {kept}"
                  if schedule == "fixed" else f"up to {epochs} epochs, early stopping on {monitor} "
                                              f"(patience {patience}), the best weights kept")
         return cls(live=live, best=best, timer=EpochTimer(images_per_epoch), lr_schedule=lr_schedule,
-                   schedule=schedule, epochs=epochs, checkpoint_dir=folder, resume_state=state)
+                   schedule=schedule, epochs=epochs, checkpoint_dir=folder, resume_state=state, average=average)
 
     def fit(self, model: keras.Model, train_data: Any, val_data: Any, epochs: int, **kwargs: Any) -> None:
         """Train for `epochs` more epochs (continuing the epoch count of earlier phases); resumed from the
@@ -362,21 +404,26 @@ class TrainingRun:
         history = model.fit(
             train_data, validation_data=val_data, initial_epoch=self.epochs_done,
             epochs=end, verbose=0,
-            callbacks=[self.timer, self.best, self.lr_schedule, LiveLogger(self.live), *saving], **kwargs,
+            callbacks=[self.timer, self.best, self.lr_schedule, *([self.average] if self.average else []),
+                       LiveLogger(self.live), *saving], **kwargs,
         )
         for name, values in history.history.items():
             self.history.setdefault(name, []).extend(float(v) for v in values)
         self.epochs_done += len(history.epoch)
 
     def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
-        """Restore the best weights (early_stop; fixed keeps the last), log the summary metrics, close dvclive;
+        """Restore the best weights (early_stop; fixed keeps the last, or their mean over the last epochs), log
+        the summary metrics, close dvclive;
         returns the summary. best_epoch and best_<monitor> are recorded under both schedules (under fixed
         as an observation only: they chose nothing)."""
         self.best.restore()
+        if self.average is not None:
+            self.average.apply()
         summary = {
             **summary,
             "schedule": self.schedule,
-            "kept": "best" if self.schedule == "early_stop" else "last",
+            "kept": "best" if self.schedule == "early_stop" else "average" if self.average else "last",
+            "averaged_epochs": self.average.count if self.average else 0,
             "epochs_planned": self.epochs,
             "best_epoch": self.best.best_epoch + 1,
             f"best_{self.best.monitor}": self.best.best,

@@ -86,7 +86,7 @@ def train(t: TrainParams, augment: AugmentParams, p: ClassifierParams, store: Sl
                       metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")])
 
     training = TrainingRun.start(fold_live_dir(TRAIN_CLASSIFIER_DIR, fold or 0), "val_auc", p.patience,
-                                 len(train) * t.batch_size, t.schedule, t.epochs)
+                                 len(train) * t.batch_size, t.schedule, t.epochs, t.average_last)
     warmup = min(p.warmup_epochs, t.epochs) if info["pretrained"] else 0
     if warmup:
         set_trainable_stages(model, info, 0)

@@ -99,7 +99,7 @@ def train(t: TrainParams, augment: AugmentParams, p: SegmenterParams, target: st
                     metrics=[DiceAt(PIXEL_THRESHOLD), IoUAt(PIXEL_THRESHOLD)])
     epochs = max(1, round(t.epochs * p.epochs_factor))
     training = TrainingRun.start(fold_live_dir(TRAIN_SEGMENTER_DIR, fold or 0), "val_dice", p.patience,
-                                 len(train) * t.batch_size, t.schedule, epochs)
+                                 len(train) * t.batch_size, t.schedule, epochs, t.average_last)
     training.fit(trained, train, val, epochs)
     summary = training.finish({"parameters": model.count_params()})
 
