@@ -134,7 +134,8 @@ class TrainParams:
         _in_range("train.lr", self.lr, 1e-8, 1)
         _in_range("train.epochs", self.epochs, 1, 10_000)
         _in_range("train.batch_size", self.batch_size, 1, 4096)
-        _in_range("train.average_last", self.average_last, 0, 1)
+        if isinstance(self.average_last, bool) or not 0 <= self.average_last < 1:
+            raise ParamsError(f"train.average_last: {self.average_last!r} must be a fraction of the epochs in [0, 1)")
         if self.average_last and self.schedule != "fixed":
             raise ParamsError("train.average_last averages the fixed schedule's last epochs; "
                               f"train.schedule is {self.schedule!r}")

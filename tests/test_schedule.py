@@ -115,10 +115,45 @@ def test_average_last_needs_the_fixed_schedule(tmp_path):
     with pytest.raises(ValueError, match="only the fixed schedule"):
         TrainingRun.start(tmp_path / "live", "val_auc", 2, 32, schedule="early_stop", epochs=4, average_last=0.5)
     for schedule, fraction, message in (("early_stop", 0.25, "averages the fixed schedule"),
-                                        ("fixed", 1.5, "outside")):
+                                        ("fixed", 1.0, r"in \[0, 1\)"), ("fixed", True, r"in \[0, 1\)")):
         with pytest.raises(ParamsError, match=message):
             TrainParams(lr=1e-3, epochs=4, batch_size=8, seed=0, mixed_precision=False, schedule=schedule,
                         average_last=fraction).validate()
+
+
+def _train_averaged(live: Path, phases: tuple[int, ...]) -> tuple[keras.Model, TrainingRun]:
+    """The tiny model over two phases of 2 epochs (the convolution frozen in the second, as the classifier's
+    fine-tuning changes what trains), the last 2 of 4 epochs averaged; only the first `phases` epochs run,
+    finish() not called (a stage killed after its last checkpoint)."""
+    seed_everything(0)
+    model = tiny_model()
+    x, y = tiny_data()
+    run = TrainingRun.start(live, "val_auc", 1, len(x), "fixed", 4, average_last=0.5)
+    for phase, epochs in enumerate(phases):
+        model.layers[1].trainable = phase == 0
+        compile_at(model, 1e-2 if phase == 0 else 5e-3)
+        run.fit(model, x, (x, y), epochs, y=y, batch_size=8)
+    return model, run
+
+
+@pytest.mark.parametrize("killed_after", [(2, 1), (2, 2)], ids=["inside the mean", "after the last epoch"])
+def test_a_rerun_resumes_the_mean_of_the_last_epochs(tmp_path, monkeypatch, killed_after):
+    """A run killed inside the averaged epochs, or after its last epoch's checkpoint but before finish(), rerun
+    from a fresh model: it ends with the uninterrupted run's averaged weights."""
+    from pipeline.models import checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(checkpoint._binding, "digest", "test")  # as a stage's bind() does
+    whole, run = _train_averaged(Path("whole"), (2, 2))
+    run.finish({})
+    _, killed = _train_averaged(Path("killed"), killed_after)
+    assert (checkpoint.folder_for("killed") / "average.npz").is_file() and killed.average.count == sum(killed_after) - 2
+
+    resumed, run = _train_averaged(Path("killed"), (2, 2))
+    summary = run.finish({})
+    assert summary["kept"] == "average" and summary["averaged_epochs"] == 2
+    for ours, theirs in zip(resumed.get_weights(), whole.get_weights(), strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
 def test_early_stop_schedule_stops_and_restores_the_best(tmp_path):

@@ -102,8 +102,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         state = {"binding": _binding.get("digest"), "epoch": epoch + 1, "phase": self.phase,
                  "epochs": run.epochs, "best": _best_state(run.best), "schedule": _schedule_state(run.lr_schedule),
                  "history": _history_so_far(run, self.model, logs),
-                 "rates": list(run.timer.rates), "live_step": run.live.step,
-                 "averaged": run.average.count if run.average is not None else 0}
+                 "rates": list(run.timer.rates), "live_step": run.live.step}
         with atomic_dir(self.folder) as tmp:
             np.savez(tmp / "variables.npz", *[keras.ops.convert_to_numpy(v.value) for v in self.model.variables])
             np.savez(tmp / "optimizer.npz",
@@ -183,12 +182,12 @@ def restore(run: Any, model: keras.Model, folder: Path, state: dict[str, Any]) -
         with np.load(folder / "best.npz") as saved:
             run.best.best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
     run.best.set_model(model)
-    if run.average is not None and (folder / "average.npz").is_file():
-        with np.load(folder / "average.npz") as saved:
-            run.average.mean = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-        run.average.count = state["averaged"]
     if run.average is not None:
-        run.average.set_model(model)  # as ``best``: a rerun after the last epoch calls no fit that would
+        if (folder / "average.npz").is_file():
+            with np.load(folder / "average.npz") as saved:
+                run.average.mean = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+            run.average.count = run.average.counted(state["epoch"])
+        run.average.set_model(model)  # a rerun after the last epoch calls no fit to set it, and finish() applies it
     run.history = {k: list(v) for k, v in state["history"].items()}
     run.timer.rates = list(state["rates"])
     run.epochs_done = state["epoch"]

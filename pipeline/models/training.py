@@ -279,9 +279,10 @@ class BestWeights(keras.callbacks.Callback):
 
 class WeightAverage(keras.callbacks.Callback):
     """The mean of the model's weights at the ends of the last `epochs` of `total` epochs (counted over all
-    phases): stochastic weight averaging's uniform mean (Izmailov et al. 2018), here along the poly decay's
-    last, small steps. BatchNormalization's statistics are averaged with the weights (as timm's model EMA
-    does), not recomputed; integer variables keep their last value. ``apply()`` puts the mean into the model.
+    phases): the uniform mean of stochastic weight averaging (Izmailov et al. 2018), here along the poly
+    decay's last, small steps. Unlike SWA, BatchNormalization's statistics are averaged with the weights (as
+    timm's model EMA does), not recomputed; integer variables keep their last value. ``apply()`` puts the
+    mean into the model. The training log's validation metrics are the last epoch's weights', not the mean's.
     """
 
     def __init__(self, epochs: int, total: int):
@@ -292,21 +293,25 @@ class WeightAverage(keras.callbacks.Callback):
         self.mean: list[np.ndarray] | None = None  # float64, one per model.weights
         self.count = 0  # epochs in the mean so far
 
+    def counted(self, epochs_done: int) -> int:
+        """How many epochs are in the mean after `epochs_done` epochs."""
+        return max(0, epochs_done - (self.total - self.epochs))
+
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if epoch + 1 <= self.total - self.epochs:
+        if not self.counted(epoch + 1):
             return
         weights = self.model.get_weights()
         if self.mean is None:
             self.mean = [np.zeros(w.shape, np.float64) for w in weights]
         self.count += 1
         for mean, w in zip(self.mean, weights, strict=True):
-            mean += (w - mean) / self.count  # the running mean, exact in float64
+            mean += (w - mean) / self.count  # the running mean, in float64
 
     def apply(self) -> None:
         if self.mean is None:
             return
         last = self.model.get_weights()
-        self.model.set_weights([m.astype(w.dtype) if np.issubdtype(w.dtype, np.floating) else w
+        self.model.set_weights([m.astype(w.dtype) if keras.backend.is_float_dtype(w.dtype) else w
                                 for m, w in zip(self.mean, last, strict=True)])
         log.info("kept the mean of the weights after the last %d epochs (%d to %d)", self.count,
                  self.total - self.count + 1, self.total)
@@ -356,7 +361,7 @@ class TrainingRun:
     def start(cls, live_dir: str | Path, monitor: str, patience: int, images_per_epoch: int,
               schedule: str = "early_stop", epochs: int | None = None, average_last: float = 0.0) -> TrainingRun:
         """`average_last` (fixed schedule): keep the mean of the weights after the last fraction of `epochs`
-        (at least one epoch) instead of the last weights."""
+        (rounded to the nearest epoch, at least one) instead of the last weights."""
         folder = checkpoint.folder_for(live_dir)
         state = checkpoint.read(folder)
         if state is not None:
@@ -422,7 +427,8 @@ class TrainingRun:
         summary = {
             **summary,
             "schedule": self.schedule,
-            "kept": "best" if self.schedule == "early_stop" else "average" if self.average else "last",
+            "kept": "best" if self.schedule == "early_stop" else "average" if self.average and self.average.count
+            else "last",
             "averaged_epochs": self.average.count if self.average else 0,
             "epochs_planned": self.epochs,
             "best_epoch": self.best.best_epoch + 1,
