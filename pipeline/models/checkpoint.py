@@ -167,9 +167,8 @@ def restore(run: Any, model: keras.Model, folder: Path, state: dict[str, Any]) -
     made: the phase it was made in), its optimizer included."""
     model.optimizer.build(model.trainable_variables)
     for variables, name in ((model.variables, "variables.npz"), (model.optimizer.variables, "optimizer.npz")):
-        with np.load(folder / name) as saved:
-            for variable, i in zip(variables, range(len(saved.files)), strict=True):
-                variable.assign(saved[f"arr_{i}"])
+        for variable, value in zip(variables, _arrays(folder / name), strict=True):
+            variable.assign(value)
     if hasattr(run.lr_schedule, "base"):  # PolyDecay: this optimizer's base rate, not its decayed one
         run.lr_schedule._optimizer = model.optimizer
         run.lr_schedule.base = state["schedule"]["base"]
@@ -179,19 +178,23 @@ def restore(run: Any, model: keras.Model, folder: Path, state: dict[str, Any]) -
     for key, value in state["best"].items():
         setattr(run.best, key, value)
     if (folder / "best.npz").is_file():
-        with np.load(folder / "best.npz") as saved:
-            run.best.best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        run.best.best_weights = _arrays(folder / "best.npz")
     run.best.set_model(model)
     if run.average is not None:
         if (folder / "average.npz").is_file():
-            with np.load(folder / "average.npz") as saved:
-                run.average.mean = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+            run.average.mean = _arrays(folder / "average.npz")
             run.average.count = run.average.counted(state["epoch"])
         run.average.set_model(model)  # a rerun after the last epoch calls no fit to set it, and finish() applies it
     run.history = {k: list(v) for k, v in state["history"].items()}
     run.timer.rates = list(state["rates"])
     run.epochs_done = state["epoch"]
     log.info("resuming from epoch %d of %s (checkpoint %s)", state["epoch"], run.epochs or "?", folder)
+
+
+def _arrays(path: Path) -> list[np.ndarray]:
+    """The arrays ``np.savez(path, *arrays)`` wrote, in order."""
+    with np.load(path) as saved:
+        return [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
 
 def data_epoch(epochs_done: int, phase: int, phase_over: bool) -> int:

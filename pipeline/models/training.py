@@ -303,7 +303,7 @@ class WeightAverage(keras.callbacks.Callback):
         weights = self.model.get_weights()
         if self.mean is None:
             self.mean = [np.zeros(w.shape, np.float64) for w in weights]
-        self.count += 1
+        self.count = self.counted(epoch + 1)
         for mean, w in zip(self.mean, weights, strict=True):
             mean += (w - mean) / self.count  # the running mean, in float64
 
@@ -340,8 +340,9 @@ class TrainingRun:
     """Callbacks and bookkeeping for one model's training, shared by its phases.
 
     schedule "fixed": exactly `epochs` epochs with ``PolyDecay``; the last weights are kept (or, with
-    `average`, the mean of the last epochs' weights) and the validation metric is only logged. "early_stop": ``BestWeights`` stops after `patience` epochs
-    without improvement, ReduceLROnPlateau halves the rate, and the best epoch's weights are kept.
+    `average`, the mean of the last epochs' weights) and the validation metric is only logged.
+    "early_stop": ``BestWeights`` stops after `patience` epochs without improvement, ReduceLROnPlateau
+    halves the rate, and the best epoch's weights are kept.
     """
 
     live: Live
@@ -418,18 +419,18 @@ class TrainingRun:
 
     def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Restore the best weights (early_stop; fixed keeps the last, or their mean over the last epochs), log
-        the summary metrics, close dvclive;
-        returns the summary. best_epoch and best_<monitor> are recorded under both schedules (under fixed
+        the summary metrics, close dvclive; returns the summary. best_epoch and best_<monitor> are recorded under both schedules (under fixed
         as an observation only: they chose nothing)."""
         self.best.restore()
+        averaged = 0
         if self.average is not None:
             self.average.apply()
+            averaged = self.average.count
         summary = {
             **summary,
             "schedule": self.schedule,
-            "kept": "best" if self.schedule == "early_stop" else "average" if self.average and self.average.count
-            else "last",
-            "averaged_epochs": self.average.count if self.average else 0,
+            "kept": "best" if self.schedule == "early_stop" else "average" if averaged else "last",
+            "averaged_epochs": averaged,
             "epochs_planned": self.epochs,
             "best_epoch": self.best.best_epoch + 1,
             f"best_{self.best.monitor}": self.best.best,
