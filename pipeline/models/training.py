@@ -298,12 +298,13 @@ class WeightAverage(keras.callbacks.Callback):
         return max(0, epochs_done - (self.total - self.epochs))
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if not self.counted(epoch + 1):
+        count = self.counted(epoch + 1)
+        if not count:
             return
         weights = self.model.get_weights()
         if self.mean is None:
             self.mean = [np.zeros(w.shape, np.float64) for w in weights]
-        self.count = self.counted(epoch + 1)
+        self.count = count
         for mean, w in zip(self.mean, weights, strict=True):
             mean += (w - mean) / self.count  # the running mean, in float64
 
@@ -419,8 +420,8 @@ class TrainingRun:
 
     def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Restore the best weights (early_stop; fixed keeps the last, or their mean over the last epochs), log
-        the summary metrics, close dvclive; returns the summary. best_epoch and best_<monitor> are recorded under both schedules (under fixed
-        as an observation only: they chose nothing)."""
+        the summary metrics, close dvclive; returns the summary. best_epoch and best_<monitor> are recorded
+        under both schedules (under fixed as an observation only: they chose nothing)."""
         self.best.restore()
         averaged = 0
         if self.average is not None:
