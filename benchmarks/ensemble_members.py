@@ -13,7 +13,8 @@ out of fold), the ensemble first, then each fold's classifier + segmenter alone.
 {"benchmark": "ensemble_members", "run", "patients" (test patients with tumour), "models": {name: {"dice_mean",
 "dice_median", "dice_p5", "auc" (the slice AUC of the gate's score, evaluate.slice_score)}}, "paired": {fold name:
 the ensemble's mean per-patient Dice minus the fold model's, "ci95": patient bootstrap}, "paired_members_mean": the
-same against the members' mean per patient}.
+same against the members' mean per patient, "dice_per_patient": {patient id: {model name: Dice}}, for pairing
+with other runs on the same patients}.
 """
 
 from __future__ import annotations
@@ -79,6 +80,19 @@ def score_models(run: Path) -> tuple[dict[str, pd.Series], dict[str, float]]:
     return dice, auc
 
 
+def report(run: Path, dice: dict[str, pd.Series], auc: dict[str, float]) -> dict:
+    """The printed JSON (the module docstring) from score_models' per-patient Dice and slice AUCs."""
+    folds = [name for name in dice if name != "ensemble"]
+    members_mean = pd.concat([dice[f] for f in folds], axis=1).mean(axis=1)
+    return {
+        "benchmark": "ensemble_members", "run": str(run), "patients": len(dice["ensemble"]),
+        "models": {name: summary(dice[name], auc[name]) for name in dice},
+        "paired": {f: paired_difference(dice["ensemble"], dice[f]) for f in folds},
+        "paired_members_mean": paired_difference(dice["ensemble"], members_mean),
+        "dice_per_patient": pd.DataFrame(dice).to_dict(orient="index"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a workspace or a run kept by quality_lgg.py --keep")
@@ -94,14 +108,7 @@ def main() -> None:
     except PipelineError as e:  # one line naming the file, exit 2, as the pipeline's commands
         log.error("%s", one_line(str(e)))
         sys.exit(2)
-    folds = [name for name in dice if name != "ensemble"]
-    members_mean = pd.concat([dice[f] for f in folds], axis=1).mean(axis=1)
-    print(json.dumps({
-        "benchmark": "ensemble_members", "run": str(run), "patients": len(dice["ensemble"]),
-        "models": {name: summary(dice[name], auc[name]) for name in dice},
-        "paired": {f: paired_difference(dice["ensemble"], dice[f]) for f in folds},
-        "paired_members_mean": paired_difference(dice["ensemble"], members_mean),
-    }))
+    print(json.dumps(report(run, dice, auc)))
 
 
 if __name__ == "__main__":

@@ -300,6 +300,9 @@ def test_ensemble_members_benchmark_scores_the_ensemble_and_each_fold_alone(tmp_
     np.testing.assert_allclose(dice["fold_2"].sort_index(),
                                patients[patients.has_tumour].set_index("patient_id").dice_cascade.sort_index())
     assert not all(dice["ensemble"].equals(dice[f"fold_{f}"]) for f in range(FOLDS))  # the mean is not a member
+    printed = json.loads(json.dumps(benchmark.report(run, dice, auc)))  # what main prints
+    assert printed["dice_per_patient"].keys() == with_tumour
+    assert all(printed["dice_per_patient"][p][name] == pytest.approx(d[p]) for name, d in dice.items() for p in d.index)
 
     split.assign(split="train", fold=split.fold.fillna(0)).to_csv(run / "data" / "split.csv", index=False)  # no test
     with pytest.raises(InputError, match="split.csv: needs folds .* and test patients"):
